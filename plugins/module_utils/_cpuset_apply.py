@@ -1,0 +1,177 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) rtvirt.kvm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Applying a cpuset plan: the executor, its rollback, and the host-wide lock.
+
+The planner has already simulated every operation, so a failure here means the kernel knows
+something the model did not (a task that appeared, a CPU that went offline, a partition the
+kernel marks invalid).  The executor then puts back what it had changed, newest first, and reports
+both the failure and the rollback.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import fcntl
+import os
+import time
+
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import (
+    ATTACH,
+    KNOBS,
+    MKDIR,
+    RMDIR,
+    WRITE,
+)
+
+LOCK_PATH = "/run/lock/rtvirt-kvm-cpuset.lock"
+
+# What each errno means for a cpuset write, in the words an operator needs.
+ERRNO_RULES = {
+    _errno.ENOSPC: "the cgroup has no CPUs or no memory nodes (empty cpuset.cpus or cpuset.mems): a task cannot "
+                   "be attached to it, and a cgroup with tasks cannot be emptied",
+    _errno.EACCES: "on cgroup v1 a child may only hold CPUs and nodes its parent has, and may only be exclusive "
+                   "if its parent is",
+    _errno.EBUSY: "a child still holds the CPUs or nodes being removed, a child is still exclusive or a partition, "
+                  "or the cgroup still has tasks or children",
+    _errno.EINVAL: "the value names offline CPUs or nodes without memory, is malformed, or overlaps an exclusive "
+                   "sibling or partition",
+    _errno.ERANGE: "a number is beyond the kernel's CPU or node mask",
+    _errno.ENOENT: "the cgroup or knob does not exist (on cgroup v2: +cpuset is missing in the parent's "
+                   "cgroup.subtree_control)",
+    _errno.ESRCH: "the task no longer exists",
+    _errno.EOPNOTSUPP: "the cgroup type does not allow this (cgroup v2 threaded/domain rules)",
+}
+
+
+class ApplyError(Exception):
+    """A kernel write failed; ``rolled_back`` and ``rollback_failures`` say what was restored."""
+
+    def __init__(self, message, writes, rolled_back, rollback_failures):
+        super().__init__(message)
+        self.message = message
+        self.writes = writes
+        self.rolled_back = rolled_back
+        self.rollback_failures = rollback_failures
+
+
+class LockTimeout(Exception):
+    pass
+
+
+class HostLock:
+    """An exclusive flock so two runs on one host never interleave their plans."""
+
+    def __init__(self, path=LOCK_PATH, timeout=60.0):
+        self.path = path
+        self.timeout = timeout
+        self._fd = None
+
+    def __enter__(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(self._fd)
+                    self._fd = None
+                    raise LockTimeout("another rtvirt.kvm run has held %s for %.0f s; wait for it to finish "
+                                      "(or remove a stale holder) and run again" % (self.path, self.timeout)) from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        return False
+
+
+def describe_failure(fs, op, exc):
+    err = exc.errno or 0
+    name = _errno.errorcode.get(err, str(err))
+    rule = ERRNO_RULES.get(err, "the kernel refused it")
+    return "%s failed: %s (%s): %s" % (op.describe(fs.version), exc.strerror or str(exc), name, rule)
+
+
+def _do(fs, op):
+    if op.kind == MKDIR:
+        fs.mkdir(op.path)
+    elif op.kind == RMDIR:
+        fs.rmdir(op.path)
+    elif op.kind == WRITE:
+        fs.write(op.path, op.knob, op.value)
+        if op.knob == "partition" and op.value != "member":
+            _check_partition(fs, op)
+    elif op.kind == ATTACH:
+        fs.write(op.path, op.knob, op.value)
+
+
+class PartitionInvalid(OSError):
+    pass
+
+
+def _check_partition(fs, op):
+    """The kernel accepts an impossible partition and reports it only when read back."""
+    state = fs.read(op.path, KNOBS[2]["partition"]) or ""
+    if "invalid" in state:
+        raise PartitionInvalid(_errno.EINVAL, "the kernel reports '%s'" % state)
+
+
+def _undo(fs, op, created_values):
+    if op.kind == MKDIR:
+        fs.rmdir(op.path)
+    elif op.kind == RMDIR:
+        fs.mkdir(op.path)
+        for knob, value in created_values.get(op.path, ()):
+            fs.write(op.path, knob, value)
+    elif op.kind == WRITE:
+        if op.knob == "subtree_control":
+            fs.write(op.path, op.knob, op.value.replace("+", "-"))
+        else:
+            fs.write(op.path, op.knob, op.previous)
+    elif op.kind == ATTACH and op.previous is not None:
+        fs.write(op.previous, op.knob, op.value)
+
+
+def execute(fs, ops, before=None):
+    """Apply ``ops`` in order through ``fs``; on failure roll back and raise :class:`ApplyError`.
+
+    ``before`` (path → Node) lets the rollback of an ``rmdir`` restore the removed cgroup's sets.
+    """
+    done = []
+    for op in ops:
+        try:
+            _do(fs, op)
+        except OSError as exc:
+            if isinstance(exc, PartitionInvalid):
+                done.append(op)
+            failure = describe_failure(fs, op, exc)
+            restored, failures = _rollback(fs, done, before or {})
+            message = failure
+            if restored:
+                message += "; rolled back %d earlier change(s)" % len(restored)
+            if failures:
+                message += "; ROLLBACK INCOMPLETE: %s" % "; ".join(failures)
+            raise ApplyError(message, list(fs.writes), restored, failures) from None
+        done.append(op)
+    return fs.writes
+
+
+def _rollback(fs, done, before):
+    created_values = {}
+    for path, node in before.items():
+        if node.exists:
+            created_values[path] = [("cpus", node.knob_text("cpus")), ("mems", node.knob_text("mems"))]
+    restored, failures = [], []
+    for op in reversed(done):
+        try:
+            _undo(fs, op, created_values)
+            restored.append(op.describe(fs.version))
+        except OSError as exc:
+            failures.append("could not undo %s: %s" % (op.describe(fs.version), exc.strerror or exc))
+    return restored, failures

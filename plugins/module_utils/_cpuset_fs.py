@@ -1,0 +1,204 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) rtvirt.kvm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A cpuset hierarchy on disk: the engine's source of truth and its only write gate.
+
+Reads are lazy (the planner asks only for what a plan needs), so converging a few cgroups in a
+hierarchy of thousands reads a few files.  All writes go through :meth:`CpusetFs.write`,
+:meth:`CpusetFs.mkdir` and :meth:`CpusetFs.rmdir`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import parse_cpulist
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import KNOBS, Node
+
+CGROUP_SUPER_MAGIC = 0x27E0EB
+CGROUP2_SUPER_MAGIC = 0x63677270
+
+
+class CpusetPathError(ValueError):
+    """A requested cgroup path that would leave the hierarchy or is not a plain directory."""
+
+
+def normalize_cgroup_path(raw):
+    """Validate a path relative to the hierarchy root and return it without surrounding slashes.
+
+    Refuses absolute paths, ``..`` and ``.`` components, empty components and NUL bytes: a path
+    must name a cgroup *inside* the hierarchy, spelled exactly as the kernel lists it (systemd's
+    ``\\x2d`` escapes are literal backslashes in directory names and stay as they are).
+    """
+    if not isinstance(raw, str) or raw == "":
+        raise CpusetPathError("a cgroup path must be a non-empty string relative to the hierarchy root")
+    if raw.startswith("/"):
+        raise CpusetPathError("cgroup path %r is absolute; give it relative to the hierarchy root "
+                              "(e.g. 'machine/rt.partition')" % raw)
+    if "\0" in raw or "\n" in raw:
+        raise CpusetPathError("cgroup path %r contains a NUL or newline" % raw)
+    trimmed = raw.rstrip("/")
+    parts = trimmed.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise CpusetPathError("cgroup path %r has an empty, '.' or '..' component; it must stay inside "
+                                  "the hierarchy" % raw)
+    return trimmed
+
+
+class CpusetFs:
+    """The cpuset hierarchy mounted at ``mountpoint`` (cgroup ``version`` 1 or 2)."""
+
+    def __init__(self, mountpoint, version, features=None):
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.version = version
+        self.knobs = KNOBS[version]
+        self._features = dict(features or {})
+        self.writes = []          # (absolute file, value) in the order written
+        self._fake = None
+
+    # ---- source interface for CpusetModel ----------------------------------------------
+    def real_path(self, path, name=None):
+        full = os.path.join(self.mountpoint, path) if path else self.mountpoint
+        return os.path.join(full, name) if name else full
+
+    def check_no_symlink(self, path):
+        """Refuse a path whose existing components include a symlink (cgroupfs has none)."""
+        current = self.mountpoint
+        for part in path.split("/") if path else []:
+            current = os.path.join(current, part)
+            try:
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                return
+            if stat.S_ISLNK(mode):
+                raise CpusetPathError("cgroup path %r: %s is a symlink; refusing to follow it out of %s" % (
+                    path, current, self.mountpoint))
+            if not stat.S_ISDIR(mode):
+                raise CpusetPathError("cgroup path %r: %s is not a directory" % (path, current))
+
+    def exists(self, path):
+        return os.path.isdir(self.real_path(path))
+
+    def children(self, path):
+        try:
+            with os.scandir(self.real_path(path)) as entries:
+                return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
+
+    def read(self, path, name):
+        """The file's text without the trailing newline, or None when it does not exist."""
+        try:
+            with open(self.real_path(path, name)) as handle:
+                return handle.read().strip()
+        except FileNotFoundError:
+            return None
+
+    def read_node(self, path):
+        knobs = self.knobs
+        if self.version == 1:
+            return Node(
+                cpus=parse_cpulist(self.read(path, knobs["cpus"]) or ""),
+                mems=parse_cpulist(self.read(path, knobs["mems"]) or ""),
+                cpu_exclusive=self.read(path, knobs["cpu_exclusive"]) == "1",
+                mem_exclusive=self.read(path, knobs["mem_exclusive"]) == "1",
+                sched_load_balance=self.read(path, knobs["sched_load_balance"]) != "0",
+            )
+        subtree = (self.read(path, knobs["subtree_control"]) or "").split()
+        return Node(
+            cpus=parse_cpulist(self.read(path, knobs["cpus"]) or ""),
+            mems=parse_cpulist(self.read(path, knobs["mems"]) or ""),
+            cpus_exclusive=parse_cpulist(self.read(path, knobs["cpus_exclusive"]) or ""),
+            partition=self.read(path, knobs["partition"]) or "member",
+            subtree_cpuset="cpuset" in (word.lstrip("+") for word in subtree),
+        )
+
+    def tasks(self, path):
+        text = self.read(path, "tasks" if self.version == 1 else "cgroup.procs") or ""
+        return [int(word) for word in text.split()]
+
+    def online_cpus(self):
+        name = "cpuset.effective_cpus" if self.version == 1 else "cpuset.cpus.effective"
+        return parse_cpulist(self.read("", name) or self.read("", "cpuset.cpus") or "")
+
+    def memory_nodes(self):
+        name = "cpuset.effective_mems" if self.version == 1 else "cpuset.mems.effective"
+        return parse_cpulist(self.read("", name) or self.read("", "cpuset.mems") or "")
+
+    def clone_children(self, path):
+        return self.read(path, "cgroup.clone_children") == "1"
+
+    def has_feature(self, name):
+        if name not in self._features:
+            probe = {"cpus_exclusive": "cpuset.cpus.exclusive", "partition": "cpuset.cpus.partition"}[name]
+            self._features[name] = any(
+                os.path.exists(self.real_path(child, probe)) for child in self.children("")[:8])
+        return self._features[name]
+
+    def threads_of(self, pid):
+        """Every thread of a process (empty when it does not exist)."""
+        try:
+            return sorted(int(tid) for tid in os.listdir("/proc/%d/task" % int(pid)))
+        except OSError:
+            return []
+
+    @staticmethod
+    def kernel_release():
+        return os.uname().release
+
+    def cgroup_of(self, task):
+        """The task's cgroup in this hierarchy, from /proc (for rollback of a move)."""
+        try:
+            with open("/proc/%d/cgroup" % task) as handle:
+                for line in handle:
+                    _hid, controllers, path = line.rstrip("\n").split(":", 2)
+                    if (self.version == 2 and controllers == "") or "cpuset" in controllers.split(","):
+                        return path.strip("/")
+        except OSError:
+            return None
+        return None
+
+    # ---- the write gate ------------------------------------------------------------------
+    def write(self, path, knob, value):
+        """Write one value to one knob, as one write(2): the kernel parses each write on its own."""
+        name = self.knobs.get(knob) or {"procs": "cgroup.procs",
+                                        "threads": "tasks" if self.version == 1 else "cgroup.threads"}[knob]
+        target = self.real_path(path, name)
+        # An empty write(2) never reaches the kernel's handler; a bare newline means "empty".
+        data = (value + "\n").encode()
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT if self._is_fake() else os.O_WRONLY)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        self.writes.append((target, value))
+
+    def mkdir(self, path):
+        os.mkdir(self.real_path(path))
+        self.writes.append((self.real_path(path), "<mkdir>"))
+
+    def rmdir(self, path):
+        os.rmdir(self.real_path(path))
+        self.writes.append((self.real_path(path), "<rmdir>"))
+
+    def _is_fake(self):
+        # A fake tree (unit tests, chroot rehearsals) is a plain directory, where knob files of a
+        # new cgroup do not appear by themselves; creating them there is harmless.
+        if self._fake is None:
+            self._fake = not _is_cgroup_mount(self.mountpoint)
+        return self._fake
+
+
+def _is_cgroup_mount(mountpoint):
+    try:
+        with open("/proc/self/mountinfo") as handle:
+            for line in handle:
+                left, _sep, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) > 4 and fields[4] == mountpoint and right.split()[0] in ("cgroup", "cgroup2"):
+                    return True
+    except OSError:
+        return False
+    return False

@@ -1,0 +1,502 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) rtvirt.kvm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The cpuset hierarchy as the kernel sees it, and the rules the kernel enforces on each write.
+
+:class:`CpusetModel` is a copy-on-read view of a hierarchy (read through a *source*: the real
+cgroupfs, a fake tree, or a dict) on which operations can be *simulated*.  Every operation the
+planner emits is applied to a model first; a rule the kernel would reject raises
+:class:`KernelRuleError` naming the cgroup, the knob, the value, the rule and the errno the kernel
+would return.  The same model backs the property tests, so "no plan makes the model reject a
+write" is a statement about these rules, which follow ``kernel/cgroup/cpuset.c`` (``validate_change``,
+``cpuset_can_attach``, ``update_prstate``) and ``Documentation/admin-guide/cgroup-v2.rst``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from dataclasses import dataclass, field, replace
+
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
+    CpuListError,
+    format_cpulist,
+    parse_cpulist,
+)
+
+# Knob names per hierarchy version.  Keys are the engine's own vocabulary.
+KNOBS = {
+    1: {
+        "cpus": "cpuset.cpus",
+        "mems": "cpuset.mems",
+        "cpu_exclusive": "cpuset.cpu_exclusive",
+        "mem_exclusive": "cpuset.mem_exclusive",
+        "sched_load_balance": "cpuset.sched_load_balance",
+    },
+    2: {
+        "cpus": "cpuset.cpus",
+        "mems": "cpuset.mems",
+        "cpus_exclusive": "cpuset.cpus.exclusive",
+        "partition": "cpuset.cpus.partition",
+        "subtree_control": "cgroup.subtree_control",
+    },
+}
+KNOB_NAMES = {version: {file: key for key, file in knobs.items()} for version, knobs in KNOBS.items()}
+
+PARTITION_TYPES = ("member", "root", "isolated")
+
+MKDIR = "mkdir"
+RMDIR = "rmdir"
+WRITE = "write"
+ATTACH = "attach"
+
+
+@dataclass(frozen=True)
+class Op:
+    """One kernel operation: create or remove a cgroup, write one knob, or move one task."""
+
+    kind: str
+    path: str                  # cgroup path relative to the hierarchy root ("" is the root)
+    knob: str = ""             # WRITE: engine knob key; ATTACH: "procs" or "threads"
+    value: str = ""            # WRITE: the text written; ATTACH: the PID/TID
+    previous: str = ""         # WRITE: the value before (for rollback); ATTACH: the task's old cgroup
+    reason: str = ""           # why the planner emitted it (shown in notes and errors)
+
+    def describe(self, version):
+        if self.kind == WRITE:
+            return "write %r to %s" % (self.value, join_path(self.path, KNOBS[version][self.knob]))
+        if self.kind == ATTACH:
+            return "move %s %s into %s" % ("thread" if self.knob == "threads" else "process",
+                                           self.value, display_path(self.path))
+        return "%s %s" % (self.kind, display_path(self.path))
+
+
+class KernelRuleError(Exception):
+    """The kernel would refuse an operation (or has refused it)."""
+
+    def __init__(self, path, knob, value, rule, err):
+        self.path = path
+        self.knob = knob
+        self.value = value
+        self.rule = rule
+        self.errno = err
+        super().__init__(self.message)
+
+    @property
+    def message(self):
+        where = display_path(self.path)
+        if self.knob in (MKDIR, RMDIR, ATTACH):
+            what = "%s %s" % (self.knob, self.value) if self.value else self.knob
+        else:
+            what = "%s=%s" % (self.knob, self.value if self.value != "" else "''")
+        return "cgroup %s: %s is refused: %s (the kernel answers %s)" % (
+            where, what, self.rule, _errno.errorcode.get(self.errno, str(self.errno)))
+
+
+def join_path(path, name):
+    return "%s/%s" % (path, name) if path else name
+
+
+def parent_of(path):
+    return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def depth_of(path):
+    return 0 if not path else path.count("/") + 1
+
+
+def display_path(path):
+    return "'/%s'" % path if path else "the root cgroup"
+
+
+def ancestors_of(path):
+    """All ancestors from the root ("") down to the parent."""
+    result = [""]
+    parts = path.split("/") if path else []
+    for index in range(1, len(parts)):
+        result.append("/".join(parts[:index]))
+    return result
+
+
+@dataclass(frozen=True)
+class Node:
+    """What the engine knows of one cgroup's cpuset state."""
+
+    exists: bool = True
+    cpus: frozenset = frozenset()
+    mems: frozenset = frozenset()
+    cpu_exclusive: bool = False
+    mem_exclusive: bool = False
+    sched_load_balance: bool = True
+    cpus_exclusive: frozenset = frozenset()     # v2 cpuset.cpus.exclusive
+    partition: str = "member"                  # v2; "root invalid (...)" etc. as read back
+    subtree_cpuset: bool = False               # v2: "cpuset" enabled in cgroup.subtree_control
+
+    def knob_text(self, key):
+        value = getattr(self, key)
+        if key in ("cpus", "mems", "cpus_exclusive"):
+            return format_cpulist(value)
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        return value
+
+    def as_dict(self, version):
+        if not self.exists:
+            return {"exists": False}
+        keys = ("cpus", "mems", "cpu_exclusive", "mem_exclusive", "sched_load_balance") if version == 1 \
+            else ("cpus", "mems", "cpus_exclusive", "partition")
+        result = {"exists": True}
+        for key in keys:
+            value = getattr(self, key)
+            result[key] = format_cpulist(value) if isinstance(value, frozenset) else value
+        return result
+
+
+ABSENT = Node(exists=False)
+
+
+def partition_base(value):
+    """'root invalid (Parent is not a partition root)' → 'root'."""
+    return (value or "member").split()[0]
+
+
+class CpusetModel:
+    """A simulated cpuset hierarchy, read lazily from ``source`` and changed only in memory.
+
+    ``source`` offers: ``version`` (1 or 2), ``online_cpus()``, ``memory_nodes()``,
+    ``exists(path)``, ``children(path)``, ``read_node(path) -> Node``, ``tasks(path) -> list``
+    (TIDs on v1, PIDs on v2), ``has_feature(name)``.
+    """
+
+    def __init__(self, source):
+        self.source = source
+        self.version = source.version
+        self._nodes = {}
+        self._children = {}
+        self._tasks = {}
+        self.online = frozenset(source.online_cpus())
+        self.memory_nodes = frozenset(source.memory_nodes())
+
+    # ---- reading -------------------------------------------------------------------------
+    def node(self, path):
+        if path not in self._nodes:
+            if path == "":
+                self._nodes[path] = self._root_node()
+            else:
+                self._nodes[path] = self.source.read_node(path) if self.source.exists(path) else ABSENT
+        return self._nodes[path]
+
+    def _root_node(self):
+        root = self.source.read_node("")
+        # The root cpuset always spans every online CPU and memory node and counts as exclusive
+        # (v1) or as a partition root (v2); its files are read-only or absent.
+        return replace(root, exists=True, cpus=self.online, mems=self.memory_nodes,
+                       cpu_exclusive=True, mem_exclusive=True, partition="root")
+
+    def exists(self, path):
+        return self.node(path).exists
+
+    def children(self, path):
+        if path not in self._children:
+            names = self.source.children(path) if self.node(path).exists else []
+            self._children[path] = set(names)
+        return sorted(self._children[path])
+
+    def tasks(self, path):
+        if path not in self._tasks:
+            self._tasks[path] = list(self.source.tasks(path)) if self.node(path).exists else []
+        return self._tasks[path]
+
+    def populated(self, path):
+        """Tasks in the cgroup or anywhere below it."""
+        if self.tasks(path):
+            return True
+        return any(self.populated(join_path(path, child)) for child in self.children(path))
+
+    def descendants(self, path):
+        """Every existing descendant, parents before children."""
+        result = []
+        stack = [join_path(path, c) for c in reversed(self.children(path))]
+        while stack:
+            current = stack.pop()
+            result.append(current)
+            stack.extend(join_path(current, c) for c in reversed(self.children(current)))
+        return result
+
+    def siblings(self, path):
+        parent = parent_of(path)
+        name = path.rsplit("/", 1)[-1]
+        return [join_path(parent, c) for c in self.children(parent) if c != name]
+
+    def effective_cpus(self, path):
+        """v2: requested ∩ parent's effective, or the parent's when that is empty."""
+        if path == "":
+            return self.online
+        parent = self.effective_cpus(parent_of(path))
+        own = self.node(path).cpus & parent
+        return own or parent
+
+    def effective_mems(self, path):
+        if path == "":
+            return self.memory_nodes
+        parent = self.effective_mems(parent_of(path))
+        own = self.node(path).mems & parent
+        return own or parent
+
+    def cpuset_enabled(self, path):
+        """v2: whether the cgroup has cpuset files (its parent enables cpuset for children)."""
+        return path == "" or self.node(parent_of(path)).subtree_cpuset
+
+    # ---- simulating ----------------------------------------------------------------------
+    def apply(self, op):
+        """Apply ``op`` to the model, or raise :class:`KernelRuleError` as the kernel would."""
+        handler = {MKDIR: self._mkdir, RMDIR: self._rmdir, WRITE: self._write, ATTACH: self._attach}[op.kind]
+        handler(op)
+
+    def _refuse(self, op, rule, err):
+        knob = KNOBS[self.version].get(op.knob, op.knob) if op.kind == WRITE else op.kind
+        raise KernelRuleError(op.path, knob, op.value, rule, err)
+
+    def _mkdir(self, op):
+        parent = parent_of(op.path)
+        if not op.path:
+            self._refuse(op, "the root cgroup always exists", _errno.EEXIST)
+        if not self.exists(parent):
+            self._refuse(op, "its parent %s does not exist" % display_path(parent), _errno.ENOENT)
+        if self.exists(op.path):
+            self._refuse(op, "it already exists", _errno.EEXIST)
+        new = Node()
+        if self.version == 1 and self.source.clone_children(parent):
+            parent_node = self.node(parent)
+            new = replace(new, cpus=parent_node.cpus, mems=parent_node.mems)
+        self._nodes[op.path] = new
+        self._children[op.path] = set()
+        self._tasks[op.path] = []
+        self.children(parent)
+        self._children[parent].add(op.path.rsplit("/", 1)[-1])
+
+    def _rmdir(self, op):
+        if not self.exists(op.path):
+            self._refuse(op, "it does not exist", _errno.ENOENT)
+        if self.children(op.path):
+            self._refuse(op, "it still has child cgroups %s" % ", ".join(self.children(op.path)), _errno.EBUSY)
+        if self.tasks(op.path):
+            self._refuse(op, "it still holds tasks %s" % " ".join(map(str, self.tasks(op.path))), _errno.EBUSY)
+        self._nodes[op.path] = ABSENT
+        self._children.pop(op.path, None)
+        self._tasks.pop(op.path, None)
+        self._children[parent_of(op.path)].discard(op.path.rsplit("/", 1)[-1])
+
+    def _attach(self, op):
+        node = self.node(op.path)
+        if not node.exists:
+            self._refuse(op, "it does not exist", _errno.ENOENT)
+        if self.version == 1:
+            if not node.cpus or not node.mems:
+                empty = "cpuset.cpus" if not node.cpus else "cpuset.mems"
+                self._refuse(op, "%s is empty, and a task needs CPUs and memory nodes to run on "
+                                 "(set cpus and mems before attaching tasks)" % empty, _errno.ENOSPC)
+        elif not self.effective_cpus(op.path):
+            self._refuse(op, "its effective CPU set is empty", _errno.ENOSPC)
+        task = int(op.value)
+        if op.previous:
+            self.tasks(op.previous)      # load where it comes from, so it leaves there
+        for path, tasks in self._tasks.items():
+            if task in tasks:
+                tasks.remove(task)
+        self.tasks(op.path).append(task)
+
+    def _write(self, op):
+        if not self.exists(op.path):
+            self._refuse(op, "the cgroup does not exist", _errno.ENOENT)
+        handler = getattr(self, "_write_%s_v%d" % (op.knob, self.version), None)
+        if handler is None:
+            self._refuse(op, "%s is not a cgroup v%d knob" % (op.knob, self.version), _errno.EINVAL)
+        handler(op)
+
+    def _parse(self, op, limit_to, what):
+        try:
+            value = parse_cpulist(op.value, what=what)
+        except CpuListError as exc:
+            self._refuse(op, str(exc), _errno.EINVAL)
+        if not value <= limit_to:
+            self._refuse(op, "%s %s do not exist or are offline (this host has %s)" % (
+                what, format_cpulist(value - limit_to), format_cpulist(limit_to)), _errno.EINVAL)
+        return value
+
+    def _set(self, path, **changes):
+        self._nodes[path] = replace(self.node(path), **changes)
+
+    # -- v1 --
+    def _write_cpus_v1(self, op):
+        self._write_set_v1(op, "cpus", "cpu_exclusive", self.online, "CPUs")
+
+    def _write_mems_v1(self, op):
+        self._write_set_v1(op, "mems", "mem_exclusive", self.memory_nodes, "memory nodes")
+
+    def _write_set_v1(self, op, key, exclusive_key, universe, what):
+        if op.path == "":
+            self._refuse(op, "the root cpuset always spans all %s and is read-only" % what, _errno.EACCES)
+        value = self._parse(op, universe, what)
+        node = self.node(op.path)
+        parent_path = parent_of(op.path)
+        parent = self.node(parent_path)
+        outside = value - getattr(parent, key)
+        if outside:
+            self._refuse(op, "%s %s are not in the parent %s (%s); on cgroup v1 a child may only hold "
+                             "its parent's %s, so widen the parent first" % (
+                                 what, format_cpulist(outside), display_path(parent_path),
+                                 format_cpulist(getattr(parent, key)) or "empty", what), _errno.EACCES)
+        for child in self.children(op.path):
+            child_path = join_path(op.path, child)
+            held = getattr(self.node(child_path), key) - value
+            if held:
+                self._refuse(op, "its child %s still holds %s %s; narrow the child first" % (
+                    display_path(child_path), what, format_cpulist(held)), _errno.EBUSY)
+        if not value and self.populated(op.path):
+            self._refuse(op, "the cgroup has tasks, and a cpuset with tasks cannot be emptied", _errno.ENOSPC)
+        for sibling in self.siblings(op.path):
+            other = self.node(sibling)
+            overlap = value & getattr(other, key)
+            if overlap and (getattr(node, exclusive_key) or getattr(other, exclusive_key)):
+                self._refuse(op, "%s %s overlap the sibling %s and one of the two is %s" % (
+                    what, format_cpulist(overlap), display_path(sibling), KNOBS[1][exclusive_key]), _errno.EINVAL)
+        self._set(op.path, **{key: value})
+
+    def _write_flag(self, op):
+        if op.value not in ("0", "1"):
+            self._refuse(op, "the value must be 0 or 1", _errno.EINVAL)
+        return op.value == "1"
+
+    def _write_exclusive_v1(self, op, key, set_key, what):
+        flag = self._write_flag(op)
+        if op.path == "":
+            self._refuse(op, "the root cpuset's flags are read-only", _errno.EACCES)
+        node = self.node(op.path)
+        parent_path = parent_of(op.path)
+        if flag:
+            if not getattr(self.node(parent_path), key):
+                self._refuse(op, "the parent %s is not %s; a cpuset can only be exclusive if its parent is" % (
+                    display_path(parent_path), KNOBS[1][key]), _errno.EACCES)
+            for sibling in self.siblings(op.path):
+                overlap = getattr(node, set_key) & getattr(self.node(sibling), set_key)
+                if overlap:
+                    self._refuse(op, "its %s %s overlap the sibling %s; exclusive siblings may not overlap" % (
+                        what, format_cpulist(overlap), display_path(sibling)), _errno.EINVAL)
+        else:
+            for child in self.children(op.path):
+                if getattr(self.node(join_path(op.path, child)), key):
+                    self._refuse(op, "its child %s is still %s; clear the child's flag first" % (
+                        display_path(join_path(op.path, child)), KNOBS[1][key]), _errno.EBUSY)
+        self._set(op.path, **{key: flag})
+
+    def _write_cpu_exclusive_v1(self, op):
+        self._write_exclusive_v1(op, "cpu_exclusive", "cpus", "CPUs")
+
+    def _write_mem_exclusive_v1(self, op):
+        self._write_exclusive_v1(op, "mem_exclusive", "mems", "memory nodes")
+
+    def _write_sched_load_balance_v1(self, op):
+        self._set(op.path, sched_load_balance=self._write_flag(op))
+
+    # -- v2 --
+    def _require_cpuset_v2(self, op):
+        if op.path and not self.cpuset_enabled(op.path):
+            self._refuse(op, "the cpuset controller is not enabled for it: add +cpuset to %s/cgroup.subtree_control "
+                             "first" % display_path(parent_of(op.path)), _errno.ENOENT)
+
+    def _write_cpus_v2(self, op):
+        self._require_cpuset_v2(op)
+        value = self._parse(op, self.online, "CPUs")
+        for sibling in self.siblings(op.path):
+            other = self.node(sibling)
+            if partition_base(other.partition) in ("root", "isolated") and "invalid" not in other.partition:
+                overlap = value & (other.cpus_exclusive or other.cpus)
+                if overlap:
+                    self._refuse(op, "CPUs %s belong to the sibling partition %s" % (
+                        format_cpulist(overlap), display_path(sibling)), _errno.EINVAL)
+        self._set(op.path, cpus=value)
+
+    def _write_mems_v2(self, op):
+        self._require_cpuset_v2(op)
+        self._set(op.path, mems=self._parse(op, self.memory_nodes, "memory nodes"))
+
+    def _write_cpus_exclusive_v2(self, op):
+        self._require_cpuset_v2(op)
+        if not self.source.has_feature("cpus_exclusive"):
+            self._refuse(op, "this kernel has no cpuset.cpus.exclusive (Linux 6.7 or later)", _errno.ENOENT)
+        value = self._parse(op, self.online, "CPUs")
+        parent_path = parent_of(op.path)
+        if parent_path:
+            allowed = self.node(parent_path).cpus_exclusive
+            if not value <= allowed:
+                self._refuse(op, "CPUs %s are not in the parent %s cpuset.cpus.exclusive (%s); write it top-down" % (
+                    format_cpulist(value - allowed), display_path(parent_path),
+                    format_cpulist(allowed) or "empty"), _errno.EINVAL)
+        for sibling in self.siblings(op.path):
+            overlap = value & self.node(sibling).cpus_exclusive
+            if overlap:
+                self._refuse(op, "CPUs %s are already exclusive to the sibling %s" % (
+                    format_cpulist(overlap), display_path(sibling)), _errno.EINVAL)
+        for child in self.children(op.path):
+            held = self.node(join_path(op.path, child)).cpus_exclusive - value
+            if held:
+                self._refuse(op, "its child %s still holds exclusive CPUs %s" % (
+                    display_path(join_path(op.path, child)), format_cpulist(held)), _errno.EBUSY)
+        self._set(op.path, cpus_exclusive=value)
+
+    def _write_subtree_control_v2(self, op):
+        words = op.value.split()
+        for word in words:
+            if word[:1] not in "+-" or word[1:] != "cpuset":
+                self._refuse(op, "the engine only manages +cpuset/-cpuset here", _errno.EINVAL)
+        enable = words[-1].startswith("+")
+        if enable and not self.cpuset_enabled(op.path):
+            self._refuse(op, "cpuset is not available in it: enable it in the parent %s first (top-down)" %
+                         display_path(parent_of(op.path)), _errno.ENOENT)
+        if not enable:
+            for child in self.children(op.path):
+                if self.node(join_path(op.path, child)).subtree_cpuset:
+                    self._refuse(op, "its child %s still enables cpuset below itself" %
+                                 display_path(join_path(op.path, child)), _errno.EBUSY)
+        self._set(op.path, subtree_cpuset=enable)
+
+    def predict_partition(self, path, kind):
+        """Why the kernel would mark ``path`` an invalid ``kind`` partition now, or None if valid."""
+        node = self.node(path)
+        parent_path = parent_of(path)
+        parent = self.node(parent_path)
+        parent_is_partition = partition_base(parent.partition) in ("root", "isolated") and \
+            "invalid" not in parent.partition
+        mine = node.cpus_exclusive or node.cpus
+        if not mine:
+            return "cpuset.cpus and cpuset.cpus.exclusive are empty"
+        if not parent_is_partition and not node.cpus_exclusive:
+            return "Parent is not a partition root"
+        for sibling in self.siblings(path):
+            other = self.node(sibling)
+            if mine & (other.cpus_exclusive or (other.cpus if partition_base(other.partition) != "member" else frozenset())):
+                return "Cpu list in cpuset.cpus not exclusive"
+            if mine & other.cpus and partition_base(other.partition) == "member" and not node.cpus_exclusive:
+                return "Cpu list in cpuset.cpus not exclusive"
+        parent_effective = self.effective_cpus(parent_path)
+        if parent_is_partition and mine >= parent_effective and self.tasks(parent_path):
+            return "the parent %s would be left with no CPU for its own tasks" % display_path(parent_path)
+        if not mine <= parent_effective | parent.cpus_exclusive:
+            return "CPUs %s are not available in the parent" % format_cpulist(mine - parent_effective)
+        return None
+
+    def _write_partition_v2(self, op):
+        self._require_cpuset_v2(op)
+        if op.value not in PARTITION_TYPES:
+            self._refuse(op, "partition must be one of %s" % ", ".join(PARTITION_TYPES), _errno.EINVAL)
+        if op.value == "member":
+            for child in self.children(op.path):
+                if partition_base(self.node(join_path(op.path, child)).partition) != "member":
+                    self._refuse(op, "its child %s is still a partition; turn the child back to member first" %
+                                 display_path(join_path(op.path, child)), _errno.EBUSY)
+            self._set(op.path, partition="member")
+            return
+        reason = self.predict_partition(op.path, op.value)
+        if reason:
+            self._refuse(op, "the kernel would mark it '%s invalid (%s)'" % (op.value, reason), _errno.EINVAL)
+        self._set(op.path, partition=op.value)
