@@ -130,10 +130,7 @@ def _undo(fs, op, created_values):
         for knob, value in created_values.get(op.path, ()):
             fs.write(op.path, knob, value)
     elif op.kind == WRITE:
-        if op.knob == "subtree_control":
-            fs.write(op.path, op.knob, op.value.replace("+", "-"))
-        else:
-            fs.write(op.path, op.knob, op.previous)
+        fs.write(op.path, op.knob, op.previous)
     elif op.kind == ATTACH and op.previous is not None:
         fs.write(op.previous, op.knob, op.value)
 

@@ -132,6 +132,8 @@ class Node:
     subtree_cpuset: bool = False               # v2: "cpuset" enabled in cgroup.subtree_control
 
     def knob_text(self, key):
+        if key == "subtree_control":
+            return "+cpuset" if self.subtree_cpuset else "-cpuset"
         value = getattr(self, key)
         if key in ("cpus", "mems", "cpus_exclusive"):
             return format_cpulist(value)
@@ -281,6 +283,7 @@ class CpusetModel:
             self._refuse(op, "it still has child cgroups %s" % ", ".join(self.children(op.path)), _errno.EBUSY)
         if self.tasks(op.path):
             self._refuse(op, "it still holds tasks %s" % " ".join(map(str, self.tasks(op.path))), _errno.EBUSY)
+        self.children(parent_of(op.path))
         self._nodes[op.path] = ABSENT
         self._children.pop(op.path, None)
         self._tasks.pop(op.path, None)

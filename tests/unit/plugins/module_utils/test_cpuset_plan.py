@@ -1,0 +1,326 @@
+"""Planner tests against an in-memory hierarchy whose writes are judged by the kernel-rules model."""
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import format_cpulist
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import (
+    ATTACH,
+    MKDIR,
+    RMDIR,
+    WRITE,
+    CpusetModel,
+    KernelRuleError,
+    Node,
+    Op,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import PlanError, Request, plan
+from tests.support.fake_cpuset import MemorySource, run_on_model
+
+F = frozenset
+
+
+def v1(nodes=None, tasks=None, online=F(range(4)), mems=F({0})):
+    return MemorySource(1, online, mems, dict(nodes or {}), dict(tasks or {}))
+
+
+def v2(nodes=None, tasks=None, online=F(range(4)), mems=F({0}), exclusive=True):
+    return MemorySource(2, online, mems, dict(nodes or {}), dict(tasks or {}),
+                        features={"cpus_exclusive": exclusive, "partition": True})
+
+
+def writes(result):
+    return [(op.kind, op.path, op.knob, op.value) for op in result.ops]
+
+
+# ---- cgroup v1 ----------------------------------------------------------------------------
+
+def test_nested_creation_with_only_cpus_is_parent_first_and_copies_mems():
+    result = plan(v1(), [Request("a/b/c", cpus=F({1}))])
+    assert writes(result) == [
+        (MKDIR, "a", "", ""), (WRITE, "a", "cpus", "0-3"), (WRITE, "a", "mems", "0"),
+        (MKDIR, "a/b", "", ""), (WRITE, "a/b", "cpus", "0-3"), (WRITE, "a/b", "mems", "0"),
+        (MKDIR, "a/b/c", "", ""), (WRITE, "a/b/c", "cpus", "1"), (WRITE, "a/b/c", "mems", "0"),
+    ]
+    assert result.after["a/b/c"].mems == F({0})
+
+
+def test_second_run_plans_nothing():
+    source = v1()
+    first = plan(source, [Request("a/b", cpus=F({1, 2}))])
+    again = plan(run_on_model(source, first.ops), [Request("a/b", cpus=F({1, 2}))])
+    assert again.ops == [] and not again.changed
+
+
+def test_empty_existing_cpuset_is_filled_from_parent_and_said():
+    source = v1({"machine": Node()})
+    result = plan(source, [Request("machine")])
+    assert writes(result) == [(WRITE, "machine", "cpus", "0-3"), (WRITE, "machine", "mems", "0")]
+    assert any("filled the empty cpus" in n for n in result.notes)
+
+
+def test_shrink_under_a_busy_child_narrows_children_first():
+    source = v1({"p": Node(cpus=F({0, 1, 2, 3}), mems=F({0})), "p/c": Node(cpus=F({1, 2, 3}), mems=F({0}))},
+                tasks={"p/c": [100]})
+    result = plan(source, [Request("p", cpus=F({2, 3}))])
+    assert writes(result) == [(WRITE, "p/c", "cpus", "2-3"), (WRITE, "p", "cpus", "2-3")]
+    assert result.notes == ["narrowed '/p/c' cpus from 1-3 to 2-3 because its parent '/p' narrows to 2-3"]
+
+
+def test_shrink_that_would_empty_a_descendant_fails_naming_it():
+    source = v1({"p": Node(cpus=F({0, 1}), mems=F({0})), "p/c": Node(cpus=F({1}), mems=F({0}))})
+    with pytest.raises(PlanError, match=r"'/p/c' holds CPUs 1, none of which its parent '/p' keeps \(0\)"):
+        plan(source, [Request("p", cpus=F({0}))])
+
+
+def test_move_a_populated_cgroup_to_disjoint_cpus_never_empties_it():
+    source = v1({"p": Node(cpus=F({0, 1}), mems=F({0})), "p/c": Node(cpus=F({0}), mems=F({0}))},
+                tasks={"p/c": [100]})
+    result = plan(source, [Request("p", cpus=F({1})), Request("p/c", cpus=F({1}))])
+    assert writes(result) == [(WRITE, "p/c", "cpus", "0-1"), (WRITE, "p/c", "cpus", "1"), (WRITE, "p", "cpus", "1")]
+
+
+def test_child_outside_parent_fails_unless_parent_widened_in_same_call():
+    source = v1({"p": Node(cpus=F({0}), mems=F({0}))})
+    with pytest.raises(PlanError, match=r"cpus=1 is not within its parent '/p' \(0\).*widen the parent in the same call"):
+        plan(source, [Request("p/c", cpus=F({1}))])
+    result = plan(source, [Request("p", cpus=F({0, 1})), Request("p/c", cpus=F({1}))])
+    assert writes(result)[0] == (WRITE, "p", "cpus", "0-1")
+
+
+def test_offline_cpus_and_missing_nodes_are_refused():
+    with pytest.raises(PlanError, match=r"names CPUs 7 that are offline or absent \(online: 0-3\)"):
+        plan(v1(), [Request("a", cpus=F({1, 7}))])
+    with pytest.raises(PlanError, match=r"NUMA nodes 1 that do not exist"):
+        plan(v1(), [Request("a", mems=F({1}))])
+
+
+def test_exclusive_siblings_may_not_overlap():
+    source = v1({"m": Node(cpus=F({0, 1, 2, 3}), mems=F({0}), cpu_exclusive=True)})
+    with pytest.raises(PlanError, match="overlap on 2"):
+        plan(source, [Request("m/a", cpus=F({1, 2}), cpu_exclusive=True), Request("m/b", cpus=F({2, 3}))])
+    result = plan(source, [Request("m/a", cpus=F({1}), cpu_exclusive=True),
+                           Request("m/b", cpus=F({2, 3}), cpu_exclusive=True)])
+    flags = [w for w in writes(result) if w[2] == "cpu_exclusive"]
+    assert flags == [(WRITE, "m/a", "cpu_exclusive", "1"), (WRITE, "m/b", "cpu_exclusive", "1")]
+    assert writes(result).index(flags[0]) > writes(result).index((WRITE, "m/b", "cpus", "2-3"))
+
+
+def test_exclusive_needs_exclusive_parent():
+    source = v1({"m": Node(cpus=F({0, 1}), mems=F({0}))})
+    with pytest.raises(PlanError, match="needs its parent '/m' to be cpu_exclusive"):
+        plan(source, [Request("m/rt", cpus=F({1}), cpu_exclusive=True)])
+    result = plan(source, [Request("m", cpu_exclusive=True), Request("m/rt", cpus=F({1}), cpu_exclusive=True)])
+    flags = [w for w in writes(result) if w[2] == "cpu_exclusive"]
+    assert flags == [(WRITE, "m", "cpu_exclusive", "1"), (WRITE, "m/rt", "cpu_exclusive", "1")]
+
+
+def test_clearing_exclusive_goes_children_first():
+    source = v1({"m": Node(cpus=F({0, 1}), mems=F({0}), cpu_exclusive=True),
+                 "m/rt": Node(cpus=F({1}), mems=F({0}), cpu_exclusive=True)})
+    result = plan(source, [Request("m", cpu_exclusive=False), Request("m/rt", cpu_exclusive=False)])
+    assert writes(result) == [(WRITE, "m/rt", "cpu_exclusive", "0"), (WRITE, "m", "cpu_exclusive", "0")]
+
+
+def test_tasks_are_attached_after_sets():
+    source = v1()
+    source.task_threads[4242] = [4242, 4243]
+    result = plan(source, [Request("app", cpus=F({1}), procs=(4242,))])
+    assert writes(result)[-1] == (ATTACH, "app", "procs", "4242")
+    assert writes(result)[:3] == [(MKDIR, "app", "", ""), (WRITE, "app", "cpus", "1"), (WRITE, "app", "mems", "0")]
+
+
+def test_attach_of_missing_process_fails():
+    with pytest.raises(PlanError, match="process 999999 does not exist"):
+        plan(v1(), [Request("app", procs=(999999,))])
+
+
+def test_absent_with_tasks_fails_listing_pids_then_migrates():
+    source = v1({"g": Node(cpus=F({1}), mems=F({0})), "g/vcpu0": Node(cpus=F({1}), mems=F({0}))},
+                tasks={"g/vcpu0": [11, 12]})
+    with pytest.raises(PlanError, match=r"'/g/vcpu0': 11 12.*migrate: true"):
+        plan(source, [Request("g", state="absent")])
+    result = plan(source, [Request("g", state="absent")], migrate=True)
+    assert writes(result) == [(ATTACH, "", "threads", "11"), (ATTACH, "", "threads", "12"),
+                              (RMDIR, "g/vcpu0", "", ""), (RMDIR, "g", "", "")]
+
+
+def test_absent_of_missing_cgroup_is_a_no_op():
+    assert plan(v1(), [Request("nothing", state="absent")]).ops == []
+
+
+def test_conflicting_requests():
+    with pytest.raises(PlanError, match="listed twice"):
+        plan(v1(), [Request("a", cpus=F({1})), Request("a", cpus=F({2}))])
+    with pytest.raises(PlanError, match="requested present but '/a' is requested absent"):
+        plan(v1(), [Request("a/b"), Request("a", state="absent")])
+
+
+def test_partition_on_v1_is_refused():
+    with pytest.raises(PlanError, match="partition=isolated needs cgroup v2"):
+        plan(v1(), [Request("a", partition="isolated")])
+
+
+# ---- cgroup v2 ----------------------------------------------------------------------------
+
+def test_v2_enables_cpuset_top_down_and_inherits_when_cpus_omitted():
+    result = plan(v2(), [Request("a/b", cpus=F({2}))])
+    assert writes(result) == [
+        (WRITE, "", "subtree_control", "+cpuset"), (MKDIR, "a", "", ""),
+        (WRITE, "a", "subtree_control", "+cpuset"), (MKDIR, "a/b", "", ""), (WRITE, "a/b", "cpus", "2"),
+    ]
+
+
+def test_v2_local_partition_is_written_after_its_cpus():
+    source = v2({"": Node(subtree_cpuset=True)})
+    result = plan(source, [Request("rt", cpus=F({2, 3}), partition="isolated")])
+    assert writes(result) == [(MKDIR, "rt", "", ""), (WRITE, "rt", "cpus", "2-3"),
+                              (WRITE, "rt", "partition", "isolated")]
+
+
+def test_v2_remote_partition_writes_exclusive_top_down():
+    source = v2({"": Node(subtree_cpuset=True), "machine": Node(subtree_cpuset=True)})
+    result = plan(source, [Request("machine/rt", cpus=F({2, 3}), partition="root")])
+    assert writes(result)[-3:] == [(WRITE, "machine", "cpus_exclusive", "2-3"),
+                                   (WRITE, "machine/rt", "cpus_exclusive", "2-3"),
+                                   (WRITE, "machine/rt", "partition", "root")]
+
+
+def test_v2_remote_partition_without_kernel_support_names_the_kernel():
+    source = v2({"": Node(subtree_cpuset=True), "machine": Node(subtree_cpuset=True)}, exclusive=False)
+    source.release = "6.1.0-27-amd64"
+    with pytest.raises(PlanError, match=r"needs cpuset.cpus.exclusive \(Linux 6.7 or later\); this kernel \(6.1.0-27"):
+        plan(source, [Request("machine/rt", cpus=F({2, 3}), partition="root")])
+
+
+def test_v2_partition_overlapping_sibling_is_refused_before_writing():
+    source = v2({"": Node(subtree_cpuset=True), "other": Node(cpus=F({2}))})
+    with pytest.raises(PlanError, match="not exclusive"):
+        plan(source, [Request("rt", cpus=F({2, 3}), partition="root")])
+
+
+def test_v2_partition_taking_every_cpu_of_a_busy_parent_is_refused():
+    source = v2({"": Node(subtree_cpuset=True)}, tasks={"": [1]})
+    with pytest.raises(PlanError, match="no CPU for its own tasks"):
+        plan(source, [Request("rt", cpus=F({0, 1, 2, 3}), partition="root")])
+
+
+def test_v2_dissolving_a_partition_goes_children_first():
+    source = v2({"": Node(subtree_cpuset=True),
+                 "a": Node(cpus=F({2, 3}), partition="root", subtree_cpuset=True),
+                 "a/b": Node(cpus=F({3}), partition="root")})
+    result = plan(source, [Request("a", partition="member"), Request("a/b", partition="member")])
+    assert writes(result) == [(WRITE, "a/b", "partition", "member"), (WRITE, "a", "partition", "member")]
+
+
+def test_v1_knobs_on_v2_are_refused():
+    with pytest.raises(PlanError, match="sched_load_balance is a cgroup v1 knob"):
+        plan(v2(), [Request("a", sched_load_balance=False)])
+
+
+def test_model_refuses_attach_to_empty_cpuset_like_the_kernel():
+    model = CpusetModel(v1({"a": Node()}))
+    with pytest.raises(KernelRuleError) as caught:
+        model.apply(Op(ATTACH, "a", "threads", "1"))
+    assert "ENOSPC" in caught.value.message and "cpuset.cpus is empty" in caught.value.message
+
+
+# ---- properties ---------------------------------------------------------------------------
+
+@st.composite
+def v1_trees(draw):
+    """A valid v1 tree (every child within its parent, populated cgroups non-empty) of up to 7 cgroups."""
+    ncpu = draw(st.integers(min_value=2, max_value=5))
+    online = F(range(ncpu))
+    mems = F(range(draw(st.integers(min_value=1, max_value=2))))
+    nodes, tasks = {}, {}
+    paths = []
+    next_task = [1000]
+    for index in range(draw(st.integers(min_value=0, max_value=7))):
+        parent = draw(st.sampled_from([""] + paths))
+        path = "%s/n%d" % (parent, index) if parent else "n%d" % index
+        parent_cpus = nodes[parent].cpus if parent else online
+        parent_mems = nodes[parent].mems if parent else mems
+        cpus = F(draw(st.sets(st.sampled_from(sorted(parent_cpus)))) if parent_cpus else set())
+        node_mems = F(draw(st.sets(st.sampled_from(sorted(parent_mems)))) if parent_mems else set())
+        nodes[path] = Node(cpus=cpus, mems=node_mems)
+        if cpus and node_mems and draw(st.booleans()):
+            tasks[path] = [next_task[0]]
+            next_task[0] += 1
+        paths.append(path)
+    return MemorySource(1, online, mems, nodes, tasks)
+
+
+@st.composite
+def goal_for(draw, source):
+    """A reachable goal: every existing cgroup plus a few new ones, each within its parent's goal."""
+    existing = sorted(source.nodes, key=lambda p: (p.count("/"), p))
+    new = []
+    for index in range(draw(st.integers(min_value=0, max_value=3))):
+        parent = draw(st.sampled_from([""] + existing + new))
+        new.append("%s/new%d" % (parent, index) if parent else "new%d" % index)
+    goal = {}
+    for path in sorted(existing + new, key=lambda p: (p.count("/"), p)):
+        parent = path.rsplit("/", 1)[0] if "/" in path else ""
+        parent_cpus = goal[parent][0] if parent else source.online
+        parent_mems = goal[parent][1] if parent else source.mems
+        populated = bool(source.tasks_by_path.get(path)) or any(
+            source.tasks_by_path.get(p) for p in source.nodes if p.startswith(path + "/"))
+        minimum = 1 if populated else 0
+        cpus = F(draw(st.sets(st.sampled_from(sorted(parent_cpus)), min_size=minimum))) if parent_cpus else F()
+        mems = F(draw(st.sets(st.sampled_from(sorted(parent_mems)), min_size=minimum))) if parent_mems else F()
+        if populated and (not cpus or not mems):
+            assume(False)
+        goal[path] = (cpus, mems)
+    return goal
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_every_reachable_goal_is_planned_and_reached(data):
+    """For random trees and random reachable goals the planner finds an order the kernel accepts,
+    reaches exactly the goal, and a second plan is empty."""
+    source = data.draw(v1_trees())
+    goal = data.draw(goal_for(source))
+    requests = [Request(path, cpus=cpus, mems=mems) for path, (cpus, mems) in goal.items()]
+    result = plan(source, requests)
+    final = run_on_model(source, result.ops)          # raises KernelRuleError if any op is refused
+    for path, (cpus, mems) in goal.items():
+        assert final.nodes[path].cpus == cpus, (path, format_cpulist(final.nodes[path].cpus))
+        assert final.nodes[path].mems == mems
+    assert plan(final, requests).ops == []
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_requests_either_fail_cleanly_or_apply(data):
+    """Arbitrary requests (partly unreachable): PlanError before any write, or a plan the model accepts
+    that leaves every requested value in place."""
+    source = data.draw(v1_trees())
+    candidates = sorted(source.nodes) + ["x", "x/y"]
+    chosen = data.draw(st.lists(st.sampled_from(candidates), unique=True, max_size=4))
+    requests = []
+    for path in chosen:
+        cpus = data.draw(st.one_of(st.none(), st.frozensets(st.sampled_from(sorted(source.online)))))
+        mems = data.draw(st.one_of(st.none(), st.frozensets(st.sampled_from(sorted(source.mems)))))
+        exclusive = data.draw(st.sampled_from([None, True, False]))
+        absent = data.draw(st.integers(0, 5)) == 0
+        requests.append(Request(path, state="absent" if absent else "present", cpus=cpus, mems=mems,
+                                cpu_exclusive=exclusive))
+    try:
+        result = plan(source, requests, migrate=True)
+    except PlanError:
+        return
+    final = run_on_model(source, result.ops)
+    for request in requests:
+        if request.state == "absent":
+            assert request.path not in final.nodes
+            continue
+        node = final.nodes[request.path]
+        if request.cpus is not None:
+            assert node.cpus == request.cpus
+        if request.mems is not None:
+            assert node.mems == request.mems
+        if request.cpu_exclusive is not None:
+            assert node.cpu_exclusive == request.cpu_exclusive
+    assert plan(final, [r for r in requests], migrate=True).ops == []
