@@ -1,0 +1,330 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) rtvirt.kvm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pcpu_allocation
+short_description: Choose dedicated host CPUs (pCPUs) for a pinned libvirt/KVM guest
+version_added: "0.1.0"
+description:
+  - Computes which pCPUs of the realtime partition a guest's vCPUs should be pinned to, so that no
+    pCPU is shared between guests.
+  - The defined libvirt domains are the only record of who holds what; there is no state file.
+    A guest holds the CPUs named in its C(<cputune>) C(<vcpupin>), C(<emulatorpin>) and
+    C(<iothreadpin>) elements (C(<vcpu cpuset=...>) for vCPUs without a C(<vcpupin>)), plus the
+    SMT siblings recorded as reserved in its C(<metadata>) (see RV(metadata)).
+  - Allocating a guest never moves another guest's pins. A guest that is already pinned keeps the
+    pins of the vCPUs it still has; a larger O(vcpus) adds pins, a smaller one frees the highest vCPUs.
+  - Deterministic. The lowest NUMA node, core and CPU are used first, and one NUMA node is used
+    whenever one has room; otherwise the guest spans nodes and the module warns.
+  - When the guest does not fit, the module fails and says how many pCPUs are free, on which nodes,
+    and which guests hold the rest.
+  - This module only computes. It never changes the host or any domain; write RV(vcpupin) and
+    RV(metadata) into the domain definition with another task.
+author:
+  - rtvirt.kvm contributors
+options:
+  name:
+    description:
+      - Name of the libvirt domain (guest) to allocate for.
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) plans pins for the guest.
+      - V(absent) plans the guest's removal. RV(pins) is empty and RV(free) includes the pCPUs it held.
+    type: str
+    choices: [present, absent]
+    default: present
+  vcpus:
+    description:
+      - Number of vCPUs, each given a dedicated pCPU.
+      - Defaults to the number of pCPUs in O(pcpus). With O(state=present) one of O(vcpus) and O(pcpus) is required.
+    type: int
+  pool:
+    description:
+      - The CPUs of the realtime partition that guests may be pinned to, in the kernel's list syntax
+        (for example V(2-7,10-15)).
+      - CPUs that are not online are left out with a warning.
+    type: str
+    required: true
+  smt_policy:
+    description:
+      - How vCPUs are placed on SMT (hyper-)threads, after OpenStack Nova's C(hw:cpu_thread_policy).
+      - V(prefer) packs the guest onto whole cores when possible (vCPUs 0/1, 2/3, ... on thread
+        siblings) and otherwise uses any free thread. Nothing is reserved.
+      - V(isolate) puts each vCPU on a core nobody else uses; the other threads of that core in the
+        pool are reserved to the guest and stay idle. On a host without SMT it is one vCPU per CPU.
+      - V(require) needs SMT. vCPUs fill whole free cores, sibling by sibling. With a vCPU count
+        that is not a multiple of the threads per core, the spare threads of the last core are
+        reserved to the guest. Fails when the host has no SMT or the pool holds no complete sibling group.
+    type: str
+    choices: [isolate, prefer, require]
+    default: prefer
+  numa_node:
+    description:
+      - Keep the guest on this NUMA node; fail rather than span nodes.
+    type: int
+  pcpus:
+    description:
+      - Explicit pCPUs, in order. vCPU 0 gets the first one, vCPU 1 the second, and so on. Each element may be a
+        CPU list such as V(4-7) (expanded in ascending order).
+      - They are checked. Each must be in O(pool) and not held by another guest, and they must satisfy O(smt_policy)
+        and O(numa_node).
+    type: list
+    elements: str
+  domains_xml:
+    description:
+      - The XML of every defined domain, as C(virsh dumpxml --inactive) prints it.
+      - When omitted, the module reads the inactive XML of every domain from C(qemu:///system) with
+        libvirt-python.
+      - Include the guest's own XML so that its existing pins are kept.
+    type: list
+    elements: str
+  sysfs_root:
+    description:
+      - Where sysfs is mounted; the topology is read from C(devices/system/cpu) and C(devices/system/node) below it.
+      - Meant for tests.
+    type: path
+    default: /sys
+attributes:
+  check_mode:
+    support: full
+    description: The module only computes; it behaves the same in check mode.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+    description: Linux hosts with sysfs; libvirt-python when O(domains_xml) is omitted.
+requirements:
+  - libvirt-python (python3-libvirt) on the target, only when O(domains_xml) is omitted.
+notes:
+  - Only the persistent (inactive) definition counts. Pins changed live with C(virsh vcpupin --live) are not seen.
+  - Guests without any pinning float and hold nothing.
+  - Keep the RV(metadata) element in the domain's C(<metadata>). Without it, the siblings reserved by
+    V(isolate) and V(require) are not recorded and may be given to the next guest.
+seealso:
+  - name: OpenStack Nova CPU thread policies
+    description: The C(hw:cpu_thread_policy) semantics that O(smt_policy) follows.
+    link: https://docs.openstack.org/nova/latest/admin/cpu-topologies.html
+  - name: libvirt CPU tuning
+    description: The C(<cputune>) elements the pins are written to.
+    link: https://libvirt.org/formatdomain.html#cpu-tuning
+"""
+
+EXAMPLES = r"""
+- name: Plan four dedicated pCPUs for rt1 on one NUMA node, one vCPU per core
+  rtvirt.kvm.pcpu_allocation:
+    name: rt1
+    vcpus: 4
+    pool: "2-7,10-15"
+    smt_policy: isolate
+  register: rt1_pcpus
+
+- name: Show the plan
+  ansible.builtin.debug:
+    msg: "rt1 gets {{ rt1_pcpus.cpus }} on node(s) {{ rt1_pcpus.numa_nodes }}; still free: {{ rt1_pcpus.free }}"
+
+- name: Pin an audio guest to pCPUs chosen by hand (checked against the other guests)
+  rtvirt.kvm.pcpu_allocation:
+    name: audio
+    pcpus: [6, 7]
+    pool: "2-7"
+    domains_xml: "{{ all_domain_xml }}"
+
+- name: See what removing rt2 would free
+  rtvirt.kvm.pcpu_allocation:
+    name: rt2
+    state: absent
+    pool: "2-15"
+  register: rt2_gone
+"""
+
+RETURN = r"""
+pins:
+  description: vCPU to pCPU pairs, sorted by vCPU. Empty for O(state=absent).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    vcpu:
+      description: vCPU index.
+      type: int
+    pcpu:
+      description: Host CPU the vCPU is pinned to.
+      type: int
+  sample: [{"vcpu": 0, "pcpu": 2}, {"vcpu": 1, "pcpu": 3}]
+vcpupin:
+  description: vCPU index (as a string) to the cpuset for C(<vcpupin vcpu=... cpuset=...>).
+  returned: always
+  type: dict
+  sample: {"0": "2", "1": "3"}
+cpus:
+  description: The guest's pinned pCPUs as a CPU list. Empty for O(state=absent).
+  returned: always
+  type: str
+  sample: "2-3"
+numa_nodes:
+  description: NUMA nodes of the pinned pCPUs.
+  returned: always
+  type: list
+  elements: int
+  sample: [0]
+spans_nodes:
+  description: Whether the guest spans more than one NUMA node (a warning is issued then).
+  returned: always
+  type: bool
+  sample: false
+reserved:
+  description:
+    - Every pool CPU the guest holds afterwards, as a CPU list. This includes its pins, the SMT siblings
+      reserved to it, and its emulator or I/O thread pins inside the pool.
+  returned: always
+  type: str
+  sample: "2-3,10-11"
+siblings_reserved:
+  description: SMT siblings kept idle for the guest by O(smt_policy=isolate) or O(smt_policy=require), as a CPU list.
+  returned: always
+  type: str
+  sample: "10-11"
+free:
+  description: Pool CPUs nobody holds once this plan is applied, as a CPU list.
+  returned: always
+  type: str
+  sample: "4-7,12-15"
+freed:
+  description: Pool CPUs the guest held before and releases with this plan, as a CPU list.
+  returned: always
+  type: str
+  sample: ""
+holders:
+  description: Guest name to the pool CPUs it holds once this plan is applied, as a CPU list.
+  returned: always
+  type: dict
+  sample: {"rt0": "2-3,10-11", "rt1": "4-5"}
+unchanged:
+  description: True when the guest already has exactly these pins and reservations, so its definition needs no update.
+  returned: always
+  type: bool
+  sample: true
+metadata:
+  description:
+    - Element to keep in the domain's C(<metadata>). It records O(smt_policy) and RV(siblings_reserved)
+      for later runs. Empty for O(state=absent).
+  returned: always
+  type: str
+  sample: '<rtvirt:pcpu xmlns:rtvirt="urn:rtvirt:kvm:pcpu:1" smt_policy="isolate" reserved="10-11"/>'
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
+    CpuListError,
+    format_cpulist,
+    parse_cpulist,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
+    SMT_POLICIES,
+    PcpuError,
+    Request,
+    allocate,
+    holdings_from_domain_xml,
+    read_topology,
+)
+
+
+class _LibvirtError(Exception):
+    def __init__(self, msg, exception=None):
+        super().__init__(msg)
+        self.exception = exception
+
+
+def get_argument_spec():
+    return dict(
+        name=dict(type="str", required=True),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        vcpus=dict(type="int"),
+        pool=dict(type="str", required=True),
+        smt_policy=dict(type="str", choices=list(SMT_POLICIES), default="prefer"),
+        numa_node=dict(type="int"),
+        pcpus=dict(type="list", elements="str"),
+        domains_xml=dict(type="list", elements="str"),
+        sysfs_root=dict(type="path", default="/sys"),
+    )
+
+
+def _ordered_pcpus(elements):
+    """Expand each element (a CPU or a range) in ascending order, keeping the elements' order."""
+    result = []
+    for element in elements:
+        result.extend(sorted(parse_cpulist(element, what="pcpus element")))
+    return tuple(result)
+
+
+def _read_domains():
+    """Inactive XML of every domain on qemu:///system (libvirt-python, imported only here)."""
+    try:
+        import libvirt  # pylint: disable=import-outside-toplevel
+    except ImportError as exc:
+        raise _LibvirtError(missing_required_lib(
+            "libvirt-python (Debian: python3-libvirt)",
+            reason="to read the defined domains when domains_xml is not given"), exc) from exc
+    try:
+        conn = libvirt.open("qemu:///system")
+    except libvirt.libvirtError as exc:
+        raise _LibvirtError("cannot connect to qemu:///system to read the defined domains: %s "
+                            "(is libvirtd running? or pass domains_xml)" % exc, exc) from exc
+    try:
+        return [dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) for dom in conn.listAllDomains(0)]
+    except libvirt.libvirtError as exc:
+        raise _LibvirtError("cannot read the domain XML from qemu:///system: %s" % exc, exc) from exc
+    finally:
+        conn.close()
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=get_argument_spec(),
+        required_if=[("state", "present", ("vcpus", "pcpus"), True)],
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        pool = parse_cpulist(params["pool"], what="pool")
+        pcpus = _ordered_pcpus(params["pcpus"]) if params["pcpus"] is not None else None
+        topology = read_topology(params["sysfs_root"])
+        xml_texts = params["domains_xml"] if params["domains_xml"] is not None else _read_domains()
+        holdings = holdings_from_domain_xml(xml_texts)
+        request = Request(name=params["name"], vcpus=params["vcpus"], smt_policy=params["smt_policy"],
+                          numa_node=params["numa_node"], pcpus=pcpus, state=params["state"])
+        plan = allocate(topology, pool, holdings, request)
+    except _LibvirtError as exc:
+        module.fail_json(msg=str(exc), exception=exc.exception)
+    except (PcpuError, CpuListError) as exc:
+        module.fail_json(msg=str(exc), guest=params["name"], pool=params["pool"])
+
+    for warning in plan.warnings:
+        module.warn(warning)
+    module.exit_json(
+        changed=False,
+        pins=[dict(vcpu=vcpu, pcpu=pcpu) for vcpu, pcpu in plan.pins],
+        vcpupin={str(vcpu): cpuset for vcpu, cpuset in plan.vcpupin.items()},
+        cpus=format_cpulist(plan.cpus),
+        numa_nodes=list(plan.numa_nodes),
+        spans_nodes=plan.spans_nodes,
+        reserved=format_cpulist(plan.reserved),
+        siblings_reserved=format_cpulist(plan.siblings_reserved),
+        free=format_cpulist(plan.free),
+        freed=format_cpulist(plan.freed),
+        holders={name: format_cpulist(cpus) for name, cpus in plan.holders.items()},
+        unchanged=plan.unchanged,
+        metadata=plan.metadata_xml() if plan.state == "present" else "",
+    )
+
+
+if __name__ == "__main__":
+    main()
