@@ -47,6 +47,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import (
     parse_mountinfo,
 )
 
+PF_USER_WORKER = 0x00004000   # kernel-made tasks inside a user process (vhost, kvm-nx-lpage-recovery)
 PF_KTHREAD = 0x00200000
 PF_NO_SETAFFINITY = 0x04000000
 
@@ -426,7 +427,7 @@ class _TaskScan(object):
         self.leaks = {}        # pid -> [comm, tids, isolated cpus, affinity texts]
         self.placed = {}       # pid -> [comm, tids, affinity cpus]
         self.kthreads = []     # (pid, comm, affinity text, cpus)
-        self.guest_tasks = {}  # qemu pid -> [(tid, comm, state, last_cpu, rt_priority, policy, affinity text)]
+        self.guest_tasks = {}  # qemu pid -> [(tid, comm, state, last_cpu, rt_priority, policy, affinity text, flags)]
         self.unreadable = 0
 
 
@@ -485,7 +486,7 @@ def scan_tasks(proc_root, isolated, guest_pids=()):
                     guest_tasks[int(pid)].append((
                         int(tid), stat[stat.find(b"(") + 1:right].decode("utf-8", "replace"),
                         state.decode("ascii", "replace"), int(fields[36]), int(fields[37]), int(fields[38]),
-                        affinity.decode("ascii")))
+                        affinity.decode("ascii"), int(fields[6])))
                 klass = known[1]
                 if not klass:
                     continue
@@ -989,14 +990,18 @@ def _guest_facts(guest, scan, cgroups, isolated, violations, given):
     if scan is None:
         return facts
     vcpu_tids = domain["vcpu_tids"] if domain else {}
-    for tid, comm, state, last_cpu, rt_priority, policy, affinity_text in sorted(scan.guest_tasks.get(guest["pid"], ())):
-        role, number = classify_qemu_thread(comm, tid, vcpu_tids)
+    for tid, comm, state, last_cpu, rt_priority, policy, affinity_text, flags in sorted(
+            scan.guest_tasks.get(guest["pid"], ())):
+        if flags & PF_USER_WORKER:
+            role, number = "kernel_worker", None
+        else:
+            role, number = classify_qemu_thread(comm, tid, vcpu_tids)
         path = cgroups.path_of(guest["pid"], tid)
         cpuset_text, cpuset = (None, None)
         if path is not None:
             cpuset_text, cpuset = cgroups.files(path)
         affinity = parse_cpulist(affinity_text)
-        pin = expected_pinning(domain, role, number) if domain else None
+        pin = expected_pinning(domain, role, number) if domain and role != "kernel_worker" else None
         facts["threads"].append({
             "tid": tid,
             "comm": comm,

@@ -230,7 +230,8 @@ ansible_facts:
             - "Every running libvirt guest found through C(<libvirt_run_dir>/*.pid), with C(name), C(pid), C(id),
               C(partition), C(pinning) (from the status XML: C(vcpus) and C(iothreads) by number, C(emulator);
               null values are unpinned) and C(threads)."
-            - Each thread has C(tid), C(comm), C(role) (vcpu, iothread or emulator), C(id) (vCPU or I/O thread
+            - Each thread has C(tid), C(comm), C(role) (vcpu, iothread, emulator, or kernel_worker for tasks the kernel adds to the QEMU
+              process such as vhost and kvm-nx-lpage-recovery, which the domain XML does not pin), C(id) (vCPU or I/O thread
               number), C(cgroup) (its cpuset cgroup), C(cpuset) (the CPUs in that cgroup's C(cpuset.cpus); the
               effective CPUs when a v2 file is empty), C(affinity) (C(Cpus_allowed_list)), C(pinning) (what the
               XML asks), C(policy) (other, fifo, rr, batch, idle, deadline), C(rt_priority), C(last_cpu), C(state).
