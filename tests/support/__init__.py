@@ -1,0 +1,1 @@
+"""Rigs and fixtures shared by the test layers (importable as tests.support)."""
