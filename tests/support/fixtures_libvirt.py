@@ -11,8 +11,8 @@ from tests.support import libvirt_rig as rig_lib
 def libvirt_rig(tmp_path_factory):
     """A running libvirtd for the whole session: started (or reused) once, stopped at the end.
 
-    Only daemons this session started are stopped (see libvirt_rig.stop); its pid files, logs
-    and ownership record stay in pytest's temporary directory for post-mortems.
+    Only daemons this session started are stopped (see libvirt_rig.stop); the daemons' logs are
+    /var/log/libvirt/libvirtd.log and virtlogd.log.
     """
     if os.geteuid() != 0:
         pytest.skip("the libvirt rig needs root")

@@ -14,6 +14,7 @@ Ownership: `start` reuses a virtlogd/libvirtd that is already running and record
 the daemons (pytest-xdist workers, a Molecule scenario run from a pytest session): every rig
 registers in a machine-wide directory, and a rig that stops while others are still registered
 hands its daemons over to one of them instead of killing them; the last one out stops them.
+Daemon logs (warnings and errors): /var/log/libvirt/libvirtd.log and virtlogd.log.
 """
 import argparse
 import contextlib
@@ -260,7 +261,7 @@ def start(state_dir, ready_timeout=DEFAULT_READY_TIMEOUT, holder_pid=None):
             _save_state(state_dir, state)
             _register(state_dir, holder_pid)
             # Holding the lock while waiting makes a concurrent rig reuse a ready daemon.
-            _wait_until_answering(state, state_dir, ready_timeout)
+            _wait_until_answering(state, ready_timeout)
         except BaseException:  # also Ctrl-C during the long first wait: leave nothing running
             _stop_locked(state_dir, DEFAULT_STOP_TIMEOUT)
             raise
@@ -452,8 +453,12 @@ def _spawn(daemon, state_dir):
     """Start `daemon --daemon --pid-file` with its log in the state dir; returns its PID."""
     pid_file = state_dir / ("%s.pid" % daemon)
     pid_file.unlink(missing_ok=True)
-    # A daemonised libvirt daemon logs nowhere by default without journald; keep warnings.
-    env = dict(os.environ, LIBVIRT_LOG_OUTPUTS="3:file:%s" % (state_dir / ("%s.log" % daemon)))
+    # A daemonised libvirt daemon logs nowhere by default without journald; keep warnings. Not in
+    # the state dir: the daemon may outlive it (handed to another rig, pytest pruning its old
+    # temp dirs), and libvirtd's forked children reopen this file before exec; if it cannot be
+    # opened, QEMU "exits" with status 125 and no guest starts.
+    LIBVIRT_LOG_DIR.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, LIBVIRT_LOG_OUTPUTS="3:file:%s" % _daemon_log(daemon))
     # --daemon returns once the child is initialised; the child writes the pid file itself.
     _run([daemon, "--daemon", "--pid-file", str(pid_file)], env=env, timeout=60)
     deadline = time.monotonic() + 10
@@ -465,13 +470,17 @@ def _spawn(daemon, state_dir):
     raise RigError("%s started but wrote no pid to %s" % (daemon, pid_file))
 
 
-def _wait_until_answering(state, state_dir, timeout):
+def _daemon_log(daemon):
+    return LIBVIRT_LOG_DIR / ("%s.log" % daemon)
+
+
+def _wait_until_answering(state, timeout):
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise RigError("libvirtd did not answer `virsh -c %s version` within %s s; see %s"
-                           % (URI, timeout, state_dir / "libvirtd.log"))
+                           % (URI, timeout, _daemon_log("libvirtd")))
         try:
             answer = _run(["virsh", "-c", URI, "version"], check=False, timeout=remaining)
         except RigError:
@@ -479,7 +488,7 @@ def _wait_until_answering(state, state_dir, timeout):
         if answer.returncode == 0:
             return
         if not _same_process(state["libvirtd"]):
-            log = state_dir / "libvirtd.log"
+            log = _daemon_log("libvirtd")
             tail = log.read_text()[-2000:] if log.exists() else "(no log)"
             raise RigError("libvirtd (pid %d) exited before answering; %s:\n%s"
                            % (state["libvirtd"]["pid"], log, tail))
@@ -574,7 +583,7 @@ def _next_registered_rig():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("start", "stop", "status"))
-    parser.add_argument("--state-dir", required=True, help="pid files, logs and ownership of this rig")
+    parser.add_argument("--state-dir", required=True, help="pid files and ownership record of this rig")
     parser.add_argument("--timeout", type=float, help="seconds to wait for libvirtd (start) or for "
                         "a daemon to exit after SIGTERM (stop)")
     args = parser.parse_args(argv)
