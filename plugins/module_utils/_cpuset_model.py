@@ -15,7 +15,7 @@ write" is a statement about these rules, which follow ``kernel/cgroup/cpuset.c``
 from __future__ import annotations
 
 import errno as _errno
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     CpuListError,
@@ -177,6 +177,22 @@ class CpusetModel:
         self._tasks = {}
         self.online = frozenset(source.online_cpus())
         self.memory_nodes = frozenset(source.memory_nodes())
+
+    def fork(self):
+        """A model that starts from everything this one has read, without reading it again.
+
+        The planner reads the tree once and simulates its plan on a fork: the fork's changes stay
+        in the fork, and the source is read only for what neither has seen yet.
+        """
+        twin = object.__new__(CpusetModel)
+        twin.source = self.source
+        twin.version = self.version
+        twin.online = self.online
+        twin.memory_nodes = self.memory_nodes
+        twin._nodes = dict(self._nodes)                      # Node is frozen: sharing is safe
+        twin._children = {path: set(names) for path, names in self._children.items()}
+        twin._tasks = {path: list(tasks) for path, tasks in self._tasks.items()}
+        return twin
 
     # ---- reading -------------------------------------------------------------------------
     def node(self, path):

@@ -23,7 +23,9 @@ description:
     both the failure and the rollback are reported.
   - A host-wide lock (C(/run/lock/rtvirt-kvm-cpuset.lock)) keeps two runs from interleaving their plans.
 author:
-  - rtvirt.kvm contributors
+  - rtvirt.kvm contributors (@rtvirt-kvm)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 options:
   path:
     description:

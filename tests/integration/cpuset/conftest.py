@@ -26,14 +26,14 @@ def cpuset_root():
 @pytest.fixture
 def sandbox(cpuset_root):
     """A unique top-level cgroup name; whatever the test leaves below it is removed afterwards."""
-    mountpoint, _version = cpuset_root
+    mountpoint = cpuset_root[0]
     name = "rtvirt-test-" + uuid.uuid4().hex[:10]
     yield name
     top = os.path.join(mountpoint, name)
     if not os.path.isdir(top):
         return
     # Move anything still inside to the root first (only our own processes can be there), then rmdir deepest first.
-    for dirpath, _dirs, _files in os.walk(top, topdown=False):
+    for dirpath, dummy_dirs, dummy_files in os.walk(top, topdown=False):
         with open(os.path.join(dirpath, "tasks")) as handle:
             for tid in handle.read().split():
                 try:
@@ -71,7 +71,7 @@ def snapshot(mountpoint, top):
     base = os.path.join(mountpoint, top)
     if not os.path.isdir(base):
         return result
-    for dirpath, _dirs, files in os.walk(base):
+    for dirpath, dummy_dirs, files in os.walk(base):
         for name in sorted(files):
             if name.startswith("cpuset.") and "pressure" not in name or name in ("tasks", "cgroup.procs"):
                 with open(os.path.join(dirpath, name), "rb") as handle:
@@ -82,7 +82,7 @@ def snapshot(mountpoint, top):
 def cgroup_of(pid, controller="cpuset"):
     with open("/proc/%d/cgroup" % pid) as handle:
         for line in handle:
-            _hid, controllers, path = line.rstrip("\n").split(":", 2)
+            dummy_hid, controllers, path = line.rstrip("\n").split(":", 2)
             if controller in controllers.split(","):
                 return path
     return None

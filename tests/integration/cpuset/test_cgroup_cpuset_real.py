@@ -17,7 +17,7 @@ def online_cpus(mountpoint):
 
 
 def test_seed_failure_reproduces_raw_then_succeeds_through_the_module(cpuset_root, sandbox, spawn):
-    mountpoint, _ = cpuset_root
+    mountpoint = cpuset_root[0]
     pid = spawn()
     os.mkdir(os.path.join(mountpoint, sandbox))
     with pytest.raises(OSError) as caught:
@@ -37,7 +37,7 @@ def test_seed_failure_reproduces_raw_then_succeeds_through_the_module(cpuset_roo
 
 
 def test_nested_three_levels_with_only_cpus(cpuset_root, sandbox):
-    mountpoint, _ = cpuset_root
+    mountpoint = cpuset_root[0]
     result = run_module(MODULE, {"path": sandbox + "/a/b", "cpus": "1"})
     assert result["changed"], result.get("msg")
     assert read(mountpoint, sandbox, "cpuset.cpus") == online_cpus(mountpoint)
@@ -52,7 +52,7 @@ def test_nested_three_levels_with_only_cpus(cpuset_root, sandbox):
 
 
 def test_shrink_under_a_busy_child(cpuset_root, sandbox, spawn):
-    mountpoint, _ = cpuset_root
+    mountpoint = cpuset_root[0]
     pid = spawn()
     assert not run_module(MODULE, {"cgroups": [{"path": sandbox, "cpus": "0-1"},
                                                {"path": sandbox + "/busy", "cpus": "0-1", "procs": [pid]}]}).get("failed")
@@ -66,7 +66,7 @@ def test_shrink_under_a_busy_child(cpuset_root, sandbox, spawn):
 
 
 def test_move_a_busy_cgroup_to_other_cpus(cpuset_root, sandbox, spawn):
-    mountpoint, _ = cpuset_root
+    mountpoint = cpuset_root[0]
     pid = spawn()
     run_module(MODULE, {"cgroups": [{"path": sandbox, "cpus": "0-1"},
                                     {"path": sandbox + "/g", "cpus": "0", "procs": [pid]}]})
@@ -90,7 +90,7 @@ def foreign_holders_of(mountpoint, sandbox, cpus):
 
 
 def test_exclusive_siblings(cpuset_root, sandbox):
-    mountpoint, _ = cpuset_root
+    mountpoint = cpuset_root[0]
     cgroups = [{"path": sandbox, "cpus": "0-1", "cpu_exclusive": True},
                {"path": sandbox + "/rt", "cpus": "1", "cpu_exclusive": True},
                {"path": sandbox + "/house", "cpus": "0", "cpu_exclusive": True}]
@@ -116,7 +116,7 @@ def test_exclusive_siblings(cpuset_root, sandbox):
 
 
 def test_absent_with_a_live_task_fails_then_migrates(cpuset_root, sandbox, spawn):
-    mountpoint, _ = cpuset_root
+    mountpoint = cpuset_root[0]
     pid = spawn()
     run_module(MODULE, {"path": sandbox + "/guest/vcpu0", "cpus": "1", "procs": [pid]})
     before = snapshot(mountpoint, sandbox)
@@ -130,7 +130,7 @@ def test_absent_with_a_live_task_fails_then_migrates(cpuset_root, sandbox, spawn
 
 
 def test_check_mode_leaves_the_tree_byte_for_byte(cpuset_root, sandbox, spawn):
-    mountpoint, _ = cpuset_root
+    mountpoint = cpuset_root[0]
     pid = spawn()
     run_module(MODULE, {"cgroups": [{"path": sandbox, "cpus": "0-1"}, {"path": sandbox + "/a", "cpus": "0-1"}]})
     before = snapshot(mountpoint, sandbox)
@@ -154,7 +154,7 @@ def test_check_mode_leaves_the_tree_byte_for_byte(cpuset_root, sandbox, spawn):
     ({"path": "/sys/fs/cgroup/cpuset/x"}, "is absolute"),
 ])
 def test_bad_input_fails_clearly_and_touches_nothing(cpuset_root, sandbox, args, fragment):
-    mountpoint, _ = cpuset_root
+    mountpoint = cpuset_root[0]
     run_module(MODULE, {"path": sandbox, "cpus": "0"})
     before = snapshot(mountpoint, sandbox)
     result = run_module(MODULE, dict({"path": sandbox + "/child"}, **args))
@@ -165,7 +165,7 @@ def test_bad_input_fails_clearly_and_touches_nothing(cpuset_root, sandbox, args,
 
 
 def test_child_outside_parent_unless_widened_together(cpuset_root, sandbox):
-    mountpoint, _ = cpuset_root
+    mountpoint = cpuset_root[0]
     run_module(MODULE, {"path": sandbox, "cpus": "0"})
     refused = run_module(MODULE, {"path": sandbox + "/c", "cpus": "1"})
     assert refused.get("failed") and "widen the parent in the same call" in refused["msg"]

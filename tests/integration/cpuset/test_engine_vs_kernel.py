@@ -92,14 +92,14 @@ def test_model_agrees_with_the_kernel(cpuset_root, sandbox, spawn, data):
     finally:
         with open(os.path.join(mountpoint, "tasks"), "w") as handle:
             handle.write(str(task))
-        for dirpath, _dirs, _files in os.walk(os.path.join(mountpoint, top), topdown=False):
+        for dirpath, dummy_dirs, dummy_files in os.walk(os.path.join(mountpoint, top), topdown=False):
             os.rmdir(dirpath)
 
 
 def test_failed_write_rolls_back_in_reverse(cpuset_root, sandbox, spawn):
     """A task that exits between planning and applying: the kernel answers ESRCH at the attach, and
     everything created and written before it is undone."""
-    mountpoint, _ = cpuset_root
+    mountpoint = cpuset_root[0]
     fs = CpusetFs(mountpoint, 1)
     os.mkdir(os.path.join(mountpoint, sandbox))
     fs.write(sandbox, "cpus", "0")

@@ -323,4 +323,4 @@ def test_random_requests_either_fail_cleanly_or_apply(data):
             assert node.mems == request.mems
         if request.cpu_exclusive is not None:
             assert node.cpu_exclusive == request.cpu_exclusive
-    assert plan(final, [r for r in requests], migrate=True).ops == []
+    assert plan(final, requests, migrate=True).ops == []
