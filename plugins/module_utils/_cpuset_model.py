@@ -480,7 +480,11 @@ class CpusetModel:
         self._set(op.path, subtree_cpuset=enable)
 
     def predict_partition(self, path, kind):
-        """Why the kernel would mark ``path`` an invalid ``kind`` partition now, or None if valid."""
+        """Why the kernel would mark ``path`` an invalid ``kind`` partition now, or None if valid.
+
+        The reasons are the kernel's own wording where it has one (``cpuset.cpus.partition`` reads
+        back ``root invalid (<reason>)``).
+        """
         node = self.node(path)
         parent_path = parent_of(path)
         parent = self.node(parent_path)
@@ -493,16 +497,16 @@ class CpusetModel:
             return "Parent is not a partition root"
         for sibling in self.siblings(path):
             other = self.node(sibling)
-            if mine & (other.cpus_exclusive or (other.cpus if partition_base(other.partition) != "member" else frozenset())):
-                return "Cpu list in cpuset.cpus not exclusive"
-            if mine & other.cpus and partition_base(other.partition) == "member" and not node.cpus_exclusive:
+            if mine & (other.cpus_exclusive or other.cpus):
                 return "Cpu list in cpuset.cpus not exclusive"
         parent_effective = self.effective_cpus(parent_path)
-        if parent_is_partition and mine >= parent_effective and self.tasks(parent_path):
+        if parent_is_partition and mine >= parent_effective and self.populated_directly(parent_path):
             return "the parent %s would be left with no CPU for its own tasks" % display_path(parent_path)
-        if not mine <= parent_effective | parent.cpus_exclusive:
-            return "CPUs %s are not available in the parent" % format_cpulist(mine - parent_effective)
         return None
+
+    def populated_directly(self, path):
+        """Tasks in the cgroup itself (the root cgroup always has kernel threads)."""
+        return path == "" or bool(self.tasks(path))
 
     def _write_partition_v2(self, op):
         self._require_cpuset_v2(op)
