@@ -1,0 +1,386 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) rtvirt.kvm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: realtime_domain
+short_description: Define, start, stop and remove a pinned SCHED_FIFO libvirt/KVM guest
+version_added: "0.1.0"
+description:
+  - Writes the realtime parts of a libvirt domain definition and leaves everything else alone.
+    These parts are C(<vcpu placement='static'>), one C(<vcpupin>) per vCPU, C(<emulatorpin>),
+    C(<vcpusched scheduler='fifo'>) for all vCPUs, C(<numatune>), C(<resource><partition>), the memory
+    size and the C(<rtvirt:pcpu>) metadata element that M(rtvirt.kvm.pcpu_allocation) returns.
+  - The parts are written into the guest's current definition when it exists, so libvirt's uuid, MAC
+    addresses and any devices added later are kept. Otherwise they go into O(base_xml), or into a tiny
+    diskless guest (no disk, no network, C(<memballoon model='none'/>)) that idles in its BIOS.
+  - Only the parts it owns are compared, normalized (CPU lists as sets, memory in KiB). An unchanged guest
+    is not redefined and the module reports no change.
+  - With O(running=true) it starts the guest when it is not running.
+  - V(absent) powers the guest off (C(destroy)) and removes its definition (C(undefine)).
+  - The module does not choose pCPUs; use M(rtvirt.kvm.pcpu_allocation) for that, or the
+    C(rtvirt.kvm.realtime_vm) role that does both and verifies the result.
+author:
+  - rtvirt.kvm contributors
+options:
+  name:
+    description:
+      - The guest's domain name.
+      - "Names are checked before anything else. 1-64 characters: letters, digits, C(_ . + : -), starting with a letter or
+        digit. libvirt refuses C(/) and newlines, and the name also becomes a file name and a cgroup name."
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) defines the guest (and starts it with O(running=true)). V(absent) destroys and undefines it.
+    type: str
+    choices: [present, absent]
+    default: present
+  vcpus:
+    description: Number of vCPUs. Required with O(state=present).
+    type: int
+  memory_mib:
+    description: Memory in MiB (C(<memory>) and C(<currentMemory>)). Required with O(state=present).
+    type: int
+  vcpupin:
+    description:
+      - vCPU index to the host CPU list it is pinned to, as RV(rtvirt.kvm.pcpu_allocation#module:vcpupin) returns it.
+      - Must name every vCPU from 0 to O(vcpus)-1. Required with O(state=present).
+    type: dict
+  emulator_cpus:
+    description:
+      - Host CPUs for the emulator threads (C(<emulatorpin>)), normally the housekeeping CPUs.
+      - Required with O(state=present).
+    type: str
+  fifo_priority:
+    description: SCHED_FIFO priority of every vCPU thread (C(<vcpusched>)), 1-99.
+    type: int
+    default: 1
+  partition:
+    description:
+      - The libvirt resource partition (C(<resource><partition>)). It must exist before the guest starts
+        (M(rtvirt.kvm.libvirt_partition)).
+    type: str
+    default: /machine/rt
+  numa_nodes:
+    description:
+      - NUMA nodes the guest's memory is bound to (C(<numatune><memory mode='strict'>)). Normally the
+        RV(rtvirt.kvm.pcpu_allocation#module:numa_nodes) of the pins.
+      - Empty leaves out C(<numatune><memory>), for hosts whose kernel shows no NUMA nodes.
+    type: list
+    elements: int
+    default: []
+  metadata:
+    description:
+      - The C(<rtvirt:pcpu>) element that RV(rtvirt.kvm.pcpu_allocation#module:metadata) returns. It is kept in
+        C(<metadata>) so that the SMT siblings reserved to the guest stay reserved in later allocations.
+    type: str
+    default: ""
+  base_xml:
+    description:
+      - A domain XML to start from when the guest is not defined yet (disks, network, firmware).
+      - Ignored when the guest is already defined. Its current definition is the base then.
+    type: str
+  domain_type:
+    description:
+      - The C(<domain type>) of the built-in diskless guest. V(auto) picks V(kvm) when C(/dev/kvm) can be opened,
+        V(qemu) (emulation) otherwise. Ignored when O(base_xml) or a current definition is used.
+    type: str
+    choices: [auto, kvm, qemu]
+    default: auto
+  running:
+    description: With O(state=present), start the guest when it is not running.
+    type: bool
+    default: true
+  restart:
+    description:
+      - When the definition of a running guest changes, power it off and start it again so the change takes effect.
+      - Without it the module warns and returns RV(restart_needed=true).
+    type: bool
+    default: false
+  uri:
+    description: libvirt connection URI.
+    type: str
+    default: qemu:///system
+attributes:
+  check_mode:
+    support: full
+    description: Reads the current definition and reports what it would change. Writes nothing.
+  diff_mode:
+    support: full
+    description: The owned parts before and after, one per line.
+  platform:
+    platforms: posix
+requirements:
+  - libvirt-python (python3-libvirt) on the target.
+notes:
+  - "SCHED_FIFO vCPUs need C(kernel.sched_rt_runtime_us=-1) on kernels with RT group scheduling, or the start fails
+    with C(Cannot set scheduler parameters ... Operation not permitted) (the C(host_prep) role sets it)."
+seealso:
+  - module: rtvirt.kvm.pcpu_allocation
+  - module: rtvirt.kvm.libvirt_partition
+  - name: libvirt CPU tuning
+    description: The C(<cputune>) elements written here.
+    link: https://libvirt.org/formatdomain.html#cpu-tuning
+"""
+
+EXAMPLES = r"""
+- name: Choose pCPUs for rt1
+  rtvirt.kvm.pcpu_allocation:
+    name: rt1
+    vcpus: 2
+    pool: "2-7"
+  register: rt1_pcpus
+
+- name: Define and start rt1 on them with FIFO priority 10
+  rtvirt.kvm.realtime_domain:
+    name: rt1
+    vcpus: 2
+    memory_mib: 1024
+    vcpupin: "{{ rt1_pcpus.vcpupin }}"
+    emulator_cpus: "0-1"
+    fifo_priority: 10
+    numa_nodes: "{{ rt1_pcpus.numa_nodes }}"
+    metadata: "{{ rt1_pcpus.metadata }}"
+
+- name: Remove rt2
+  rtvirt.kvm.realtime_domain:
+    name: rt2
+    state: absent
+"""
+
+RETURN = r"""
+xml:
+  description: The definition the module wrote (or would write). Empty for O(state=absent).
+  returned: always
+  type: str
+  sample: "<domain type='kvm'><name>rt1</name>...</domain>"
+differences:
+  description: The owned parts that differ from the current definition (all of them for a new guest).
+  returned: always
+  type: list
+  elements: str
+  sample: ["emulatorpin", "vcpupin"]
+defined:
+  description: Whether the definition was written (or would be, in check mode).
+  returned: always
+  type: bool
+  sample: true
+started:
+  description: Whether the guest was started (or would be).
+  returned: always
+  type: bool
+  sample: false
+destroyed:
+  description: Whether a running guest was powered off (or would be).
+  returned: always
+  type: bool
+  sample: false
+undefined:
+  description: Whether the definition was removed (or would be).
+  returned: always
+  type: bool
+  sample: false
+restart_needed:
+  description: The running guest still runs with its old definition (O(restart=false)).
+  returned: always
+  type: bool
+  sample: false
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
+    DomainSpec,
+    DomainSpecError,
+    check_name,
+    check_spec,
+    differences,
+    owned_view,
+    render,
+    view_text,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import DomainXMLError
+
+
+class _LibvirtError(Exception):
+    def __init__(self, msg, exception=None):
+        super().__init__(msg)
+        self.exception = exception
+
+
+def get_argument_spec():
+    return dict(
+        name=dict(type="str", required=True),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        vcpus=dict(type="int"),
+        memory_mib=dict(type="int"),
+        vcpupin=dict(type="dict"),
+        emulator_cpus=dict(type="str"),
+        fifo_priority=dict(type="int", default=1),
+        partition=dict(type="str", default="/machine/rt"),
+        numa_nodes=dict(type="list", elements="int", default=[]),
+        metadata=dict(type="str", default=""),
+        base_xml=dict(type="str"),
+        domain_type=dict(type="str", choices=["auto", "kvm", "qemu"], default="auto"),
+        running=dict(type="bool", default=True),
+        restart=dict(type="bool", default=False),
+        uri=dict(type="str", default="qemu:///system"),
+    )
+
+
+def _kvm_usable():
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
+
+
+class _Libvirt:
+    """The few libvirt-python calls the module makes (imported only here)."""
+
+    def __init__(self, uri):
+        try:
+            import libvirt  # pylint: disable=import-outside-toplevel
+        except ImportError as exc:
+            raise _LibvirtError(missing_required_lib("libvirt-python (Debian: python3-libvirt)"), exc) from exc
+        self.libvirt = libvirt
+        self.uri = uri
+        self.conn = None
+
+    def call(self, what, func, *args):
+        try:
+            return func(*args)
+        except self.libvirt.libvirtError as exc:
+            raise _LibvirtError("%s: %s" % (what, exc), exc) from exc
+
+    def open(self):
+        self.conn = self.call("cannot connect to %s (is libvirtd running?)" % self.uri, self.libvirt.open, self.uri)
+
+    def lookup(self, name):
+        try:
+            return self.conn.lookupByName(name)
+        except self.libvirt.libvirtError as exc:
+            if exc.get_error_code() == self.libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise _LibvirtError("cannot look up guest %s: %s" % (name, exc), exc) from exc
+
+    def inactive_xml(self, dom):
+        return self.call("cannot read the definition of %s" % dom.name(), dom.XMLDesc,
+                         self.libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+
+
+def _spec(params, domain_type):
+    return DomainSpec(name=params["name"], vcpus=params["vcpus"], memory_mib=params["memory_mib"],
+                      vcpupin=params["vcpupin"] or {}, emulator_cpus=params["emulator_cpus"] or "",
+                      fifo_priority=params["fifo_priority"], partition=params["partition"],
+                      numa_nodes=tuple(params["numa_nodes"] or ()), metadata=params["metadata"] or "",
+                      domain_type=domain_type)
+
+
+def _present(module, virt, spec, result):
+    params = module.params
+    dom = virt.lookup(spec.name)
+    current = virt.inactive_xml(dom) if dom is not None else None
+    rendered = render(spec, current if current is not None else params["base_xml"])
+    result["xml"] = rendered
+    result["differences"] = differences(current, rendered)
+    active = bool(dom is not None and virt.call("cannot query %s" % spec.name, dom.isActive))
+    result["defined"] = bool(result["differences"])
+    if module._diff:
+        result["diff"] = dict(before=view_text(owned_view(current)) if current is not None else "",
+                              after=view_text(owned_view(rendered)),
+                              before_header="%s %s (defined)" % (params["uri"], spec.name),
+                              after_header="%s %s (wanted)" % (params["uri"], spec.name))
+    restart = result["defined"] and active
+    if restart and not params["restart"]:
+        result["restart_needed"] = True
+        module.warn("guest %s is running with its old definition (%s changed); it takes effect at the next start, "
+                    "or set restart=true" % (spec.name, ", ".join(result["differences"])))
+    result["destroyed"] = restart and params["restart"]
+    result["started"] = params["running"] and (not active or result["destroyed"])
+    if module.check_mode:
+        return
+    if result["defined"]:
+        dom = virt.call("libvirt refused the definition of %s" % spec.name, virt.conn.defineXML, rendered)
+    if result["destroyed"]:
+        virt.call("cannot power off %s" % spec.name, dom.destroy)
+    if result["started"]:
+        try:
+            virt.call("cannot start %s (partition %s must exist in every cgroup controller and hold both the vCPU "
+                      "and the emulator CPUs; FIFO vCPUs need kernel.sched_rt_runtime_us=-1)"
+                      % (spec.name, spec.partition), dom.create)
+        except _LibvirtError:
+            if current is None:  # a guest this run defined: leave the host as it was
+                virt.call("cannot undefine %s after its failed start" % spec.name, dom.undefine)
+                result["defined"] = False
+            raise
+
+
+def _absent(module, virt, name, result):
+    dom = virt.lookup(name)
+    if dom is None:
+        return
+    result["destroyed"] = bool(virt.call("cannot query %s" % name, dom.isActive))
+    result["undefined"] = True
+    if module._diff:
+        result["diff"] = dict(before=view_text(owned_view(virt.inactive_xml(dom))), after="",
+                              before_header="%s %s (defined)" % (module.params["uri"], name),
+                              after_header="%s %s (absent)" % (module.params["uri"], name))
+    if module.check_mode:
+        return
+    if result["destroyed"]:
+        virt.call("cannot power off %s" % name, dom.destroy)
+    virt.call("cannot undefine %s" % name, dom.undefine)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=get_argument_spec(),
+        required_if=[("state", "present", ("vcpus", "memory_mib", "vcpupin", "emulator_cpus"))],
+        supports_check_mode=True,
+    )
+    params = module.params
+    result = dict(changed=False, xml="", differences=[], defined=False, started=False, destroyed=False,
+                  undefined=False, restart_needed=False)
+    virt = None
+    try:
+        check_name(params["name"])
+        spec = None
+        if params["state"] == "present":
+            domain_type = params["domain_type"]
+            if domain_type == "auto":
+                domain_type = "kvm" if _kvm_usable() else "qemu"
+            spec = _spec(params, domain_type)
+            check_spec(spec)
+        virt = _Libvirt(params["uri"])
+        virt.open()
+        if spec is not None:
+            _present(module, virt, spec, result)
+        else:
+            _absent(module, virt, params["name"], result)
+    except _LibvirtError as exc:
+        module.fail_json(msg=str(exc), guest=params["name"], exception=exc.exception, **result)
+    except (DomainSpecError, DomainXMLError, CpuListError) as exc:
+        module.fail_json(msg=str(exc), guest=params["name"], **result)
+    finally:
+        if virt is not None:
+            virt.close()
+    result["changed"] = any(result[key] for key in ("defined", "started", "destroyed", "undefined"))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) rtvirt.kvm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""realtime_domain through main(), against a fake libvirt-python (the real one: tests/integration/libvirt)."""
+
+from __future__ import annotations
+
+import sys
+import types
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from ansible_collections.rtvirt.kvm.plugins.modules import realtime_domain
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+from _module_runner import run_module  # noqa: E402  pylint: disable=wrong-import-position
+
+
+class FakeError(Exception):
+    def __init__(self, msg, code=1):
+        super().__init__(msg)
+        self.code = code
+
+    def get_error_code(self):
+        return self.code
+
+
+class FakeDom:
+    def __init__(self, host, xml):
+        self.host, self.xml, self.active = host, xml, False
+
+    def name(self):
+        return ET.fromstring(self.xml).findtext("name")
+
+    def XMLDesc(self, flags):  # noqa: N802 (libvirt's name)
+        return self.xml
+
+    def isActive(self):  # noqa: N802
+        return self.active
+
+    def create(self):
+        if self.host.fail_start:
+            raise FakeError("Cannot set scheduler parameters for pid 1: Operation not permitted")
+        self.host.calls.append(("create", self.name()))
+        self.active = True
+
+    def destroy(self):
+        self.host.calls.append(("destroy", self.name()))
+        self.active = False
+
+    def undefine(self):
+        self.host.calls.append(("undefine", self.name()))
+        del self.host.domains[self.name()]
+
+
+class FakeHost:
+    def __init__(self):
+        self.domains, self.calls, self.fail_start = {}, [], False
+
+    def lookupByName(self, name):  # noqa: N802
+        if name not in self.domains:
+            raise FakeError("Domain not found", code=42)
+        return self.domains[name]
+
+    def defineXML(self, xml):  # noqa: N802
+        root = ET.fromstring(xml)
+        if root.find("uuid") is None:  # libvirt adds a uuid and devices; the module must not care
+            ET.SubElement(root, "uuid").text = "2b7d4cb4-95c6-4a95-80ba-80db8bbe41ec"
+        name = root.findtext("name")
+        self.calls.append(("define", name))
+        dom = self.domains.get(name) or FakeDom(self, "")
+        dom.xml = ET.tostring(root, encoding="unicode")
+        self.domains[name] = dom
+        return dom
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def host(monkeypatch):
+    fake = FakeHost()
+    module = types.SimpleNamespace(libvirtError=FakeError, VIR_ERR_NO_DOMAIN=42, VIR_DOMAIN_XML_INACTIVE=2,
+                                   open=lambda uri: fake)
+    monkeypatch.setitem(sys.modules, "libvirt", module)
+    return fake
+
+
+ARGS = dict(name="rt1", vcpus=2, memory_mib=128, vcpupin={"0": "1", "1": "2"}, emulator_cpus="0",
+            fifo_priority=10, numa_nodes=[0], domain_type="qemu")
+
+
+def test_define_start_then_nothing(host):
+    first = run_module(realtime_domain, ARGS)
+    assert not first.get("failed"), first
+    assert first["changed"] and first["defined"] and first["started"]
+    assert host.calls == [("define", "rt1"), ("create", "rt1")]
+    second = run_module(realtime_domain, ARGS)
+    assert not second["changed"] and second["differences"] == []
+    assert host.calls == [("define", "rt1"), ("create", "rt1")]
+
+
+def test_check_mode_writes_nothing(host):
+    result = run_module(realtime_domain, ARGS, check_mode=True, diff=True)
+    assert result["changed"] and result["defined"] and host.calls == []
+    assert "vcpupin: {0=1, 1=2}" in result["diff"]["after"]
+
+
+def test_changed_running_guest_warns_or_restarts(host):
+    run_module(realtime_domain, ARGS)
+    changed = dict(ARGS, fifo_priority=20)
+    result = run_module(realtime_domain, changed)
+    assert result["changed"] and result["restart_needed"] and result["differences"] == ["vcpusched"]
+    assert any("old definition" in w for w in result["warnings"])
+    result = run_module(realtime_domain, dict(changed, fifo_priority=30, restart=True))
+    assert result["destroyed"] and result["started"]
+    assert host.calls[-3:] == [("define", "rt1"), ("destroy", "rt1"), ("create", "rt1")]
+
+
+def test_absent(host):
+    run_module(realtime_domain, ARGS)
+    result = run_module(realtime_domain, dict(name="rt1", state="absent"))
+    assert result["changed"] and result["destroyed"] and result["undefined"] and "rt1" not in host.domains
+    assert not run_module(realtime_domain, dict(name="rt1", state="absent"))["changed"]
+
+
+def test_failed_start_of_a_new_guest_leaves_nothing_defined(host):
+    host.fail_start = True
+    result = run_module(realtime_domain, ARGS)
+    assert result["failed"] and "sched_rt_runtime_us=-1" in result["msg"] and "Operation not permitted" in result["msg"]
+    assert host.domains == {}
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(name="bad/name"), "guest name 'bad/name' is not accepted"),
+    (dict(fifo_priority=100), "fifo_priority 100 is out of range"),
+    (dict(vcpupin={"0": "1"}), "must pin exactly vCPUs 0-1"),
+])
+def test_bad_input_fails_before_libvirt_is_touched(host, change, message):
+    result = run_module(realtime_domain, dict(ARGS, **change))
+    assert result["failed"] and message in result["msg"]
+    assert host.calls == []
