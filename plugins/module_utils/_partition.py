@@ -1,0 +1,502 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) rtvirt.kvm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""libvirt resource partitions: names, where they live, and what to write there.  Pure: no I/O.
+
+A partition is what a domain's ``<resource><partition>`` names (``/machine/production``).  libvirt
+never creates one except its default ``/machine``; the operator has to, in every place libvirt looks:
+
+* hosts without systemd: a directory per level in every cgroup hierarchy libvirt uses, named by
+  ``virCgroupSetPartitionSuffix`` + ``virCgroupPartitionEscape`` (src/util/vircgroup.c):
+  the first level ``machine``/``system``/``user`` stays as it is; every other level gets the suffix
+  ``.partition`` unless it already holds a dot; then a level that starts with ``cgroup.``, ``_``,
+  ``.`` or ``<controller>.`` (any name in /proc/cgroups) gets a ``_`` prefix.
+  ``/machine/tenant/rt`` → ``machine/tenant.partition/rt.partition``; ``/machine/cpu`` →
+  ``machine/_cpu.partition``.
+* systemd hosts: the slice unit ``virSystemdMakeSliceName`` names (src/util/virsystemd.c): the name
+  without its leading ``/``, ``/`` → ``-``, and ``-``, ``\\``, a leading ``.`` and anything but
+  ``[A-Za-z0-9:_.]`` escaped as ``\\xNN`` (the same rule as ``systemd-escape``):
+  ``/machine/tenant/rt`` → ``machine-tenant-rt.slice``, ``/machine/my-rt`` → ``machine-my\\x2drt.slice``.
+
+Which hierarchies libvirt 9.0 uses (vircgroupv1.c/vircgroupv2.c ``DetectControllers``): its
+controllers are cpu, cpuacct, cpuset, memory, devices, freezer, blkio, net_cls and perf_event,
+optionally narrowed by qemu.conf ``cgroup_controllers``.  When a cgroup2 hierarchy is mounted the v2
+backend claims first: cpuacct always (cpu.stat stands in for it), devices (BPF), and those named in
+the cgroup2 root's ``cgroup.controllers``; the v1 backend takes the rest that are mounted.  A missing
+blkio directory is the only one libvirt tolerates.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import format_cpulist
+
+# libvirt's controllers, in its enum order (VIR_CGROUP_CONTROLLER_*), with their v2 names.
+LIBVIRT_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "net_cls",
+                       "perf_event")
+V2_NAMES = {"blkio": "io"}
+# A mkdir failure in these is ignored by libvirt (virCgroupV1MakeGroup): the partition may lack them.
+OPTIONAL_CONTROLLERS = ("blkio",)
+# libvirt's fixed first levels (no .partition suffix); this module manages partitions under these.
+FIXED_TOP_LEVELS = ("machine", "system", "user")
+ACCEPTED_TOP_LEVELS = ("machine",)
+# Characters a partition level may hold.  libvirt would take more, but each of these survives every
+# place the name goes unchanged: the domain XML, a cgroupfs directory, /proc/PID/cgroup lines, a
+# systemd unit name (after escaping) and an Ansible variable.
+_LEVEL_CHARS = re.compile(r"[A-Za-z0-9_.:-]+")
+_NAME_MAX = 255             # one directory entry (NAME_MAX) and a unit name (UNIT_NAME_MAX - 1)
+UNIT_HEADER = "# Managed by rtvirt.kvm.libvirt_partition for libvirt partition %s; changes are overwritten."
+
+
+class PartitionNameError(ValueError):
+    """A partition name libvirt or systemd cannot represent, or one this module refuses to manage."""
+
+
+# --------------------------------------------------------------------------------------------
+# Names
+
+def needs_escaping(level, subsystems):
+    """virCgroupPartitionNeedsEscaping: would libvirt prefix this directory name with '_'?"""
+    if level.startswith("cgroup.") or level[:1] in ("_", "."):
+        return True
+    return any(level.startswith(name + ".") for name in subsystems)
+
+
+def escape_level(level, subsystems):
+    """virCgroupPartitionEscape."""
+    return "_" + level if needs_escaping(level, subsystems) else level
+
+
+def cgroup_levels(name, subsystems):
+    """virCgroupSetPartitionSuffix: the directory name of each level of partition ``name``."""
+    parts = name.strip("/").split("/")
+    result = []
+    for index, part in enumerate(parts):
+        if index == 0 and part in FIXED_TOP_LEVELS:
+            result.append(part)
+            continue
+        if "." not in part:
+            part += ".partition"
+        result.append(escape_level(part, subsystems))
+    return result
+
+
+_SYSTEMD_PLAIN = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ:_.")
+
+
+def systemd_escape(text):
+    """virSystemdEscapeName (= ``systemd-escape``): '/' → '-', the rest \\xNN-escaped as needed."""
+    out = []
+    for index, char in enumerate(text):
+        if char == "/":
+            out.append("-")
+        elif (index == 0 and char == ".") or char not in _SYSTEMD_PLAIN:
+            out.extend("\\x%02x" % byte for byte in char.encode("utf-8"))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def systemd_unescape(text):
+    """Undo \\xNN escapes (for scope names such as machine-qemu\\x2d3\\x2drt1.scope)."""
+    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
+
+
+def slice_name(name):
+    """virSystemdMakeSliceName: ``/machine/tenant/rt`` → ``machine-tenant-rt.slice``."""
+    return systemd_escape(name.lstrip("/")) + ".slice"
+
+
+@dataclass(frozen=True)
+class PartitionName:
+    """A validated partition name and everything derived from it."""
+
+    name: str                   # as libvirt's XML spells it: /machine/tenant/rt
+    parts: tuple                # ("machine", "tenant", "rt")
+    dirs: tuple                 # ("machine", "tenant.partition", "rt.partition")
+
+    @property
+    def cgroup_path(self):
+        """Relative to a hierarchy's root: machine/tenant.partition/rt.partition."""
+        return "/".join(self.dirs)
+
+    @property
+    def levels(self):
+        """The cgroup path of every level, top first: machine, machine/tenant.partition, ..."""
+        return ["/".join(self.dirs[:index]) for index in range(1, len(self.dirs) + 1)]
+
+    @property
+    def parent_path(self):
+        return "/".join(self.dirs[:-1])
+
+    @property
+    def slices(self):
+        """The slice unit of every level, top first: machine.slice, machine-tenant.slice, ..."""
+        return [slice_name("/".join(self.parts[:index])) for index in range(1, len(self.parts) + 1)]
+
+    @property
+    def slice(self):
+        return self.slices[-1]
+
+    @property
+    def slice_path(self):
+        """The slice's cgroup below the v2 root: machine.slice/machine-tenant.slice/machine-tenant-rt.slice."""
+        return "/".join(self.slices)
+
+
+def parse_name(name, subsystems=()):
+    """Validate ``name`` and derive its directories and slice; raise PartitionNameError.
+
+    ``subsystems``: the controller names of /proc/cgroups (libvirt escapes levels starting with them).
+    """
+    if not isinstance(name, str) or not name:
+        raise PartitionNameError("the partition name is empty; write it as libvirt's <partition> does, "
+                                 "e.g. /machine/production")
+    if not name.startswith("/"):
+        raise PartitionNameError("partition %r is not absolute: libvirt refuses it ('Resource partition must "
+                                 "start with /'); write /machine/%s" % (name, name.strip("/")))
+    if name != "/" and name.endswith("/"):
+        raise PartitionNameError("partition %r ends with '/': libvirt would look for an empty last level; "
+                                 "drop the trailing slash" % name)
+    parts = name[1:].split("/")
+    for part in parts:
+        if part == "":
+            raise PartitionNameError("partition %r has an empty level ('//'); libvirt would look for a "
+                                     "directory with an empty name" % name)
+        if part in (".", ".."):
+            raise PartitionNameError("partition %r has a %r level: it would leave the partition's hierarchy" % (
+                name, part))
+        if not _LEVEL_CHARS.fullmatch(part):
+            bad = sorted(set(c for c in part if not _LEVEL_CHARS.fullmatch(c)))
+            raise PartitionNameError(
+                "partition %r: level %r holds %s; use letters, digits, '_', '-', '.' and ':' only (whitespace, "
+                "'\\\\', control and non-ASCII characters do not survive the domain XML, /proc/PID/cgroup and "
+                "systemd unit names unchanged)" % (name, part, ", ".join(repr(c) for c in bad)))
+        if ".libvirt-" in part or part.endswith((".scope", ".slice", ".service")):
+            raise PartitionNameError("partition %r: level %r looks like a libvirt domain or systemd unit cgroup; "
+                                     "choose another name" % (name, part))
+    if parts[0] not in ACCEPTED_TOP_LEVELS:
+        if parts[0] in FIXED_TOP_LEVELS:
+            why = ("on systemd hosts /%s maps into systemd's own %s.slice (%s-<...>.slice names are taken by "
+                   "systemd and logind)" % (parts[0], parts[0], parts[0]))
+        else:
+            why = "libvirt only creates /machine itself, and keeps guests there by default"
+        raise PartitionNameError("partition %r is not under /machine: %s; name it /machine/%s" % (
+            name, why, "/".join(parts[1:] if parts[0] in FIXED_TOP_LEVELS else parts)))
+    if len(parts) < 2:
+        raise PartitionNameError("partition %r is libvirt's default partition, which libvirt creates and "
+                                 "removes itself; name a partition below it, e.g. /machine/production" % name)
+    dirs = tuple(cgroup_levels(name, subsystems))
+    pname = PartitionName(name=name, parts=tuple(parts), dirs=dirs)
+    for level in dirs:
+        if len(level.encode()) > _NAME_MAX:
+            raise PartitionNameError("partition %r: directory %r is longer than %d bytes" % (name, level, _NAME_MAX))
+    if len(pname.slice.encode()) > _NAME_MAX:
+        raise PartitionNameError("partition %r: its slice unit name %s is longer than systemd's %d characters" % (
+            name, pname.slice, _NAME_MAX))
+    return pname
+
+
+def parse_proc_cgroups(text):
+    """Controller names from /proc/cgroups (first column; the header line starts with '#')."""
+    return tuple(line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+_DOMAIN_DIR = re.compile(r"^_?(?P<driver_prefix>[a-z]+)-(?P<id>-?\d+)-(?P<name>.+)\.libvirt-(?P<driver>[a-z]+)$")
+_DOMAIN_SCOPE = re.compile(r"^machine-(?P<driver>[a-z]+)\\x2d(?P<id>\d+)\\x2d(?P<name>.+)\.scope$")
+
+
+def guest_of_cgroup(dirname):
+    """``qemu-3-rt1.libvirt-qemu`` → ("rt1", 3); a systemd scope ``machine-qemu\\x2d3\\x2drt1.scope`` too."""
+    match = _DOMAIN_DIR.match(dirname)
+    if match:
+        return match.group("name"), int(match.group("id"))
+    match = _DOMAIN_SCOPE.match(dirname)
+    if match:
+        return systemd_unescape(match.group("name")), int(match.group("id"))
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Hierarchies libvirt uses
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted hierarchy the partition must exist in."""
+
+    mountpoint: str
+    version: int
+    controllers: tuple          # libvirt's controllers it carries for the partition ("unified" tree: may be v2-only)
+    optional: bool = False      # libvirt starts a guest without it (blkio)
+
+    @property
+    def key(self):
+        """The name results use: the v1 controllers joined with ',', or 'unified' for cgroup2."""
+        return "unified" if self.version == 2 else ",".join(self.controllers)
+
+
+def parse_qemu_conf_controllers(text):
+    """The ``cgroup_controllers = [ ... ]`` list of qemu.conf, or None when it is not set."""
+    clean = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    match = re.search(r"^\s*cgroup_controllers\s*=\s*\[(?P<body>[^\]]*)\]", clean, re.MULTILINE)
+    if not match:
+        return None
+    return tuple(re.findall(r"\"([^\"]*)\"", match.group("body")))
+
+
+def libvirt_hierarchies(mounts, wanted=None, v2_devices=True):
+    """The hierarchies libvirt 9.0 puts a partition's guests in, and which controllers each carries.
+
+    ``mounts``: CgroupMount-like objects (``mountpoint``, ``version``, ``controllers``); for cgroup2,
+    ``controllers`` is the root's cgroup.controllers.  ``wanted``: qemu.conf ``cgroup_controllers``
+    (None: all).  Returns a list of :class:`Hierarchy`, cgroup2 first.
+    """
+    allowed = set(LIBVIRT_CONTROLLERS if wanted is None else wanted) & set(LIBVIRT_CONTROLLERS)
+    result = []
+    claimed = set()
+    unified = next((m for m in mounts if m.version == 2), None)
+    if unified is not None:
+        offered = set()
+        for controller in LIBVIRT_CONTROLLERS:
+            if V2_NAMES.get(controller, controller) in unified.controllers:
+                offered.add(controller)
+        offered.add("cpuacct")
+        if v2_devices:
+            offered.add("devices")
+        mine = tuple(c for c in LIBVIRT_CONTROLLERS if c in offered & allowed)
+        if mine:
+            result.append(Hierarchy(unified.mountpoint, 2, mine))
+            claimed.update(mine)
+    seen = set()
+    for mount in mounts:
+        if mount.version != 1 or mount.mountpoint in seen:
+            continue
+        mine = tuple(c for c in mount.controllers if c in allowed and c not in claimed)
+        if not mine:
+            continue
+        seen.add(mount.mountpoint)
+        claimed.update(mine)
+        result.append(Hierarchy(mount.mountpoint, 1, mine, optional=all(c in OPTIONAL_CONTROLLERS for c in mine)))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Tunables: libvirt's schedinfo cpu_shares, memtune hard/soft/swap_hard limit, blkiotune weight
+
+@dataclass(frozen=True)
+class Tunables:
+    cpu_shares: int | None = None
+    memory_hard_limit: int | None = None        # bytes; -1 = unlimited
+    memory_soft_limit: int | None = None
+    memory_swap_hard_limit: int | None = None    # memory + swap, as libvirt's swap_hard_limit
+    blkio_weight: int | None = None
+
+    def any(self):
+        return any(v is not None for v in (self.cpu_shares, self.memory_hard_limit, self.memory_soft_limit,
+                                            self.memory_swap_hard_limit, self.blkio_weight))
+
+    def controllers(self):
+        """Which of libvirt's controllers these tunables need."""
+        needed = []
+        if self.cpu_shares is not None:
+            needed.append("cpu")
+        if (self.memory_hard_limit, self.memory_soft_limit, self.memory_swap_hard_limit) != (None, None, None):
+            needed.append("memory")
+        if self.blkio_weight is not None:
+            needed.append("blkio")
+        return needed
+
+
+UNLIMITED = -1
+_SIZE = re.compile(r"^\s*(?P<number>\d+)\s*(?P<unit>[KMGTP]?)(?:i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+# What v1 memory.*limit_in_bytes read back as when unlimited (PAGE_COUNTER_MAX pages, 4 KiB pages).
+V1_UNLIMITED_TEXT = "9223372036854771712"
+
+
+def parse_size(value, what):
+    """Bytes from ``4G``/``512MiB``/``1048576``/``unlimited``; binary units as libvirt uses."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("%s: %d is negative; give bytes or 'unlimited'" % (what, value))
+        return value
+    text = str(value).strip()
+    if text.lower() in ("unlimited", "max", "infinity", "-1"):
+        return UNLIMITED
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError("%s: %r is not a size; write bytes or a number with K, M, G or T (binary), or "
+                         "'unlimited'" % (what, value))
+    return int(match.group("number")) * _UNITS[match.group("unit").upper()]
+
+
+def _v1_size(value, page):
+    if value == UNLIMITED:
+        return V1_UNLIMITED_TEXT, "-1"
+    rounded = value // page * page
+    return str(rounded), str(value)
+
+
+def _v2_size(value, page):
+    if value == UNLIMITED:
+        return "max", "max"
+    rounded = value // page * page
+    return str(rounded), str(value)
+
+
+@dataclass(frozen=True)
+class TunableWrite:
+    controller: str     # libvirt controller name
+    file: str
+    value: str          # what to write
+    expect: str         # what reads back once it holds (the kernel rounds to pages)
+    previous: str | None = None
+
+
+def plan_tunables(version, tunables, read, page_size=4096):
+    """The tunable writes a partition needs, in an order the kernel accepts.
+
+    ``read(controller, file)`` returns the current text of a knob or None when the file does not exist.
+    Returns ``(writes, errors)``: writes whose current value differs, and messages for tunables the
+    host cannot take (a file that is not there).
+    """
+    writes, errors = [], []
+
+    def want(controller, candidates, value, expect, strip_default=False):
+        for name in candidates:
+            current = read(controller, name)
+            if current is None:
+                continue
+            shown = current.strip()
+            if strip_default:
+                shown = shown.split("\n")[0].replace("default ", "").strip()
+            if shown != expect:
+                writes.append(TunableWrite(controller, name, value, expect, current.strip()))
+            return
+        errors.append("%s: none of %s exists in the partition" % (controller, ", ".join(candidates)))
+
+    t = tunables
+    if t.cpu_shares is not None:
+        want("cpu", ["cpu.shares"] if version == 1 else ["cpu.weight"], str(t.cpu_shares), str(t.cpu_shares))
+    if t.blkio_weight is not None:
+        if version == 1:
+            # libvirt (virCgroupV1SetBlkioWeight) prefers the BFQ file, then CFQ's.
+            want("blkio", ["blkio.bfq.weight", "blkio.weight"], str(t.blkio_weight), str(t.blkio_weight),
+                 strip_default=True)
+        else:
+            bfq = read("blkio", "io.bfq.weight")
+            if bfq is not None:
+                want("blkio", ["io.bfq.weight"], str(t.blkio_weight), str(t.blkio_weight), strip_default=True)
+            else:
+                want("blkio", ["io.weight"], "default %d" % t.blkio_weight, str(t.blkio_weight), strip_default=True)
+    memory = []
+    if version == 1:
+        if t.memory_soft_limit is not None:
+            expect, value = _v1_size(t.memory_soft_limit, page_size)
+            want("memory", ["memory.soft_limit_in_bytes"], value, expect)
+        hard = swap = None
+        if t.memory_hard_limit is not None:
+            expect, value = _v1_size(t.memory_hard_limit, page_size)
+            before = len(writes)
+            want("memory", ["memory.limit_in_bytes"], value, expect)
+            hard = writes.pop() if len(writes) > before else None
+        if t.memory_swap_hard_limit is not None:
+            expect, value = _v1_size(t.memory_swap_hard_limit, page_size)
+            before = len(writes)
+            want("memory", ["memory.memsw.limit_in_bytes"], value, expect)
+            swap = writes.pop() if len(writes) > before else None
+        # memory.limit_in_bytes may never exceed memory.memsw.limit_in_bytes: raise memsw first when
+        # the hard limit grows, lower the hard limit first when it shrinks (libvirt's own order).
+        if hard and swap and _grows(hard):
+            memory = [swap, hard]
+        else:
+            memory = [w for w in (hard, swap) if w]
+    else:
+        if t.memory_hard_limit is not None:
+            expect, value = _v2_size(t.memory_hard_limit, page_size)
+            want("memory", ["memory.max"], value, expect)
+        if t.memory_soft_limit is not None:
+            # libvirt's soft_limit on cgroup v2 is memory.high (virCgroupV2SetMemorySoftLimit).
+            expect, value = _v2_size(t.memory_soft_limit, page_size)
+            want("memory", ["memory.high"], value, expect)
+        if t.memory_swap_hard_limit is not None:
+            # libvirt writes memory.swap.max = swap_hard_limit - memory.max (virCgroupV2SetMemSwapHardLimit).
+            if t.memory_swap_hard_limit == UNLIMITED:
+                swap = UNLIMITED
+            elif t.memory_hard_limit in (None, UNLIMITED):
+                errors.append("memory_swap_hard_limit needs a finite memory_hard_limit on cgroup v2 (memory.swap.max "
+                              "is the swap beyond memory.max)")
+                swap = None
+            elif t.memory_swap_hard_limit < t.memory_hard_limit:
+                errors.append("memory_swap_hard_limit (memory + swap) is below memory_hard_limit")
+                swap = None
+            else:
+                swap = t.memory_swap_hard_limit - t.memory_hard_limit
+            if swap is not None:
+                expect, value = _v2_size(swap, page_size)
+                want("memory", ["memory.swap.max"], value, expect)
+    return writes + memory, errors
+
+
+def _grows(write):
+    def number(text):
+        try:
+            return int(text)
+        except (TypeError, ValueError):
+            return -1
+    new, old = number(write.expect), number(write.previous)
+    return new > old >= 0 or write.value == "-1"
+
+
+# --------------------------------------------------------------------------------------------
+# systemd slice units
+
+def _systemd_size(value):
+    return "infinity" if value == UNLIMITED else str(value)
+
+
+def slice_properties(cpus=None, mems=None, tunables=Tunables()):
+    """[Slice] properties in systemd's vocabulary, as (key, value) pairs in a stable order."""
+    props = []
+    if cpus is not None:
+        props.append(("AllowedCPUs", format_cpulist(cpus)))
+    if mems is not None:
+        props.append(("AllowedMemoryNodes", format_cpulist(mems)))
+    t = tunables
+    if t.cpu_shares is not None:
+        props.append(("CPUWeight", str(t.cpu_shares)))
+    if t.memory_hard_limit is not None:
+        props.append(("MemoryMax", _systemd_size(t.memory_hard_limit)))
+    if t.memory_soft_limit is not None:
+        props.append(("MemoryHigh", _systemd_size(t.memory_soft_limit)))
+    if t.memory_swap_hard_limit is not None:
+        if t.memory_swap_hard_limit == UNLIMITED:
+            props.append(("MemorySwapMax", "infinity"))
+        elif t.memory_hard_limit not in (None, UNLIMITED) and t.memory_swap_hard_limit >= t.memory_hard_limit:
+            props.append(("MemorySwapMax", str(t.memory_swap_hard_limit - t.memory_hard_limit)))
+        else:
+            raise ValueError("memory_swap_hard_limit needs a finite memory_hard_limit no larger than it on systemd "
+                             "hosts (MemorySwapMax= is the swap beyond MemoryMax=)")
+    if t.blkio_weight is not None:
+        props.append(("IOWeight", str(t.blkio_weight)))
+    return props
+
+
+def render_slice_unit(pname, cpus=None, mems=None, tunables=Tunables()):
+    """The unit file text for partition ``pname`` (a PartitionName)."""
+    lines = [UNIT_HEADER % pname.name,
+             "[Unit]",
+             "Description=libvirt resource partition %s" % pname.name,
+             "Documentation=https://libvirt.org/cgroups.html",
+             "Before=slices.target",
+             "",
+             "[Slice]"]
+    lines.extend("%s=%s" % pair for pair in slice_properties(cpus, mems, tunables))
+    return "\n".join(lines) + "\n"
+
+
+def removal_order(paths):
+    """Deepest first, then by name: the only order rmdir accepts."""
+    return sorted(paths, key=lambda p: (-(p.count("/") + 1 if p else 0), p))

@@ -1,0 +1,256 @@
+"""libvirt_partition through main() against a fake hybrid cgroup tree (and a fake systemd host)."""
+import os
+import pathlib
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _module_runner import run_module  # noqa: E402
+
+from ansible_collections.rtvirt.kvm.plugins.modules import libvirt_partition  # noqa: E402
+
+V1 = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio")
+PROC_CGROUPS = "#subsys_name\thierarchy\tnum_cgroups\tenabled\n" + "".join(
+    "%s\t%d\t1\t1\n" % (c, i + 1) for i, c in enumerate(V1))
+
+
+def _files(directory, files):
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, value in files.items():
+        (directory / name).write_text(value + "\n")
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    """A hybrid host without systemd: one v1 mount per controller plus an empty cgroup2 tree, and
+    libvirt's /machine in the hierarchies libvirt uses."""
+    root = tmp_path / "cg"
+    lines = []
+    for index, controller in enumerate(V1):
+        mount = root / controller
+        mount.mkdir(parents=True)
+        lines.append("%d 1 0:%d / %s rw - cgroup cgroup rw,%s" % (30 + index, 40 + index, mount, controller))
+    unified = root / "unified"
+    _files(unified, {"cgroup.controllers": "", "cgroup.subtree_control": ""})
+    lines.append("60 1 0:60 / %s rw - cgroup2 cgroup2 rw" % unified)
+    _files(root / "cpuset", {"cpuset.cpus": "0-3", "cpuset.mems": "0", "cpuset.effective_cpus": "0-3",
+                             "cpuset.effective_mems": "0", "cpuset.cpu_exclusive": "1", "tasks": ""})
+    _files(root / "cpuset" / "machine", {"cpuset.cpus": "0-3", "cpuset.mems": "0", "cpuset.cpu_exclusive": "0",
+                                         "tasks": ""})
+    _files(root / "cpu" / "machine", {"cpu.shares": "1024", "tasks": ""})
+    _files(root / "memory" / "machine", {"memory.limit_in_bytes": "9223372036854771712",
+                                         "memory.soft_limit_in_bytes": "9223372036854771712", "tasks": ""})
+    _files(root / "blkio" / "machine", {"blkio.bfq.weight": "100", "tasks": ""})
+    for name in ("freezer",):
+        _files(root / name / "machine", {"tasks": ""})
+    _files(unified / "machine", {"cgroup.threads": ""})
+    (tmp_path / "mountinfo").write_text("\n".join(lines) + "\n")
+    (tmp_path / "cgroups").write_text(PROC_CGROUPS)
+    run = tmp_path / "run-qemu"
+    run.mkdir()
+    monkeypatch.setattr(libvirt_partition.Host, "mountinfo", str(tmp_path / "mountinfo"))
+    monkeypatch.setattr(libvirt_partition.Host, "proc_cgroups", str(tmp_path / "cgroups"))
+    monkeypatch.setattr(libvirt_partition.Host, "proc_root", str(tmp_path / "proc"))
+    monkeypatch.setattr(libvirt_partition.Host, "qemu_run_dir", str(run))
+    monkeypatch.setattr(libvirt_partition.Host, "systemd_run_dir", str(tmp_path / "no-systemd"))
+    monkeypatch.setattr(libvirt_partition.Host, "qemu_conf", str(tmp_path / "qemu.conf"))
+    monkeypatch.setattr(libvirt_partition.Host, "lock_path", str(tmp_path / "lock"))
+    return tmp_path
+
+
+def snapshot(tmp_path):
+    """Every file and directory of the fake tree with its content."""
+    result = {}
+    for path in sorted((tmp_path / "cg").rglob("*")):
+        result[str(path)] = path.read_text() if path.is_file() else "<dir>"
+    return result
+
+
+def run(args, check=False, diff=False):
+    return run_module(libvirt_partition, args, check_mode=check, diff=diff)
+
+
+USED = ("unified", "cpu", "cpuset", "memory", "freezer", "blkio")
+
+
+def test_creates_in_every_hierarchy_libvirt_uses(host):
+    before = snapshot(host)
+    checked = run({"name": "/machine/production"}, check=True, diff=True)
+    assert checked["changed"] and checked["writes"] == []
+    assert snapshot(host) == before, "check mode wrote"
+    result = run({"name": "/machine/production"}, diff=True)
+    assert not result.get("failed"), result.get("msg")
+    assert result["planned"] == checked["planned"]
+    assert set(result["paths"]) == set(USED)
+    for key in USED:
+        assert result["paths"][key] == str(host / "cg" / key / "machine" / "production.partition")
+        assert os.path.isdir(result["paths"][key])
+    for skipped in ("cpuacct", "devices"):  # libvirt 9.0's v2 backend claims them on a hybrid host
+        assert not (host / "cg" / skipped / "machine").exists()
+    cpuset = host / "cg" / "cpuset" / "machine" / "production.partition"
+    assert (cpuset / "cpuset.cpus").read_text().strip() == "0-3"
+    assert (cpuset / "cpuset.mems").read_text().strip() == "0"
+    assert "production.partition = absent" in result["diff"]["before"]
+    again = run({"name": "/machine/production"})
+    assert not again["changed"] and again["writes"] == [] and again["planned"] == []
+
+
+def test_nested_partition_parent_first(host):
+    result = run({"name": "/machine/tenant/rt", "cpus": "2"})
+    assert not result.get("failed"), result.get("msg")
+    files = [w["file"] for w in result["writes"]]
+    for key in USED:
+        parent = str(host / "cg" / key / "machine" / "tenant.partition")
+        assert files.index(parent) < files.index(parent + "/rt.partition")
+    leaf = host / "cg" / "cpuset" / "machine" / "tenant.partition" / "rt.partition"
+    assert (leaf / "cpuset.cpus").read_text().strip() == "2"
+    assert (leaf.parent / "cpuset.cpus").read_text().strip() == "0-3"
+
+
+def test_repairs_only_the_missing_hierarchy(host):
+    run({"name": "/machine/production", "cpus": "1"})
+    os.rmdir(host / "cg" / "freezer" / "machine" / "production.partition")
+    result = run({"name": "/machine/production", "cpus": "1"})
+    assert result["writes"] == [{"file": str(host / "cg" / "freezer" / "machine" / "production.partition"),
+                                 "value": "<mkdir>"}]
+
+
+def test_tunables_written_and_idempotent(host):
+    args = {"name": "/machine/production", "cpu_shares": 2048, "memory_hard_limit": "1G", "blkio_weight": 300}
+    result = run(args)
+    assert not result.get("failed"), result.get("msg")
+    cpu = host / "cg" / "cpu" / "machine" / "production.partition"
+    assert (cpu / "cpu.shares").read_text().strip() == "2048"
+    mem = host / "cg" / "memory" / "machine" / "production.partition"
+    assert (mem / "memory.limit_in_bytes").read_text().strip() == str(1 << 30)
+    assert (host / "cg" / "blkio" / "machine" / "production.partition" / "blkio.bfq.weight").read_text().strip() == "300"
+    assert run(args)["writes"] == []
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"name": "machine/x"}, "not absolute"),
+    ({"name": "/machine/a//b"}, "empty level"),
+    ({"name": "/machine/../x"}, "'..'"),
+    ({"name": "/system/x"}, "not under /machine"),
+    ({"name": "/machine/r t"}, "holds ' '"),
+    ({"name": "/machine/x", "cpus": "5"}, "not within the parent"),
+    ({"name": "/machine/x", "mems": "1"}, "not within the parent"),
+    ({"name": "/machine/x", "cpus": "a-b"}, "cpus"),
+    ({"name": "/machine/x", "cpu_shares": 1}, "cpu.shares's range"),
+    ({"name": "/machine/x", "memory_hard_limit": "lots"}, "not a size"),
+    ({"name": "/machine/x", "state": "absent", "cpus": "1"}, "takes no cpus"),
+    ({"name": "/machine/x", "blkio_weight": 5000}, "outside 1-1000"),
+])
+def test_bad_input_fails_and_writes_nothing(host, args, message):
+    before = snapshot(host)
+    result = run(args)
+    assert result.get("failed") and message in result["msg"], result.get("msg")
+    assert snapshot(host) == before
+
+
+def test_exclusive_on_every_level(host):
+    result = run({"name": "/machine/tenant/rt", "cpus": "2-3", "exclusive": True})
+    assert not result.get("failed"), result.get("msg")
+    cpuset = host / "cg" / "cpuset" / "machine"
+    for level in (cpuset, cpuset / "tenant.partition", cpuset / "tenant.partition" / "rt.partition"):
+        assert (level / "cpuset.cpu_exclusive").read_text().strip() == "1"
+
+
+def test_cpus_within_a_narrowed_parent(host):
+    run({"name": "/machine/tenant", "cpus": "1-2"})
+    result = run({"name": "/machine/tenant/rt", "cpus": "3"})
+    assert result.get("failed") and "not within the parent '/machine/tenant.partition'" in result["msg"]
+
+
+def _guest(host, name, domid, pid, partition="machine/production.partition"):
+    for key in ("cpu", "memory", "freezer"):
+        _files(host / "cg" / key / partition / ("qemu-%d-%s.libvirt-qemu" % (domid, name)), {"tasks": str(pid)})
+    (host / "run-qemu" / ("%s.pid" % name)).write_text("%d\n" % pid)
+    _files(host / "proc" / str(pid), {"cgroup": "4:memory:/%s/qemu-%d-%s.libvirt-qemu\n0::/%s/qemu-%d-%s"
+                                                ".libvirt-qemu/emulator" % (partition, domid, name, partition,
+                                                                            domid, name)})
+
+
+def test_absent_refuses_while_a_guest_runs_and_names_it(host):
+    run({"name": "/machine/production"})
+    _guest(host, "rt1", 7, 4242)
+    before = snapshot(host)
+    result = run({"name": "/machine/production", "state": "absent"})
+    assert result.get("failed")
+    assert "guest rt1 still runs inside" in result["msg"]
+    assert "qemu-7-rt1.libvirt-qemu" in result["msg"]
+    assert snapshot(host) == before
+
+
+def test_absent_removes_deepest_first_everywhere(host):
+    run({"name": "/machine/tenant/rt"})
+    before = snapshot(host)
+    checked = run({"name": "/machine/tenant", "state": "absent"}, check=True)
+    assert checked["changed"] and snapshot(host) == before
+    result = run({"name": "/machine/tenant", "state": "absent"})
+    assert not result.get("failed"), result.get("msg")
+    files = [w["file"] for w in result["writes"]]
+    for key in USED:
+        tenant = str(host / "cg" / key / "machine" / "tenant.partition")
+        assert files.index(tenant + "/rt.partition") < files.index(tenant)
+        assert not os.path.exists(tenant)
+    assert run({"name": "/machine/tenant", "state": "absent"})["changed"] is False
+
+
+def test_qemu_conf_controllers_are_honoured(host):
+    (host / "qemu.conf").write_text('cgroup_controllers = [ "cpu", "cpuset" ]\n')
+    result = run({"name": "/machine/production"})
+    assert set(result["paths"]) == {"cpu", "cpuset"}
+    assert not (host / "cg" / "freezer" / "machine" / "production.partition").exists()
+
+
+# ---- systemd hosts ---------------------------------------------------------------------------
+
+class FakeSystemctl:
+    def __init__(self):
+        self.calls = []
+        self.active = set()
+
+    def __call__(self, argv):
+        self.calls.append(argv[1:])
+        if argv[1] == "is-active":
+            return (0 if argv[2] in self.active else 3), "", ""
+        if argv[1] == "start":
+            self.active.add(argv[2])
+        if argv[1] == "stop":
+            self.active.discard(argv[2])
+        return 0, "", ""
+
+
+@pytest.fixture
+def systemd_host(host, monkeypatch):
+    (host / "systemd").mkdir()
+    monkeypatch.setattr(libvirt_partition.Host, "systemd_run_dir", str(host / "systemd"))
+    monkeypatch.setattr(libvirt_partition.Host, "unit_dir", str(host / "etc-systemd"))
+    fake = FakeSystemctl()
+    monkeypatch.setattr(libvirt_partition.AnsibleModule, "run_command", lambda self, argv, **kw: fake(argv))
+    monkeypatch.setattr(libvirt_partition.AnsibleModule, "get_bin_path", lambda self, name, **kw: "/bin/" + name)
+    return host, fake
+
+
+def test_systemd_slice_unit(systemd_host):
+    host, fake = systemd_host
+    args = {"name": "/machine/my-rt", "cpus": "2-3", "memory_hard_limit": "4G"}
+    checked = run(args, check=True, diff=True)
+    assert checked["changed"] and not (host / "etc-systemd").exists()
+    assert [c for c in fake.calls if c[0] != "is-active"] == []
+    result = run(args, diff=True)
+    assert not result.get("failed"), result.get("msg")
+    assert result["unit"] == "machine-my\\x2drt.slice"
+    unit = pathlib.Path(result["unit_file"])
+    assert unit == host / "etc-systemd" / "machine-my\\x2drt.slice"
+    assert "AllowedCPUs=2-3" in unit.read_text() and "MemoryMax=%d" % (4 << 30) in unit.read_text()
+    assert ["daemon-reload"] in fake.calls and ["start", "machine-my\\x2drt.slice"] in fake.calls
+    assert "AllowedCPUs=2-3" in result["diff"]["after"]
+    fake.calls.clear()
+    again = run(args)
+    assert not again["changed"] and [c for c in fake.calls if c[0] != "is-active"] == []
+    gone = run({"name": "/machine/my-rt", "state": "absent"})
+    assert gone["changed"] and not unit.exists()
+    assert ["stop", "machine-my\\x2drt.slice"] in fake.calls
