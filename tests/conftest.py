@@ -11,6 +11,8 @@ sys.path.insert(0, str(REPO / ".venv"))
 
 REAL_LAYERS = ("real", "libvirt", "v2host", "molecule")
 
+pytest_plugins = ["tests.support.fixtures_libvirt"]
+
 
 def _must_not_skip(item):
     required = os.environ.get("CI") == "true" or os.environ.get("RTVIRT_REQUIRE_REAL") == "1"
