@@ -42,6 +42,8 @@ FIFO_MAX = 99
 # collection accepts the conservative subset that is safe everywhere.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+:-]{0,63}$")
 _META_TAG = "{%s}pcpu" % METADATA_NS
+GUEST_KEYS = frozenset(("name", "vcpus", "memory_mib", "partition", "pcpus", "smt_policy", "fifo_priority",
+                        "numa_node", "base_xml", "state", "emulator_cpus"))
 _UNITS_KIB = {"b": 1.0 / 1024, "bytes": 1.0 / 1024, "kb": 1000.0 / 1024, "k": 1, "kib": 1,
               "mb": 1000.0 ** 2 / 1024, "m": 1024, "mib": 1024, "gb": 1000.0 ** 3 / 1024, "g": 1024 ** 2,
               "gib": 1024 ** 2, "tb": 1000.0 ** 4 / 1024, "t": 1024 ** 3, "tib": 1024 ** 3}
@@ -76,6 +78,45 @@ def check_name(name):
             "guest name %r is not accepted: use 1-64 characters, letters, digits and _ . + : -, starting with a "
             "letter or digit (libvirt refuses '/' and newlines; the name also becomes a file and cgroup name)"
             % (name,))
+
+
+def guest_list_problems(guests):
+    """Everything wrong with a realtime_vm_guests list that can be known without the host; messages."""
+    problems, seen = [], set()
+    for index, guest in enumerate(guests):
+        if not isinstance(guest, dict):
+            problems.append("guest #%d is not a dict: %r" % (index, guest))
+            continue
+        name = guest.get("name")
+        try:
+            check_name(name)
+        except DomainSpecError as exc:
+            problems.append("guest #%d: %s" % (index, exc))
+        if name in seen:
+            problems.append("guest %s is listed twice" % (name,))
+        seen.add(name)
+        if guest.get("state", "present") not in ("present", "absent"):
+            problems.append("guest %s: state %r must be present or absent" % (name, guest.get("state")))
+        if guest.get("state", "present") == "absent":
+            continue
+        priority = guest.get("fifo_priority")
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                     or not FIFO_MIN <= priority <= FIFO_MAX):
+            problems.append("guest %s: fifo_priority %r is out of range: SCHED_FIFO priorities are %d-%d"
+                            % (name, priority, FIFO_MIN, FIFO_MAX))
+        vcpus = guest.get("vcpus")
+        if vcpus is None and not guest.get("pcpus"):
+            problems.append("guest %s: give vcpus (or pcpus)" % (name,))
+        elif vcpus is not None and (isinstance(vcpus, bool) or not isinstance(vcpus, int) or vcpus < 1):
+            problems.append("guest %s: vcpus must be a number of at least 1, got %r" % (name, vcpus))
+        memory = guest.get("memory_mib")
+        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int) or memory < 1):
+            problems.append("guest %s: memory_mib must be a number of at least 1, got %r" % (name, memory))
+        unknown = sorted(set(guest) - GUEST_KEYS)
+        if unknown:
+            problems.append("guest %s: unknown keys %s (known: %s)" % (name, ", ".join(unknown),
+                                                                        ", ".join(sorted(GUEST_KEYS))))
+    return problems
 
 
 def check_spec(spec):
