@@ -1,0 +1,205 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) rtvirt.kvm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: realtime_cpus
+short_description: Choose or validate the realtime (isolated) CPU set of a host
+version_added: 0.1.0
+description:
+  - Reads the CPU topology from sysfs and either validates the realtime CPUs given in O(cpus) or, when O(cpus)
+    is empty, chooses them: the first O(housekeeping_cores_per_node) whole SMT cores of every NUMA node stay
+    housekeeping, all other whole cores become realtime. The choice is deterministic.
+  - Fails, before anything on the host is changed by later tasks, when the set names CPUs that do not exist or are
+    offline, takes every CPU of a NUMA node, or leaves no housekeeping CPU. A split SMT core is a warning.
+  - Also checks the realtime partitions the caller plans (O(partitions)): libvirt's naming rules and that their
+    CPUs are realtime CPUs.
+  - The module never changes anything.
+author:
+  - rtvirt.kvm contributors
+options:
+  cpus:
+    description:
+      - The realtime CPUs in the kernel's list syntax (C(2-5,8)). Empty or omitted chooses them automatically.
+    type: str
+  housekeeping_cores_per_node:
+    description:
+      - For the automatic choice, how many whole cores of every NUMA node stay housekeeping.
+    type: int
+    default: 1
+  partitions:
+    description:
+      - Realtime partitions to check, each with C(name) (libvirt's C(<partition>), below C(/machine)) and
+        optionally C(cpus) (must lie within the realtime CPUs; default all of them).
+    type: list
+    elements: dict
+    default: []
+  sys_root:
+    description: Where sysfs is mounted. For tests against a recorded tree.
+    type: path
+    default: /sys
+attributes:
+  check_mode:
+    support: full
+    details: The module only reads.
+  diff_mode:
+    support: none
+  platform:
+    platforms: linux
+"""
+
+EXAMPLES = r"""
+- name: Choose the realtime CPUs automatically
+  rtvirt.kvm.realtime_cpus:
+  register: rt
+
+- name: Validate an operator's choice
+  rtvirt.kvm.realtime_cpus:
+    cpus: 2-7
+    partitions:
+      - name: /machine/rt
+"""
+
+RETURN = r"""
+realtime_cpus:
+  description: The realtime CPUs, normalized.
+  returned: success
+  type: str
+  sample: "2-7"
+housekeeping_cpus:
+  description: The online CPUs that are not realtime.
+  returned: success
+  type: str
+  sample: "0-1"
+source:
+  description: V(given) when O(cpus) was set, V(automatic) otherwise.
+  returned: success
+  type: str
+  sample: automatic
+online_cpus:
+  description: The online CPUs.
+  returned: success
+  type: str
+  sample: "0-7"
+numa_nodes:
+  description: Every NUMA node with its online CPUs.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{node: 0, cpus: "0-7"}]
+partitions:
+  description: O(partitions) with C(cpus) filled in.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{name: /machine/rt, cpus: "2-7"}]
+"""
+
+import os
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError, format_cpulist, parse_cpulist
+from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import RealtimeCpusError, choose, validate
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
+
+
+def get_argument_spec():
+    return dict(
+        cpus=dict(type="str"),
+        housekeeping_cores_per_node=dict(type="int", default=1),
+        partitions=dict(type="list", elements="dict", default=[]),
+        sys_root=dict(type="path", default="/sys"),
+    )
+
+
+def _read(path):
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def read_topology(sys_root):
+    cpu_dir = os.path.join(sys_root, "devices/system/cpu")
+    online_text = _read(os.path.join(cpu_dir, "online"))
+    if online_text is None:
+        raise RealtimeCpusError("cannot read %s/online: is sysfs mounted at %s?" % (cpu_dir, sys_root))
+    online = parse_cpulist(online_text, what="online CPUs")
+    present_text = _read(os.path.join(cpu_dir, "present"))
+    present = parse_cpulist(present_text, what="present CPUs") if present_text is not None else online
+    nodes = {}
+    node_dir = os.path.join(sys_root, "devices/system/node")
+    if os.path.isdir(node_dir):
+        for entry in os.listdir(node_dir):
+            match = re.fullmatch(r"node(\d+)", entry)
+            if match:
+                text = _read(os.path.join(node_dir, entry, "cpulist"))
+                if text is not None:
+                    nodes[int(match.group(1))] = parse_cpulist(text, what="%s cpulist" % entry)
+    siblings = {}
+    for cpu in online:
+        text = _read(os.path.join(cpu_dir, "cpu%d" % cpu, "topology/thread_siblings_list"))
+        if text:
+            siblings[cpu] = parse_cpulist(text, what="cpu%d thread_siblings_list" % cpu)
+    return online, present, nodes, siblings
+
+
+def run(params):
+    online, present, nodes, siblings = read_topology(params["sys_root"])
+    if params["cpus"]:
+        realtime = parse_cpulist(params["cpus"], what="cpus")
+        source = "given"
+    else:
+        realtime, _hk = choose(online, nodes, siblings, params["housekeeping_cores_per_node"])
+        source = "automatic"
+    warnings = validate(realtime, online, nodes, siblings, present=present)
+    partitions = []
+    errors = []
+    for entry in params["partitions"]:
+        name = entry.get("name")
+        try:
+            parse_name(name)
+        except PartitionNameError as exc:
+            errors.append(str(exc))
+            continue
+        cpus = entry.get("cpus")
+        part_cpus = parse_cpulist(str(cpus), what="cpus of partition %s" % name) if cpus else realtime
+        if not part_cpus:
+            errors.append("partition %s has no CPUs" % name)
+        elif not part_cpus <= realtime:
+            errors.append("partition %s asks for CPUs %s that are not realtime CPUs (%s)"
+                          % (name, format_cpulist(part_cpus - realtime), format_cpulist(realtime)))
+        partitions.append(dict(entry, cpus=format_cpulist(part_cpus)))
+    if errors:
+        raise RealtimeCpusError("; ".join(errors))
+    return dict(
+        changed=False,
+        realtime_cpus=format_cpulist(realtime),
+        housekeeping_cpus=format_cpulist(online - realtime),
+        online_cpus=format_cpulist(online),
+        source=source,
+        numa_nodes=[{"node": n, "cpus": format_cpulist(c & online)} for n, c in sorted(nodes.items())],
+        partitions=partitions,
+    ), warnings
+
+
+def main():
+    module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
+    try:
+        result, warnings = run(module.params)
+    except (RealtimeCpusError, CpuListError) as exc:
+        module.fail_json(msg="realtime CPUs: %s" % exc)
+    for warning in warnings:
+        module.warn(warning)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

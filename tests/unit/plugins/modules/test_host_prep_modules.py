@@ -1,0 +1,110 @@
+# -*- coding: utf-8 -*-
+"""realtime_cpus, kernel_cmdline and irq_affinity through main() against fake trees."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from _module_runner import run_module
+from ansible_collections.rtvirt.kvm.plugins.modules import irq_affinity, kernel_cmdline, realtime_cpus
+
+
+def write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write(text + "\n")
+
+
+@pytest.fixture
+def sysfs(tmp_path):
+    cpu = tmp_path / "devices/system/cpu"
+    write(str(cpu / "online"), "0-2")
+    write(str(cpu / "present"), "0-3")
+    for n in range(4):
+        write(str(cpu / ("cpu%d/topology/thread_siblings_list" % n)), str(n))
+    write(str(tmp_path / "devices/system/node/node0/cpulist"), "0-1")
+    write(str(tmp_path / "devices/system/node/node1/cpulist"), "2-3")
+    return str(tmp_path)
+
+
+def test_realtime_cpus_automatic(sysfs):
+    result = run_module(realtime_cpus, {"sys_root": sysfs, "partitions": [{"name": "/machine/rt"}]})
+    assert not result.get("failed"), result
+    assert result["realtime_cpus"] == "1" and result["housekeeping_cpus"] == "0,2"
+    assert result["partitions"] == [{"name": "/machine/rt", "cpus": "1"}]
+    assert result["changed"] is False
+
+
+@pytest.mark.parametrize("args, match", [
+    ({"cpus": "1,3"}, "offline"),
+    ({"cpus": "2"}, "NUMA node 1"),
+    ({"cpus": "1", "partitions": [{"name": "/machine/rt", "cpus": "0"}]}, "not realtime CPUs"),
+    ({"cpus": "1", "partitions": [{"name": "rt"}]}, "not absolute"),
+    ({"cpus": "1-"}, "cpus"),
+])
+def test_realtime_cpus_bad_input(sysfs, args, match):
+    result = run_module(realtime_cpus, dict(args, sys_root=sysfs))
+    assert result.get("failed") and match in result["msg"], result
+
+
+@pytest.fixture
+def grub(tmp_path):
+    path = tmp_path / "grub"
+    path.write_text('GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX="quiet"\n')
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("BOOT_IMAGE=/vmlinuz quiet\n")
+    return {"path": str(path), "proc_cmdline": str(cmdline), "update_command": []}
+
+
+def test_kernel_cmdline_check_apply_idempotent(grub):
+    args = dict(grub, params={"isolcpus": "domain,1", "nohz_full": "1"})
+    before = open(grub["path"]).read()
+    checked = run_module(kernel_cmdline, args, check_mode=True, diff=True)
+    assert checked["changed"] and open(grub["path"]).read() == before
+    assert "isolcpus=domain,1" in checked["diff"]["after"]
+    applied = run_module(kernel_cmdline, args)
+    assert applied["changed"] and applied["reboot_required"]
+    assert 'GRUB_CMDLINE_LINUX="quiet isolcpus=domain,1 nohz_full=1"' in open(grub["path"]).read()
+    again = run_module(kernel_cmdline, args)
+    assert not again["changed"] and again["reboot_required"] and again["pending"] == ["isolcpus", "nohz_full"]
+
+
+def test_kernel_cmdline_refuses_unparseable(grub):
+    with open(grub["path"], "w") as handle:
+        handle.write('GRUB_CMDLINE_LINUX="quiet $EXTRA"\n')
+    result = run_module(kernel_cmdline, dict(grub, params={"isolcpus": "1"}))
+    assert result.get("failed") and "nothing written" in result["msg"]
+    assert open(grub["path"]).read() == 'GRUB_CMDLINE_LINUX="quiet $EXTRA"\n'
+
+
+def test_kernel_cmdline_without_grub(tmp_path, grub):
+    result = run_module(kernel_cmdline, dict(grub, path=str(tmp_path / "none"), params={"isolcpus": "1"}))
+    assert not result["changed"] and result["bootloader"] == "none" and "not a GRUB host" in result["msg"]
+
+
+@pytest.fixture
+def proc(tmp_path):
+    write(str(tmp_path / "irq/default_smp_affinity"), "3")
+    write(str(tmp_path / "irq/10/smp_affinity_list"), "0-1")
+    write(str(tmp_path / "irq/11/smp_affinity_list"), "0")
+    os.makedirs(str(tmp_path / "irq/12"))
+    write(str(tmp_path / "irq/12/smp_affinity_list"), "1")
+    os.chmod(str(tmp_path / "irq/12/smp_affinity_list"), 0o444)
+    return str(tmp_path)
+
+
+def test_irq_affinity(proc):
+    if os.geteuid() == 0:
+        # root ignores file modes: make irq 12 refuse by turning its file into a directory
+        os.remove(os.path.join(proc, "irq/12/smp_affinity_list"))
+        os.makedirs(os.path.join(proc, "irq/12/smp_affinity_list"))
+    checked = run_module(irq_affinity, {"cpus": "0", "proc_root": proc}, check_mode=True)
+    assert checked["changed"] and open(os.path.join(proc, "irq/default_smp_affinity")).read().strip() == "3"
+    result = run_module(irq_affinity, {"cpus": "0", "proc_root": proc})
+    assert result["changed"]
+    assert [m["irq"] for m in result["moved"]] == [10]
+    assert open(os.path.join(proc, "irq/default_smp_affinity")).read().strip() == "1"
+    assert open(os.path.join(proc, "irq/10/smp_affinity_list")).read().strip() == "0"
+    again = run_module(irq_affinity, {"cpus": "0", "proc_root": proc})
+    assert not again["changed"]
