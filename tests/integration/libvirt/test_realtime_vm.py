@@ -1,0 +1,122 @@
+"""The realtime_vm role against a real libvirtd: a SCHED_FIFO guest pinned to a dedicated pCPU.
+
+Runs the role through ansible-playbook on localhost, checks the placement independently from
+/proc (not only through the role's own verify step), runs again (nothing changed), checks that bad
+input fails before anything is defined, and removes the guest, its partition and the sysctl change.
+"""
+import json
+import os
+import pathlib
+import re
+import subprocess
+
+import pytest
+
+from tests.support.ansible_runner import REPO, ansible_env
+
+pytestmark = pytest.mark.libvirt
+
+RECAP = re.compile(r"^localhost\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+SYSCTL = pathlib.Path("/proc/sys/kernel/sched_rt_runtime_us")
+
+
+def _online_cpus():
+    text = pathlib.Path("/sys/devices/system/cpu/online").read_text().strip()
+    cpus = []
+    for part in text.split(","):
+        start, _, end = part.partition("-")
+        cpus.extend(range(int(start), int(end or start) + 1))
+    return cpus
+
+
+def _play(tmp_path, guests, partition, pool, extra=None):
+    play = [{"hosts": "localhost", "gather_facts": False, "roles": [{
+        "role": "rtvirt.kvm.realtime_vm",
+        "vars": dict({"realtime_vm_guests": guests, "realtime_vm_isolated_cpus": pool,
+                      "realtime_vm_partition": partition,
+                      "realtime_vm_cpu_map_path": str(tmp_path / "map" / "cpu-map.html")}, **(extra or {}))}]}]
+    path = tmp_path / "play.yml"
+    path.write_text(json.dumps(play))
+    env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default"})
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                           "-e", "ansible_python_interpreter=%s" % env["RTVIRT_PYTHON_INTERPRETER"], str(path)],
+                          env=env, cwd=str(REPO), capture_output=True, text=True, timeout=600, check=False)
+    match = RECAP.search(proc.stdout)
+    assert match, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return dict(ok=int(match.group(1)), changed=int(match.group(2)), failed=int(match.group(4)),
+                rc=proc.returncode, out=proc.stdout + proc.stderr)
+
+
+@pytest.fixture
+def fifo_allowed():
+    """kernel.sched_rt_runtime_us=-1 for the test (host_prep's job on a real host); restored after."""
+    old = SYSCTL.read_text().strip()
+    SYSCTL.write_text("-1")
+    yield
+    SYSCTL.write_text(old)
+
+
+def _threads(rig, name):
+    pid = rig.qemu_pid(name)
+    result = {}
+    for task in pathlib.Path("/proc/%d/task" % pid).iterdir():
+        comm = (task / "comm").read_text().strip()
+        status = dict(line.split(":\t", 1) for line in (task / "status").read_text().splitlines() if ":\t" in line)
+        stat = (task / "stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        result[int(task.name)] = dict(comm=comm, affinity=status["Cpus_allowed_list"].strip(),
+                                      rt_priority=int(fields[37]), policy=int(fields[38]))
+    return result
+
+
+def test_realtime_vm_defines_pins_fifo_and_is_idempotent(libvirt_rig, unique_name, tmp_path, fifo_allowed):
+    cpus = _online_cpus()
+    if len(cpus) < 2:
+        pytest.skip("needs a housekeeping CPU and a realtime CPU")
+    pool = str(cpus[-1])
+    housekeeping = ",".join(str(c) for c in cpus[:-1])
+    partition = "/machine/%s" % unique_name
+    guest = {"name": unique_name, "vcpus": 1, "memory_mib": 128, "fifo_priority": 7}
+    try:
+        first = _play(tmp_path, [guest], partition, pool)
+        assert first["rc"] == 0 and first["failed"] == 0, first["out"][-4000:]
+        assert first["changed"] > 0
+        assert unique_name in libvirt_rig.domains(inactive=False)
+
+        threads = _threads(libvirt_rig, unique_name)
+        vcpus = [t for t in threads.values() if re.fullmatch(r"CPU \d+/(KVM|TCG)", t["comm"])]
+        assert len(vcpus) == 1
+        assert vcpus[0]["affinity"] == pool and vcpus[0]["policy"] == 1 and vcpus[0]["rt_priority"] == 7
+        emulator = [t for t in threads.values() if t["comm"].startswith("qemu-system")]
+        assert emulator and all(t["affinity"] == housekeeping or set(t["affinity"]) <= set(housekeeping)
+                                for t in emulator)
+        html = (tmp_path / "map" / "cpu-map.html").read_text()
+        assert "%s vCPU0 fifo:7" % unique_name in html
+
+        second = _play(tmp_path, [guest], partition, pool)
+        assert second["rc"] == 0 and second["changed"] == 0, second["out"][-4000:]
+
+        # Bad input: nothing is defined, the running guest keeps its pins.
+        intruder = "%s-b" % unique_name
+        for bad, message in (
+                ([guest, {"name": intruder, "vcpus": 1, "memory_mib": 128}], "only 0 are free"),
+                ([guest, {"name": intruder, "vcpus": 1, "pcpus": [housekeeping.split(",")[0]]}], "pool"),
+                ([guest, {"name": intruder, "vcpus": 1, "fifo_priority": 100}], "out of range"),
+                ([guest, {"name": "bad/name", "vcpus": 1}], "is not accepted")):
+            result = _play(tmp_path, bad, partition, pool)
+            assert result["rc"] != 0 and message in result["out"], result["out"][-3000:]
+            assert intruder not in libvirt_rig.domains() and "bad/name" not in libvirt_rig.domains()
+        assert _threads(libvirt_rig, unique_name)[next(
+            tid for tid, t in _threads(libvirt_rig, unique_name).items() if t["comm"].startswith("CPU 0/"))][
+            "affinity"] == pool
+    finally:
+        gone = _play(tmp_path, [{"name": unique_name, "state": "absent"}], partition, pool,
+                     {"realtime_vm_cpu_map": False})
+        subprocess.run([str(REPO / ".venv" / "bin" / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
+                        "-e", "ansible_python_interpreter=%s" % ansible_env()["RTVIRT_PYTHON_INTERPRETER"],
+                        "-m", "rtvirt.kvm.libvirt_partition", "-a",
+                        json.dumps({"name": partition, "state": "absent"})],
+                       env=ansible_env(), capture_output=True, check=False, timeout=300)
+    assert gone["rc"] == 0, gone["out"][-3000:]
+    assert unique_name not in libvirt_rig.domains()
+    assert not os.path.exists("/sys/fs/cgroup/cpuset/machine/%s.partition" % unique_name)
