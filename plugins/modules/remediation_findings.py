@@ -1,0 +1,188 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) rtvirt.kvm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: remediation_findings
+short_description: Find what is broken in a libvirt host's cgroup layout and CPU isolation
+version_added: 0.1.0
+description:
+  - Reads the cgroup hierarchies libvirt uses, the defined and running guests (C(virsh)) and the violations of
+    M(rtvirt.kvm.cpu_isolation_facts), and returns one finding per problem with the repair the
+    C(rtvirt.kvm.remediation) role applies.
+  - "Kinds: C(empty_cpuset) (empty cpus or mems below C(machine)), C(missing_partition) (a partition a defined
+    guest names is missing in a hierarchy), C(leftover_guest_cgroup) (a C(*.libvirt-qemu) cgroup of a guest that
+    does not run), C(cgroup_on_isolated), C(pinning_drift), C(irq_affinity), C(irq_default_affinity), and
+    report-only C(thread_on_isolated), C(kthread_on_isolated), C(workqueue_cpumask)."
+  - The module never changes anything.
+author:
+  - rtvirt.kvm contributors
+options:
+  violations:
+    description: The C(violations) of M(rtvirt.kvm.cpu_isolation_facts).
+    type: list
+    elements: dict
+    default: []
+  kinds:
+    description: Only findings of these kinds (default all).
+    type: list
+    elements: str
+  previous:
+    description:
+      - The RV(findings) of a run before a repair. When given, RV(report) lists them with C(fixed) true for those that
+        had a fix and are gone now.
+    type: list
+    elements: dict
+  uri:
+    description: libvirt connection URI for C(virsh).
+    type: str
+    default: qemu:///system
+attributes:
+  check_mode:
+    support: full
+    details: The module only reads.
+  diff_mode:
+    support: none
+  platform:
+    platforms: linux
+"""
+
+EXAMPLES = r"""
+- name: Isolation facts
+  rtvirt.kvm.cpu_isolation_facts:
+    realtime_partitions: [/machine/rt]
+
+- name: Findings
+  rtvirt.kvm.remediation_findings:
+    violations: "{{ ansible_facts['cpu_isolation']['violations'] }}"
+  register: found
+"""
+
+RETURN = r"""
+findings:
+  description: Every problem, with C(kind), C(target), C(message) and C(fix) (null when it is reported only).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{kind: empty_cpuset, target: machine/rt.partition, message: "cpuset machine/rt.partition has empty cpus",
+            fix: {module: cgroup_cpuset, path: machine/rt.partition}}]
+hierarchies:
+  description: The hierarchies looked at, by name, with their mountpoint.
+  returned: always
+  type: dict
+  sample: {cpuset: /sys/fs/cgroup/cpuset, unified: /sys/fs/cgroup/unified}
+partitions:
+  description: Partitions named by defined guests, with the guests.
+  returned: always
+  type: dict
+  sample: {/machine/rt: [rt1]}
+report:
+  description: The findings (or O(previous)) as C(kind), C(target), C(message), C(fixed).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{kind: empty_cpuset, target: machine/rt.partition, message: "...", fixed: true}]
+running:
+  description: Running guests.
+  returned: always
+  type: list
+  elements: str
+  sample: [rt1]
+"""
+
+import os
+import xml.etree.ElementTree as ET
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError, discover_layout
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
+    PartitionNameError,
+    libvirt_hierarchies,
+    parse_name,
+    parse_proc_cgroups,
+    parse_qemu_conf_controllers,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._remediation import findings, report
+
+
+def get_argument_spec():
+    return dict(violations=dict(type="list", elements="dict", default=[]), kinds=dict(type="list", elements="str"),
+                previous=dict(type="list", elements="dict"), uri=dict(type="str", default="qemu:///system"))
+
+
+def _read(path):
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _walk(root):
+    result = set()
+    top = os.path.join(root, "machine")
+    if not os.path.isdir(top):
+        return result
+    for current, dirs, _files in os.walk(top):
+        result.add(os.path.relpath(current, root))
+    return result
+
+
+def _virsh(module, *args, **kwargs):
+    rc, out, err = module.run_command(["virsh", "-c", module.params["uri"]] + list(args), environ_update={"LC_ALL": "C"})
+    if rc != 0 and kwargs.get("optional"):
+        return None
+    if rc != 0:
+        module.fail_json(msg="virsh %s failed (rc %d): %s" % (" ".join(args), rc, err.strip()))
+    return out
+
+
+def main():
+    module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
+    try:
+        layout = discover_layout()
+    except CgroupDiscoveryError as exc:
+        module.fail_json(msg=str(exc))
+    conf = _read("/etc/libvirt/qemu.conf")
+    hierarchies = libvirt_hierarchies(layout.mounts, parse_qemu_conf_controllers(conf) if conf else None)
+    present = {h.key: _walk(h.mountpoint) for h in hierarchies if not h.optional}
+    cpuset = {}
+    cpuset_h = next((h for h in hierarchies if "cpuset" in h.controllers and h.version == 1), None)
+    if cpuset_h is not None:
+        for path in _walk(cpuset_h.mountpoint):
+            full = os.path.join(cpuset_h.mountpoint, path)
+            cpuset[path] = {"cpus": _read(os.path.join(full, "cpuset.cpus")) or "",
+                            "mems": _read(os.path.join(full, "cpuset.mems")) or ""}
+    subsystems = parse_proc_cgroups(_read("/proc/cgroups") or "")
+    running = set(_virsh(module, "list", "--name").split())
+    partitions, dirs = {}, {}
+    for name in _virsh(module, "list", "--all", "--name").split():
+        xml = _virsh(module, "dumpxml", "--inactive", name, optional=True)
+        if xml is None:
+            continue  # undefined since it was listed
+        element = ET.fromstring(xml).find("./resource/partition")
+        if element is None or not (element.text or "").strip() or element.text.strip() == "/machine":
+            continue
+        try:
+            pname = parse_name(element.text.strip(), subsystems)
+        except PartitionNameError as exc:
+            module.warn("guest %s: %s" % (name, exc))
+            continue
+        partitions.setdefault(pname.name, []).append(name)
+        dirs[pname.name] = pname.cgroup_path
+    kinds = module.params["kinds"]
+    result = [f for f in findings(cpuset, present, partitions, dirs, running, module.params["violations"])
+              if kinds is None or f["kind"] in kinds]
+    previous = module.params["previous"]
+    summary = report(result, None) if previous is None else report(previous, result)
+    module.exit_json(changed=False, findings=result, report=summary, hierarchies={h.key: h.mountpoint for h in hierarchies},
+                     partitions=partitions, running=sorted(running))
+
+
+if __name__ == "__main__":
+    main()
