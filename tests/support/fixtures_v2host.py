@@ -1,0 +1,94 @@
+"""pytest fixtures for the systemd + cgroup v2 test host (tests/support/v2host, layer `v2host`).
+
+- ``v2host``: session-scoped, parametrized over the kernels ``"6.1"`` and ``"6.12"``; pytest runs all
+  tests of one kernel before booting the other, so one guest runs at a time.
+- ``v2host_61`` / ``v2host_612``: one kernel for tests that need exactly that one.
+
+All three share one pool: a kernel's guest boots once (about 30 s under TCG) and is powered off when
+the last fixture holding it is torn down (``systemctl poweroff``, then QEMU by its PID). Console
+logs stay in pytest's temporary directory. The image is built or reused by build.sh
+(/var/cache/rtvirt-v2host/); a build or boot failure is an error, missing prerequisites a skip
+(which tests/conftest.py turns into a failure in CI).
+"""
+import os
+import shutil
+
+import pytest
+
+from tests.support.v2host.boot import KERNELS, V2Host, ensure_built
+
+
+def _prerequisites_missing():
+    if os.geteuid() != 0:
+        return "the v2 test host needs root (debootstrap, chroot)"
+    for tool in ("qemu-system-x86_64", "qemu-img", "mkfs.ext4", "ssh", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            return "%s is not installed" % tool
+    return None
+
+
+class _V2HostPool:
+    """Boots each kernel's guest at most once at a time; shuts it down when nobody holds it."""
+
+    def __init__(self, tmp_path_factory):
+        self._tmp = tmp_path_factory
+        self._cache_dir = None
+        self._hosts = {}
+        self._holders = {}
+
+    def acquire(self, kernel):
+        if kernel not in self._hosts:
+            reason = _prerequisites_missing()
+            if reason:
+                pytest.skip(reason)
+            if self._cache_dir is None:
+                self._cache_dir = ensure_built()
+            state_dir = self._tmp.mktemp("v2host-%s" % kernel.replace(".", ""))
+            host = V2Host(kernel, state_dir=state_dir, cache_dir=self._cache_dir)
+            host.boot()
+            self._hosts[kernel] = host
+            self._holders[kernel] = 0
+        self._holders[kernel] += 1
+        return self._hosts[kernel]
+
+    def release(self, kernel):
+        self._holders[kernel] -= 1
+        if self._holders[kernel] == 0:
+            self._hosts.pop(kernel).shutdown()
+
+    def close(self):
+        for kernel in list(self._hosts):
+            self._hosts.pop(kernel).shutdown()
+
+
+@pytest.fixture(scope="session")
+def v2host_pool(tmp_path_factory):
+    pool = _V2HostPool(tmp_path_factory)
+    yield pool
+    pool.close()
+
+
+def _hold(pool, kernel):
+    host = pool.acquire(kernel)
+    try:
+        yield host
+    finally:
+        pool.release(kernel)
+
+
+@pytest.fixture(scope="session", params=sorted(KERNELS, key=lambda k: tuple(map(int, k.split(".")))))
+def v2host(request, v2host_pool):
+    """A booted test host (V2Host), once per kernel: "6.1", then "6.12"."""
+    yield from _hold(v2host_pool, request.param)
+
+
+@pytest.fixture(scope="session")
+def v2host_61(v2host_pool):
+    """The test host on bookworm's 6.1 kernel (cpuset partitions, no cpuset.cpus.exclusive)."""
+    yield from _hold(v2host_pool, "6.1")
+
+
+@pytest.fixture(scope="session")
+def v2host_612(v2host_pool):
+    """The test host on the 6.12 backports kernel (cpuset.cpus.exclusive, cpuset.cpus.isolated)."""
+    yield from _hold(v2host_pool, "6.12")

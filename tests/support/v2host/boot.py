@@ -1,0 +1,421 @@
+#!/usr/bin/env python3
+"""Boot the systemd + cgroup v2 test host (built by build.sh) under QEMU TCG, and reach it over SSH.
+
+Library::
+
+    with V2Host("6.12") as host:          # builds/reuses the image, boots, waits for SSH
+        host.ssh("cat /sys/fs/cgroup/cgroup.controllers").stdout
+        host.kernel_release                # e.g. "6.12.38+bpo-amd64"
+        host.inventory_path                # <state_dir>/inventory.yml, host "v2host"
+    # always powered off here: `systemctl poweroff` over SSH, bounded wait, then the QEMU PID
+
+CLI (for debugging by hand)::
+
+    boot.py build                                   # prints the cache dir
+    boot.py boot --kernel 6.1|6.12 --state-dir D    # starts QEMU, waits for SSH, writes D/inventory.yml
+    boot.py ssh --state-dir D -- CMD...             # runs CMD in the guest
+    boot.py shutdown --state-dir D                  # powers it off
+
+Only processes this module started are ever signalled: the PID comes from QEMU's -pidfile in the
+state dir and is checked against /proc/PID/cmdline (which must name that pidfile) before a signal.
+"""
+import argparse
+import hashlib
+import json
+import os
+import pathlib
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+BUILD_SH = HERE / "build.sh"
+
+#: kernel series -> which QEMU boots it under TCG. 6.12 needs QEMU >= 8 (see README.md), so it uses
+#: the bookworm-backports QEMU that build.sh unpacks into the cache dir; 6.1 uses the host's QEMU 7.2.
+KERNELS = {"6.1": "host", "6.12": "backports"}
+
+HOST_QEMU = "qemu-system-x86_64"
+SSH_OPTIONS = [
+    "-o", "StrictHostKeyChecking=no",
+    "-o", "UserKnownHostsFile=/dev/null",
+    "-o", "LogLevel=ERROR",
+    "-o", "BatchMode=yes",
+    "-o", "IdentitiesOnly=yes",
+    "-o", "ServerAliveInterval=15",
+    "-o", "ServerAliveCountMax=8",
+]
+
+
+class V2HostError(RuntimeError):
+    """The test host could not be built, booted or reached."""
+
+
+def ensure_built(timeout=1800):
+    """Run build.sh (a no-op when the cache is current) and return the cache dir."""
+    proc = subprocess.run(["bash", str(BUILD_SH)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise V2HostError("build.sh failed (rc=%d):\n%s" % (proc.returncode, proc.stderr[-6000:]))
+    lines = proc.stdout.strip().splitlines()
+    if not lines:
+        raise V2HostError("build.sh printed no cache dir:\n%s" % proc.stderr[-3000:])
+    return pathlib.Path(lines[-1])
+
+
+def free_loopback_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _proc_state(pid):
+    """'R', 'S', 'Z', ... or None when there is no such process."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def _alive(pid):
+    state = _proc_state(pid)
+    return state is not None and state not in ("Z", "X")
+
+
+def _is_ours(pid, pidfile):
+    """True when PID is the QEMU that was started with this pidfile."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            argv = handle.read().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return str(pidfile).encode() in argv
+
+
+class V2Host:
+    """One booted test host. Use as a context manager, or call boot() and shutdown() yourself."""
+
+    def __init__(self, kernel="6.1", state_dir=None, memory_mib=2048, smp=4, append="",
+                 qemu=None, boot_timeout=600, cache_dir=None):
+        if kernel not in KERNELS:
+            raise ValueError("kernel must be one of %s, not %r" % (sorted(KERNELS), kernel))
+        self.kernel = kernel
+        self._own_state_dir = state_dir is None
+        self.state_dir = pathlib.Path(state_dir or tempfile.mkdtemp(prefix="rtvirt-v2host-")).resolve()
+        self.memory_mib = memory_mib
+        self.smp = smp
+        self.append = append
+        self.qemu = qemu or KERNELS[kernel]
+        self.boot_timeout = boot_timeout
+        self.cache_dir = pathlib.Path(cache_dir) if cache_dir else None
+        self.port = None
+        self.pid = None
+        self.boot_seconds = None
+        self._kernel_release = None
+
+    # --- paths ---
+    @property
+    def inventory_path(self):
+        return self.state_dir / "inventory.yml"
+
+    @property
+    def console_log(self):
+        return self.state_dir / "console.log"
+
+    @property
+    def pidfile(self):
+        return self.state_dir / "qemu.pid"
+
+    @property
+    def overlay(self):
+        return self.state_dir / "overlay.qcow2"
+
+    @property
+    def state_file(self):
+        return self.state_dir / "state.json"
+
+    @property
+    def key_path(self):
+        return self.cache_dir / "id_ed25519"
+
+    @property
+    def control_path(self):
+        # Short (sun_path is 108 bytes), unique per state dir.
+        tag = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:12]
+        return pathlib.Path(tempfile.gettempdir()) / ("rtvirt-v2host-%s.ssh" % tag)
+
+    # --- QEMU ---
+    def qemu_command(self, port):
+        """The QEMU argv and extra environment for this kernel."""
+        kdir = self.cache_dir / ("kernel-%s" % self.kernel)
+        append = ("root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 "
+                  "panic=-1 " + self.append).strip()
+        env = {}
+        if self.qemu == "backports":
+            qroot = self.cache_dir / "qemu"
+            binary = str(qroot / "usr/bin/qemu-system-x86_64")
+            firmware = ["-L", str(qroot / "usr/share/qemu"), "-L", str(qroot / "usr/share/seabios")]
+            # Its loadable modules must be its own, not the host QEMU 7.2's.
+            env["QEMU_MODULE_DIR"] = str(qroot / "usr/lib/x86_64-linux-gnu/qemu")
+        elif self.qemu == "host":
+            binary = HOST_QEMU
+            firmware = []
+        else:
+            raise ValueError("qemu must be 'host' or 'backports', not %r" % (self.qemu,))
+        argv = [
+            binary, *firmware,
+            "-name", "rtvirt-v2host-%s" % self.kernel,
+            "-machine", "pc",
+            "-accel", "tcg,thread=multi,tb-size=256",
+            "-cpu", "max",
+            "-smp", str(self.smp),
+            "-m", str(self.memory_mib),
+            "-kernel", str(kdir / "vmlinuz"),
+            "-initrd", str(kdir / "initrd.img"),
+            "-append", append,
+            "-drive", "file=%s,if=virtio,format=qcow2,cache=unsafe,discard=unmap" % self.overlay,
+            # Only loopback is forwarded; romfile= skips the iPXE option ROM (not needed with -kernel).
+            "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:%d-:22" % port,
+            "-device", "virtio-net-pci,netdev=net0,romfile=",
+            "-display", "none",
+            "-vga", "none",
+            "-monitor", "none",
+            "-serial", "file:%s" % self.console_log,
+            "-no-reboot",
+            "-daemonize",
+            "-pidfile", str(self.pidfile),
+        ]
+        return argv, env
+
+    def boot(self):
+        if self.cache_dir is None:
+            self.cache_dir = ensure_built()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.pidfile.exists():
+            old = int(self.pidfile.read_text().strip() or 0)
+            if old and _alive(old) and _is_ours(old, self.pidfile):
+                raise V2HostError("a test host from %s is still running (pid %d); shut it down first"
+                                  % (self.state_dir, old))
+            self.pidfile.unlink()
+        for stale in (self.overlay, self.console_log, self.inventory_path, self.state_file):
+            if stale.exists():
+                stale.unlink()
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.cache_dir / "base.raw"),
+                        "-F", "raw", str(self.overlay)], check=True, capture_output=True, text=True)
+        started = time.monotonic()
+        last_error = ""
+        for _attempt in range(5):
+            port = free_loopback_port()
+            argv, env = self.qemu_command(port)
+            proc = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True,
+                                  timeout=120, check=False)
+            if proc.returncode == 0:
+                break
+            last_error = proc.stderr.strip()
+            if "host forwarding" not in last_error:   # anything but a port race is fatal
+                raise V2HostError("QEMU did not start (rc=%d): %s\n%s"
+                                  % (proc.returncode, last_error, shlex.join(argv)))
+        else:
+            raise V2HostError("QEMU could not forward a loopback port: %s" % last_error)
+        self.port = port
+        self.pid = int(self.pidfile.read_text().strip())
+        self._write_state(argv, env)
+        try:
+            self._wait_for_ssh(started)
+        except BaseException:
+            self.shutdown()
+            raise
+        self.boot_seconds = time.monotonic() - started
+        self._write_inventory()
+        self._write_state(argv, env)
+        return self
+
+    def _wait_for_ssh(self, started):
+        deadline = started + self.boot_timeout
+        while True:
+            if not _alive(self.pid):
+                raise V2HostError("QEMU (pid %d) exited during boot; console:\n%s"
+                                  % (self.pid, self.console_tail()))
+            proc = self.ssh("true", timeout=60, control=False, connect_timeout=20)
+            if proc.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise V2HostError("no SSH on 127.0.0.1:%d after %d s (last: %s); console:\n%s"
+                                  % (self.port, self.boot_timeout, proc.stderr.strip(),
+                                     self.console_tail()))
+            time.sleep(2)
+
+    def console_tail(self, lines=60):
+        try:
+            text = self.console_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no console log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _write_inventory(self):
+        common = " ".join(SSH_OPTIONS[:8])   # host key checking off, quiet
+        self.inventory_path.write_text(
+            "# Written by tests/support/v2host/boot.py; valid while this test host runs.\n"
+            "all:\n"
+            "  hosts:\n"
+            "    v2host:\n"
+            "      ansible_host: 127.0.0.1\n"
+            "      ansible_port: %d\n"
+            "      ansible_user: root\n"
+            "      ansible_ssh_private_key_file: %s\n"
+            "      ansible_python_interpreter: /usr/bin/python3\n"
+            "      ansible_ssh_common_args: %s\n"
+            "      rtvirt_v2host_kernel: %s\n"
+            % (self.port, json.dumps(str(self.key_path)), json.dumps(common), json.dumps(self.kernel)))
+
+    def _write_state(self, argv, env):
+        self.state_file.write_text(json.dumps({
+            "kernel": self.kernel, "qemu": self.qemu, "port": self.port, "pid": self.pid,
+            "cache_dir": str(self.cache_dir), "argv": argv, "env": env,
+            "boot_seconds": self.boot_seconds, "own_state_dir": self._own_state_dir,
+        }, indent=2) + "\n")
+
+    @classmethod
+    def attach(cls, state_dir):
+        """A V2Host for a guest booted earlier (e.g. by the CLI) from its state dir."""
+        state_dir = pathlib.Path(state_dir).resolve()
+        data = json.loads((state_dir / "state.json").read_text())
+        host = cls(data["kernel"], state_dir=state_dir, qemu=data["qemu"], cache_dir=data["cache_dir"])
+        host._own_state_dir = data.get("own_state_dir", False)
+        host.port, host.pid, host.boot_seconds = data["port"], data["pid"], data["boot_seconds"]
+        return host
+
+    # --- guest access ---
+    def ssh_argv(self, control=True, connect_timeout=30):
+        argv = ["ssh", *SSH_OPTIONS, "-o", "ConnectTimeout=%d" % connect_timeout,
+                "-i", str(self.key_path), "-p", str(self.port)]
+        if control:
+            argv += ["-o", "ControlMaster=auto", "-o", "ControlPath=%s" % self.control_path,
+                     "-o", "ControlPersist=300"]
+        return argv + ["root@127.0.0.1"]
+
+    def ssh(self, cmd, check=False, timeout=300, input=None, control=True, connect_timeout=30):
+        """Run a shell command line in the guest; returns a CompletedProcess (text mode)."""
+        if self.port is None:
+            raise V2HostError("the test host is not running")
+        argv = self.ssh_argv(control=control, connect_timeout=connect_timeout) + ["--", cmd]
+        return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,
+                              check=check, stdin=None if input is not None else subprocess.DEVNULL)
+
+    @property
+    def kernel_release(self):
+        if self._kernel_release is None:
+            self._kernel_release = self.ssh("uname -r", check=True).stdout.strip()
+        return self._kernel_release
+
+    # --- shutdown ---
+    def shutdown(self, poweroff_timeout=120, term_timeout=20):
+        """Power off over SSH, wait (bounded), then end our QEMU by PID if it is still there."""
+        pid = self.pid
+        if pid is None and self.pidfile.exists():
+            pid = int(self.pidfile.read_text().strip() or 0) or None
+        if pid and _alive(pid) and _is_ours(pid, self.pidfile):
+            if self.port is not None:
+                try:
+                    self.ssh("systemctl --no-block poweroff", timeout=30, control=False,
+                             connect_timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+            if not _wait_gone(pid, poweroff_timeout):
+                for sig, wait in ((signal.SIGTERM, term_timeout), (signal.SIGKILL, 10)):
+                    if not (_alive(pid) and _is_ours(pid, self.pidfile)):
+                        break
+                    os.kill(pid, sig)
+                    if _wait_gone(pid, wait):
+                        break
+        self._close_control()
+        for path in (self.overlay, self.pidfile, self.inventory_path):
+            if path.exists():
+                path.unlink()
+        self.port = None
+        self.pid = None
+        if self._own_state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _close_control(self):
+        if self.control_path.exists() and self.port is not None:
+            subprocess.run(self.ssh_argv()[:-1] + ["-O", "exit", "root@127.0.0.1"],
+                           capture_output=True, timeout=10, check=False)
+        if self.control_path.exists():
+            self.control_path.unlink()
+
+    def __enter__(self):
+        if self.pid is None:
+            self.boot()
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        return False
+
+
+def _wait_gone(pid, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.5)
+    return not _alive(pid)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("build", help="build or reuse the image; print the cache dir")
+    p_boot = sub.add_parser("boot", help="boot a test host and wait for SSH")
+    p_boot.add_argument("--kernel", choices=sorted(KERNELS), required=True)
+    p_boot.add_argument("--state-dir", required=True)
+    p_boot.add_argument("--memory", type=int, default=2048, help="MiB")
+    p_boot.add_argument("--smp", type=int, default=4)
+    p_boot.add_argument("--append", default="", help="extra kernel command line")
+    p_boot.add_argument("--qemu", choices=["host", "backports"], help="override which QEMU runs it")
+    p_boot.add_argument("--timeout", type=int, default=600, help="seconds to wait for SSH")
+    p_cmd = sub.add_parser("cmdline", help="print the QEMU command line for a kernel")
+    p_cmd.add_argument("--kernel", choices=sorted(KERNELS), required=True)
+    p_cmd.add_argument("--state-dir", required=True)
+    p_ssh = sub.add_parser("ssh", help="run a command in a booted test host")
+    p_ssh.add_argument("--state-dir", required=True)
+    p_ssh.add_argument("cmd", nargs=argparse.REMAINDER)
+    p_down = sub.add_parser("shutdown", help="power a test host off")
+    p_down.add_argument("--state-dir", required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "build":
+        print(ensure_built())
+    elif args.command == "boot":
+        host = V2Host(args.kernel, state_dir=args.state_dir, memory_mib=args.memory, smp=args.smp,
+                      append=args.append, qemu=args.qemu, boot_timeout=args.timeout)
+        host.boot()
+        print("v2host %s (%s) up in %.1f s: ssh port %d, QEMU pid %d, inventory %s"
+              % (args.kernel, host.kernel_release, host.boot_seconds, host.port, host.pid,
+                 host.inventory_path))
+    elif args.command == "cmdline":
+        host = V2Host(args.kernel, state_dir=args.state_dir, cache_dir=ensure_built())
+        argv, env = host.qemu_command(port=2222)
+        print(" ".join(["%s=%s" % kv for kv in env.items()] + [shlex.join(argv)]))
+    elif args.command == "ssh":
+        cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        host = V2Host.attach(args.state_dir)
+        proc = subprocess.run(host.ssh_argv() + ["--", shlex.join(cmd) if len(cmd) > 1 else " ".join(cmd)],
+                              check=False)
+        return proc.returncode
+    elif args.command == "shutdown":
+        host = V2Host.attach(args.state_dir)
+        host.shutdown()
+        print("v2host in %s is down" % args.state_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

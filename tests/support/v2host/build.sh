@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# Build (or reuse) the systemd + cgroup v2 test host: a Debian 12 minbase root filesystem with
+# bookworm's 6.1 kernel and the 6.12 kernel from bookworm-backports, packed into an ext4 image with
+# `mkfs.ext4 -d` (no loop devices, no mounts of the image), plus QEMU from bookworm-backports
+# unpacked next to it (6.12 does not boot under the host's QEMU 7.2 TCG; see README.md).
+#
+# Output (stdout, one line): the cache directory, /var/cache/rtvirt-v2host/<key>/, where <key> is a
+# hash of this script and the mirror. Everything else goes to stderr. A complete cache directory is
+# reused as is; a changed script builds a new one. Concurrent callers are serialised with flock.
+#
+# Needs root, debootstrap (installed with apt-get if missing), e2fsprogs >= 1.43, qemu-utils.
+# Environment: RTVIRT_V2HOST_CACHE (default /var/cache/rtvirt-v2host),
+#              RTVIRT_V2HOST_MIRROR (default: the first Debian URI in /etc/apt/sources.list*).
+set -euo pipefail
+
+exec 3>&1 1>&2
+
+SUITE=bookworm
+BACKPORTS=bookworm-backports
+PACKAGES=systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,python3,iproute2,udev
+# QEMU >= 8 from backports, for the 6.12 kernel under TCG; unpacked only, never installed.
+QEMU_DEBS=(qemu-system-x86 qemu-system-common qemu-system-data seabios)
+
+CACHE_ROOT=${RTVIRT_V2HOST_CACHE:-/var/cache/rtvirt-v2host}
+SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
+
+log() { printf '[v2host build %(%H:%M:%S)T] %s\n' -1 "$*"; }
+die() { log "ERROR: $*"; exit 1; }
+
+detect_mirror() {
+    # deb822 "URIs:" lines and one-line "deb [opts] URI suite ..." lines; skip the security archive.
+    local f
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] || continue
+        awk '
+            /^[[:space:]]*#/ { next }
+            /^URIs:/ { for (i = 2; i <= NF; i++) print $i; next }
+            /^deb[[:space:]]/ { for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/ && $i !~ /=/) { print $i; break } }
+        ' "$f"
+    done | grep -E '/debian/?$' | grep -v security | head -n 1
+}
+
+MIRROR=${RTVIRT_V2HOST_MIRROR:-$(detect_mirror)}
+[ -n "$MIRROR" ] || die "no Debian mirror found in /etc/apt/sources.list*; set RTVIRT_V2HOST_MIRROR"
+MIRROR=${MIRROR%/}
+
+KEY=$( { cat "$SCRIPT"; echo "mirror=$MIRROR"; } | sha256sum | cut -c1-16)
+OUT=$CACHE_ROOT/$KEY
+
+if [ -f "$OUT/complete" ]; then
+    touch "$OUT/last-used" 2>/dev/null || true
+    echo "$OUT" >&3
+    exit 0
+fi
+
+[ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot)"
+mkdir -p "$CACHE_ROOT"
+exec 9>"$CACHE_ROOT/.lock"
+flock 9
+if [ -f "$OUT/complete" ]; then     # built by a concurrent caller while we waited
+    echo "$OUT" >&3
+    exit 0
+fi
+
+T0=$(date +%s)
+for tool in mkfs.ext4 qemu-img ssh-keygen unshare chroot; do
+    command -v "$tool" >/dev/null || die "$tool not found"
+done
+if ! command -v debootstrap >/dev/null; then
+    log "installing debootstrap (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends debootstrap
+fi
+
+WORK=$CACHE_ROOT/.build-$KEY-$$
+cleanup() {
+    local rc=$?
+    # Mounts made below live in a private mount namespace and are gone already; this is only files.
+    rm -rf --one-file-system "$WORK"
+    [ $rc = 0 ] || log "build failed (rc=$rc)"
+}
+trap cleanup EXIT
+rm -rf --one-file-system "$WORK"
+mkdir -p "$WORK"
+ROOT=$WORK/rootfs
+STAGE=$WORK/out
+mkdir -p "$STAGE"
+
+# --- backports QEMU, through a private apt state (the host's apt configuration is not touched) ---
+log "fetching QEMU from $BACKPORTS ($MIRROR)"
+APTD=$WORK/apt
+mkdir -p "$APTD/lists/partial" "$APTD/archives/partial" "$APTD/debs"
+echo "deb $MIRROR $BACKPORTS main" >"$APTD/sources.list"
+APT_OPTS=(-o "Dir::Etc::SourceList=$APTD/sources.list" -o Dir::Etc::SourceParts=/dev/null
+          -o "Dir::State::Lists=$APTD/lists" -o "Dir::Cache=$APTD" -o "Dir::Cache::archives=$APTD/archives"
+          -o "APT::Default-Release=$BACKPORTS" -o APT::Sandbox::User=root -o Debug::NoLocking=1)
+apt-get "${APT_OPTS[@]}" -q update
+(cd "$APTD/debs" && apt-get "${APT_OPTS[@]}" -q download "${QEMU_DEBS[@]}")
+mkdir -p "$STAGE/qemu"
+for deb in "$APTD"/debs/*.deb; do
+    dpkg -x "$deb" "$STAGE/qemu"
+done
+QEMU_BPO=$STAGE/qemu/usr/bin/qemu-system-x86_64
+if LD_LIBRARY_PATH= ldd "$QEMU_BPO" | grep -q 'not found'; then
+    ldd "$QEMU_BPO" | grep 'not found'
+    die "backports QEMU needs libraries the host lacks"
+fi
+"$QEMU_BPO" --version | head -n 1 >"$STAGE/qemu/VERSION"
+
+# --- root filesystem ---
+log "debootstrap --variant=minbase $SUITE"
+mkdir -p "$CACHE_ROOT/debs"
+# In a private mount namespace: the proc/sys mounts debootstrap makes can never outlive it.
+unshare --mount --propagation private --fork -- \
+    debootstrap --variant=minbase --include="$PACKAGES" --cache-dir="$CACHE_ROOT/debs" \
+    "$SUITE" "$ROOT" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
+    || { tail -n 40 "$WORK/debootstrap.log"; die "debootstrap failed"; }
+
+cat >"$ROOT/etc/apt/sources.list" <<EOF
+deb $MIRROR $SUITE main
+deb $MIRROR $SUITE-updates main
+deb $MIRROR $BACKPORTS main
+EOF
+# No daemons start inside the chroot; no docs, man pages or translations in the image.
+printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d"
+chmod 755 "$ROOT/usr/sbin/policy-rc.d"
+cat >"$ROOT/etc/dpkg/dpkg.cfg.d/01-rtvirt-nodoc" <<'EOF'
+path-exclude /usr/share/doc/*
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+EOF
+# A small initramfs: just what finds an ext4 root on virtio-blk (much faster to build and boot).
+mkdir -p "$ROOT/etc/initramfs-tools/conf.d"
+echo MODULES=list >"$ROOT/etc/initramfs-tools/conf.d/rtvirt"
+cat >"$ROOT/etc/initramfs-tools/modules" <<'EOF'
+virtio_pci
+virtio_blk
+ext4
+EOF
+
+log "installing kernels (6.1 from $SUITE, 6.12 from $BACKPORTS)"
+# apt and the kernel hooks want /proc; mount it in a private mount namespace that dies with the command.
+in_chroot() {
+    unshare --mount --propagation private --fork -- sh -c '
+        mount -t proc proc "$1/proc" && mount -t sysfs sysfs "$1/sys" && shift && exec chroot "$@"
+    ' sh "$ROOT" "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 "$@"
+}
+in_chroot apt-get -q update >"$WORK/apt.log" 2>&1 || { tail -n 40 "$WORK/apt.log"; die "apt-get update in chroot failed"; }
+in_chroot apt-get -q install -y --no-install-recommends linux-image-amd64 >>"$WORK/apt.log" 2>&1 \
+    || { tail -n 40 "$WORK/apt.log"; die "installing the $SUITE kernel failed"; }
+in_chroot apt-get -q install -y --no-install-recommends -t "$BACKPORTS" linux-image-amd64 >>"$WORK/apt.log" 2>&1 \
+    || { tail -n 40 "$WORK/apt.log"; die "installing the $BACKPORTS kernel failed"; }
+in_chroot apt-get clean
+rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT/usr/sbin/policy-rc.d"
+
+# --- guest configuration ---
+log "configuring the guest"
+echo v2host >"$ROOT/etc/hostname"
+cat >"$ROOT/etc/hosts" <<'EOF'
+127.0.0.1 localhost
+127.0.1.1 v2host
+::1 localhost ip6-localhost ip6-loopback
+EOF
+echo '/dev/vda / ext4 rw,errors=remount-ro 0 1' >"$ROOT/etc/fstab"
+# QEMU user-net's fixed addresses, set statically: no DHCP round trip on the (emulated) boot path.
+cat >"$ROOT/etc/systemd/network/10-rtvirt.network" <<'EOF'
+[Match]
+Name=en* eth*
+
+[Network]
+Address=10.0.2.15/24
+Gateway=10.0.2.2
+DNS=10.0.2.3
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+EOF
+# QEMU user-net's DNS; nothing in the guest needs the network beyond SSH from the host.
+echo 'nameserver 10.0.2.3' >"$ROOT/etc/resolv.conf"
+in_chroot systemctl enable systemd-networkd.service ssh.service
+# Timers and jobs that would only compete for the (emulated, slow) CPUs during tests.
+in_chroot systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
+    fstrim.timer systemd-networkd-wait-online.service
+# A fresh machine id on every boot (the overlay is thrown away anyway).
+: >"$ROOT/etc/machine-id"
+rm -f "$ROOT/var/lib/dbus/machine-id"
+
+# SSH: root by key only, host keys generated here, key pair in the cache dir.
+rm -f "$ROOT"/etc/ssh/ssh_host_*
+in_chroot ssh-keygen -A
+cat >"$ROOT/etc/ssh/sshd_config.d/rtvirt.conf" <<'EOF'
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+UseDNS no
+EOF
+ssh-keygen -q -t ed25519 -N '' -C rtvirt-v2host -f "$STAGE/id_ed25519"
+install -d -m 700 "$ROOT/root/.ssh"
+install -m 600 "$STAGE/id_ed25519.pub" "$ROOT/root/.ssh/authorized_keys"
+
+# --- kernels out of /boot ---
+for series in 6.1 6.12; do
+    vmlinuz=$(find "$ROOT/boot" -maxdepth 1 -name "vmlinuz-$series.*-amd64" | sort -V | tail -n 1)
+    [ -n "$vmlinuz" ] || die "no $series kernel in $ROOT/boot: $(ls "$ROOT/boot")"
+    release=${vmlinuz##*/vmlinuz-}
+    [ -f "$ROOT/boot/initrd.img-$release" ] || die "no initrd for $release"
+    mkdir -p "$STAGE/kernel-$series"
+    cp "$vmlinuz" "$STAGE/kernel-$series/vmlinuz"
+    cp "$ROOT/boot/initrd.img-$release" "$STAGE/kernel-$series/initrd.img"
+    echo "$release" >"$STAGE/kernel-$series/release"
+    log "kernel $series: $release"
+done
+
+# --- ext4 image, filled from the directory (mke2fs -d: no loop device, no mount) ---
+used_mib=$(du -sm --apparent-size "$ROOT" | cut -f1)
+size_mib=$(( (used_mib * 13 / 10 + 1024 + 255) / 256 * 256 ))
+log "mkfs.ext4 -d: ${used_mib} MiB of files into a ${size_mib} MiB image"
+rm -f "$STAGE/base.raw"
+truncate -s "${size_mib}M" "$STAGE/base.raw"
+mkfs.ext4 -q -F -L v2root -d "$ROOT" "$STAGE/base.raw"
+chmod 444 "$STAGE/base.raw"
+
+T1=$(date +%s)
+echo "$((T1 - T0))" >"$STAGE/build-seconds"
+echo "$MIRROR" >"$STAGE/mirror"
+rm -rf --one-file-system "$OUT"
+mv "$STAGE" "$OUT"
+touch "$OUT/complete" "$OUT/last-used"
+log "built $OUT in $((T1 - T0)) s"
+# Builds of older versions of this script, unused for a day (a running session touches last-used
+# when it starts; none lasts a day), go: each is about 1 GiB.
+find "$CACHE_ROOT" -mindepth 1 -maxdepth 1 -type d -regextype posix-extended -regex '.*/[0-9a-f]{16}' \
+    ! -path "$OUT" ! -newermt '-1 day' -print 2>/dev/null | while read -r stale; do
+    if [ -z "$(find "$stale" -maxdepth 1 -name last-used -newermt '-1 day')" ]; then
+        log "removing stale build $stale"
+        rm -rf --one-file-system "$stale"
+    fi
+done
+echo "$OUT" >&3
