@@ -11,7 +11,7 @@ sys.path.insert(0, str(REPO / ".venv"))
 
 REAL_LAYERS = ("real", "libvirt", "v2host", "molecule")
 
-pytest_plugins = ["tests.support.fixtures_libvirt"]
+pytest_plugins = ["tests.support.fixtures_libvirt", "tests.support.fixtures_v2host"]
 
 
 def _must_not_skip(item):
