@@ -34,7 +34,9 @@ def guest_of(path):
     return None
 
 
-def findings(cpuset, present, partitions, partition_dirs, running, violations):
+def findings(cpuset, present, partitions, partition_dirs, running, violations, realtime_dirs=()):
+    """``realtime_dirs``: cgroup paths of the realtime partitions (an empty cpuset inside one is refilled from its
+    parent; any other from the housekeeping CPUs, so that the repair does not put it on isolated CPUs)."""
     result = []
     # 1. empty cpus/mems below machine (a guest put there fails with ENOSPC)
     for path in sorted(cpuset):
@@ -46,7 +48,8 @@ def findings(cpuset, present, partitions, partition_dirs, running, violations):
                 "kind": "empty_cpuset", "target": path,
                 "message": "cpuset %s has empty %s: a guest started there fails with 'No space left on device'"
                            % (path, " and ".join(empty)),
-                "fix": {"module": "cgroup_cpuset", "path": path},
+                "fix": {"module": "cgroup_cpuset", "path": path,
+                        "housekeeping": not any(path == d or path.startswith(d + "/") for d in realtime_dirs)},
             })
     # 2. partitions of defined guests missing somewhere
     for name in sorted(partitions):

@@ -31,6 +31,14 @@ options:
     description: Only findings of these kinds (default all).
     type: list
     elements: str
+  realtime_partitions:
+    description: Partitions dedicated to realtime guests (an empty cpuset inside one is refilled from its parent).
+    type: list
+    elements: str
+    default: []
+  targets:
+    description: Only findings whose target matches this regular expression (C(re.search)); default all.
+    type: str
   previous:
     description:
       - The RV(findings) of a run before a repair. When given, RV(report) lists them with C(fixed) true for those that
@@ -95,6 +103,7 @@ running:
 """
 
 import os
+import re
 import xml.etree.ElementTree as ET
 
 from ansible.module_utils.basic import AnsibleModule
@@ -111,7 +120,8 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._remediation import fin
 
 
 def get_argument_spec():
-    return dict(violations=dict(type="list", elements="dict", default=[]), kinds=dict(type="list", elements="str"),
+    return dict(violations=dict(type="list", elements="dict", default=[]), kinds=dict(type="list", elements="str"), targets=dict(type="str"),
+                realtime_partitions=dict(type="list", elements="str", default=[]),
                 previous=dict(type="list", elements="dict"), uri=dict(type="str", default="qemu:///system"))
 
 
@@ -176,8 +186,16 @@ def main():
         partitions.setdefault(pname.name, []).append(name)
         dirs[pname.name] = pname.cgroup_path
     kinds = module.params["kinds"]
-    result = [f for f in findings(cpuset, present, partitions, dirs, running, module.params["violations"])
-              if kinds is None or f["kind"] in kinds]
+    realtime_dirs = []
+    for name in module.params["realtime_partitions"]:
+        try:
+            realtime_dirs.append(parse_name(name, subsystems).cgroup_path)
+        except PartitionNameError as exc:
+            module.fail_json(msg="realtime_partitions: %s" % exc)
+    result = [f for f in findings(cpuset, present, partitions, dirs, running, module.params["violations"],
+                                  realtime_dirs)
+              if (kinds is None or f["kind"] in kinds)
+              and (not module.params["targets"] or re.search(module.params["targets"], f["target"]))]
     previous = module.params["previous"]
     summary = report(result, None) if previous is None else report(previous, result)
     module.exit_json(changed=False, findings=result, report=summary, hierarchies={h.key: h.mountpoint for h in hierarchies},
