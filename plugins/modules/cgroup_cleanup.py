@@ -11,13 +11,15 @@ module: cgroup_cleanup
 short_description: Remove a leftover cgroup from every non-cpuset hierarchy, moving stray tasks to its parent first
 version_added: 0.1.0
 description:
-  - For a cgroup path such as C(machine/qemu-3-rt1.libvirt-qemu), in every mounted hierarchy except the cgroup v1
+  - "For a cgroup path such as C(machine/qemu-3-rt1.libvirt-qemu), in every mounted hierarchy except the cgroup v1
     cpuset one (use M(rtvirt.kvm.cgroup_cpuset) with C(state=absent) and C(migrate=true) there): moves every task
     of the subtree to the cgroup's parent (threads one by one through C(tasks) on v1, processes through
-    C(cgroup.procs) on v2), then removes the directories deepest first.
+    C(cgroup.procs) on v2), then removes the directories deepest first."
   - Never touches the memory hierarchy's C(process_api) cgroup.
 author:
-  - rtvirt.kvm contributors
+  - rtvirt.kvm contributors (@rtvirt-kvm)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 options:
   path:
     description: The cgroup, relative to each hierarchy's root. Must lie below C(machine) or C(machine.slice).

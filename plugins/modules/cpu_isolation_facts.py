@@ -38,7 +38,10 @@ description:
     (an ancestor must hold its descendants' CPUs)."
   - The module never changes anything.
 author:
-  - rtvirt.kvm contributors
+  - rtvirt.kvm contributors (@rtvirt-kvm)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.facts
 options:
   isolated_cpus:
     description:
@@ -82,17 +85,16 @@ options:
 attributes:
   check_mode:
     support: full
-    description: The module only reads.
+    details: The module only reads.
   diff_mode:
     support: none
-    description: The module only reads.
+    details: The module only reads.
   facts:
     support: full
-    description: Returns RV(ansible_facts.cpu_isolation).
+    details: Returns RV(ansible_facts.cpu_isolation).
   platform:
     platforms: posix
-    support: full
-    description: Linux only.
+    details: Linux only.
 notes:
   - Needs root to read every task's C(status) and the IRQ files; as another user tasks that cannot be
     read are skipped.

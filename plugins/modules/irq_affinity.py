@@ -18,7 +18,9 @@ description:
     isolated CPUs.
   - Not persistent; the kernel's C(irqaffinity=) parameter is.
 author:
-  - rtvirt.kvm contributors
+  - rtvirt.kvm contributors (@rtvirt-kvm)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 options:
   cpus:
     description: The housekeeping CPUs that IRQs may use, in the kernel's list syntax.

@@ -20,7 +20,9 @@ description:
   - RV(reboot_required) compares the wanted parameters with the running kernel's C(/proc/cmdline), so it stays
     true until the host has rebooted into them.
 author:
-  - rtvirt.kvm contributors
+  - rtvirt.kvm contributors (@rtvirt-kvm)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 options:
   params:
     description:

@@ -26,7 +26,9 @@ description:
     and starts the slice.
   - V(absent) refuses while a guest (or any other task) runs inside the partition and names it.
 author:
-  - rtvirt.kvm contributors
+  - rtvirt.kvm contributors (@rtvirt-kvm)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 options:
   name:
     description:

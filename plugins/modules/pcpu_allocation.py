@@ -26,7 +26,9 @@ description:
   - This module only computes. It never changes the host or any domain; write RV(vcpupin) and
     RV(metadata) into the domain definition with another task.
 author:
-  - rtvirt.kvm contributors
+  - rtvirt.kvm contributors (@rtvirt-kvm)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 options:
   name:
     description:
@@ -94,12 +96,12 @@ options:
 attributes:
   check_mode:
     support: full
-    description: The module only computes; it behaves the same in check mode.
+    details: The module only computes; it behaves the same in check mode.
   diff_mode:
     support: none
   platform:
     platforms: posix
-    description: Linux hosts with sysfs; libvirt-python when O(domains_xml) is omitted.
+    details: Linux hosts with sysfs; libvirt-python when O(domains_xml) is omitted.
 requirements:
   - libvirt-python (python3-libvirt) on the target, only when O(domains_xml) is omitted.
 notes:

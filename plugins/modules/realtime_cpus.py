@@ -11,16 +11,18 @@ module: realtime_cpus
 short_description: Choose or validate the realtime (isolated) CPU set of a host
 version_added: 0.1.0
 description:
-  - Reads the CPU topology from sysfs and either validates the realtime CPUs given in O(cpus) or, when O(cpus)
+  - "Reads the CPU topology from sysfs and either validates the realtime CPUs given in O(cpus) or, when O(cpus)
     is empty, chooses them: the first O(housekeeping_cores_per_node) whole SMT cores of every NUMA node stay
-    housekeeping, all other whole cores become realtime. The choice is deterministic.
+    housekeeping, all other whole cores become realtime. The choice is deterministic."
   - Fails, before anything on the host is changed by later tasks, when the set names CPUs that do not exist or are
     offline, takes every CPU of a NUMA node, or leaves no housekeeping CPU. A split SMT core is a warning.
   - Also checks the realtime partitions the caller plans (O(partitions)): libvirt's naming rules and that their
     CPUs are realtime CPUs.
   - The module never changes anything.
 author:
-  - rtvirt.kvm contributors
+  - rtvirt.kvm contributors (@rtvirt-kvm)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 options:
   cpus:
     description:

@@ -25,7 +25,9 @@ description:
   - The module does not choose pCPUs; use M(rtvirt.kvm.pcpu_allocation) for that, or the
     C(rtvirt.kvm.realtime_vm) role that does both and verifies the result.
 author:
-  - rtvirt.kvm contributors
+  - rtvirt.kvm contributors (@rtvirt-kvm)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 options:
   name:
     description:
@@ -109,10 +111,10 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Reads the current definition and reports what it would change. Writes nothing.
+    details: Reads the current definition and reports what it would change. Writes nothing.
   diff_mode:
     support: full
-    description: The owned parts before and after, one per line.
+    details: The owned parts before and after, one per line.
   platform:
     platforms: posix
 requirements:
