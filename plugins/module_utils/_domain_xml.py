@@ -114,8 +114,8 @@ def guest_list_problems(guests):
             problems.append("guest %s: memory_mib must be a number of at least 1, got %r" % (name, memory))
         unknown = sorted(set(guest) - GUEST_KEYS)
         if unknown:
-            problems.append("guest %s: unknown keys %s (known: %s)" % (name, ", ".join(unknown),
-                                                                        ", ".join(sorted(GUEST_KEYS))))
+            problems.append("guest %s: unknown keys %s (known: %s)"
+                            % (name, ", ".join(unknown), ", ".join(sorted(GUEST_KEYS))))
     return problems
 
 
@@ -210,8 +210,10 @@ def _after(root, *tags):
 def render(spec, base_xml=None):
     """The domain XML for ``spec``, written into ``base_xml`` (or a tiny diskless default)."""
     check_spec(spec)
-    root = _parse(base_xml, "base_xml") if base_xml else _parse(default_domain_xml(spec.name, spec.domain_type),
-                                                                   "default XML")
+    if base_xml:
+        root = _parse(base_xml, "base_xml")
+    else:
+        root = _parse(default_domain_xml(spec.name, spec.domain_type), "default XML")
     _child(root, "name", 0).text = spec.name
     for tag in ("memory", "currentMemory"):
         element = _child(root, tag, _after(root, "name", "uuid", "title", "description", "metadata", "memory"))

@@ -294,8 +294,9 @@ class Tunables:
     blkio_weight: int | None = None
 
     def any(self):
-        return any(v is not None for v in (self.cpu_shares, self.memory_hard_limit, self.memory_soft_limit,
-                                            self.memory_swap_hard_limit, self.blkio_weight))
+        values = (self.cpu_shares, self.memory_hard_limit, self.memory_soft_limit,
+                  self.memory_swap_hard_limit, self.blkio_weight)
+        return any(v is not None for v in values)
 
     def controllers(self):
         """Which of libvirt's controllers these tunables need."""

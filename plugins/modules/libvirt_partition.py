@@ -567,8 +567,8 @@ def plan_cgroups(host, layout, pname, params, cpus, mems, tunables):
     if params["exclusive"] is not None and cpuset_h.version == 2:
         raise PartitionError("exclusive is cgroup v1's cpuset.cpu_exclusive; this host's cpuset is cgroup v2: make "
                              "the partition a cpuset partition with rtvirt.kvm.cgroup_cpuset instead")
-    _check_ranges(tunables, 2 if any(h.version == 2 and set(tunables.controllers()) & set(h.controllers)
-                                      for h in hierarchies) else 1)
+    tunables_on_v2 = any(h.version == 2 and set(tunables.controllers()) & set(h.controllers) for h in hierarchies)
+    _check_ranges(tunables, 2 if tunables_on_v2 else 1)
 
     paths = {}
     for hierarchy in hierarchies:
@@ -668,8 +668,8 @@ def plan_cgroups(host, layout, pname, params, cpus, mems, tunables):
                 missing = [c for c in enable if c not in current]
                 if missing:
                     # On a pure v2 host the engine creates the levels first: enable after it.
-                    (late_ops if hierarchy is cpuset_h else ops).append(Op("write", os.path.join(directory, "cgroup.subtree_control"),
-                                  " ".join("+" + c for c in missing)))
+                    (late_ops if hierarchy is cpuset_h else ops).append(
+                        Op("write", os.path.join(directory, "cgroup.subtree_control"), " ".join("+" + c for c in missing)))
                     record(os.path.join(directory, "cgroup.subtree_control"), " ".join(current) or "(none)",
                            " ".join(current + missing))
         if hierarchy is cpuset_h:
@@ -737,7 +737,7 @@ def apply_cgroups(result, state):
         if isinstance(exc, _OpFailed):
             err = exc.exc.errno or 0
             message = "%s failed: %s (%s)" % (exc.op.describe(), exc.exc.strerror or exc.exc,
-                                             _errno.errorcode.get(err, err))
+                                              _errno.errorcode.get(err, err))
         else:
             message = exc.message
             restored.extend(exc.rolled_back)
