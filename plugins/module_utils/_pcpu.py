@@ -430,7 +430,7 @@ class Allocation:
 
     @property
     def cpus(self):
-        return frozenset(p for _, p in self.pins)
+        return frozenset(pcpu for vcpu, pcpu in self.pins)
 
     @property
     def spans_nodes(self):
@@ -609,7 +609,7 @@ def allocate(topology, pool, holdings, request):
 def _finish(ctx, pins, spare, warnings):
     request = ctx.request
     pins = tuple(sorted(pins))
-    cpus = frozenset(p for _, p in pins)
+    cpus = frozenset(pcpu for vcpu, pcpu in pins)
     nodes = tuple(sorted({ctx.topology.node_of(p) for p in cpus}))
     if len(nodes) > 1:
         warnings.append("guest %r spans NUMA nodes %s: memory and caches are not all local"
@@ -709,7 +709,7 @@ def _explicit(ctx, pcpus, warnings):
                 spare |= group - wanted
                 warnings.append("smt_policy=require: pCPUs %s stay idle, reserved to guest %r (an odd core)"
                                 % (format_cpulist(group - wanted), name))
-    return [(vcpu, pcpu) for vcpu, pcpu in enumerate(pcpus)], frozenset(spare)
+    return list(enumerate(pcpus)), frozenset(spare)
 
 
 def _warn_outside_siblings(ctx, cpus, warnings):
@@ -828,7 +828,7 @@ def _choose(ctx, vcpus, kept, warnings):
     cpus = frozenset(chosen.values())
     spare = frozenset()
     if policy in ("isolate", "require"):
-        spare = frozenset().union(*[g for g in ctx.cores(cpus)]) - cpus if cpus else frozenset()
+        spare = frozenset().union(*ctx.cores(cpus)) - cpus if cpus else frozenset()
         spare &= ctx.avail
         if policy == "isolate":
             _warn_outside_siblings(ctx, cpus, warnings)

@@ -23,7 +23,7 @@ def _online_cpus():
     text = pathlib.Path("/sys/devices/system/cpu/online").read_text().strip()
     cpus = []
     for part in text.split(","):
-        start, _, end = part.partition("-")
+        start, dash, end = part.partition("-")
         cpus.extend(range(int(start), int(end or start) + 1))
     return cpus
 
@@ -99,7 +99,7 @@ def test_realtime_vm_defines_pins_fifo_and_is_idempotent(libvirt_rig, unique_nam
         intruder = "%s-b" % unique_name
         for bad, message in (
                 ([guest, {"name": intruder, "vcpus": 1, "memory_mib": 128}], "only 0 are free"),
-                ([guest, {"name": intruder, "vcpus": 1, "pcpus": [housekeeping.split(",")[0]]}], "pool"),
+                ([guest, {"name": intruder, "vcpus": 1, "pcpus": [housekeeping.split(",", 1)[0]]}], "pool"),
                 ([guest, {"name": intruder, "vcpus": 1, "fifo_priority": 100}], "out of range"),
                 ([guest, {"name": "bad/name", "vcpus": 1}], "is not accepted")):
             result = _play(tmp_path, bad, partition, pool)

@@ -37,25 +37,25 @@ def cgroup_mounts():
 
 
 def cgroup2_mount():
-    mounts = [mount for mount, fstype, _ in cgroup_mounts() if fstype == "cgroup2"]
+    mounts = [mount for mount, fstype, controllers in cgroup_mounts() if fstype == "cgroup2"]
     assert mounts, "this layer runs on hybrid hosts: no cgroup2 hierarchy mounted"
     return mounts[0]
 
 
 def machine_dirs_named(name):
     """Directories below <hierarchy>/machine, in any hierarchy, whose name contains `name`."""
-    return [path for mount, _, _ in cgroup_mounts() for path in (mount / "machine").glob("**/*%s*" % name)
+    return [path for mount, fstype, controllers in cgroup_mounts() for path in (mount / "machine").glob("**/*%s*" % name)
             if path.is_dir()]
 
 
 def existing_machine_dirs():
-    return {mount / "machine" for mount, _, _ in cgroup_mounts() if (mount / "machine").is_dir()}
+    return {mount / "machine" for mount, fstype, controllers in cgroup_mounts() if (mount / "machine").is_dir()}
 
 
 def cgroup_of(task, controller):
     """A task's cgroup path in one v1 controller, from /proc/<task>/cgroup."""
     for line in pathlib.Path("/proc/%s/cgroup" % task).read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
+        hierarchy_id, controllers, path = line.split(":", 2)
         if controller in controllers.split(","):
             return path
     raise AssertionError("task %s is in no %s cgroup" % (task, controller))

@@ -462,7 +462,7 @@ def test_no_pcpu_is_given_twice_and_results_stay_in_pool(scenario):
             seen[cpu] = guest.name
     for plan in plans.values():
         assert plan.cpus <= pool and plan.reserved <= pool
-        assert len(plan.pins) == len({p for _, p in plan.pins})
+        assert len(plan.pins) == len({pcpu for vcpu, pcpu in plan.pins})
 
 
 @PROPERTY
@@ -510,7 +510,7 @@ def test_absent_frees_exactly_that_guest(scenario, data):
     assert plan.freed == holdings.get(name).held & pool
     assert plan.free == free_before | plan.freed
     assert name not in plan.holders
-    assert {n: c for n, c in plan.holders.items()} == {
+    assert dict(plan.holders) == {
         n: c for n, c in holdings.holders_of(pool).items() if n != name}
 
 
@@ -537,7 +537,7 @@ def test_isolate_never_shares_a_core(scenario):
 @given(scenarios())
 def test_require_pins_come_in_sibling_pairs(scenario):
     topo, pool, requests = scenario
-    plans, _ = run_sequence(topo, pool, requests)
+    plans, holdings = run_sequence(topo, pool, requests)
     for plan in plans.values():
         if plan.smt_policy != "require":
             continue

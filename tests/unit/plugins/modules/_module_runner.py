@@ -43,6 +43,7 @@ def run_module(module, args, check_mode=False, diff=False):
     payload.update(_ansible_check_mode=check_mode, _ansible_diff=diff)
     buffer = json.dumps({"ANSIBLE_MODULE_ARGS": payload}).encode("utf-8")
     out = io.StringIO()
+    code = None
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(basic, "_ANSIBLE_ARGS", buffer))
         stack.enter_context(mock.patch.object(basic, "_ANSIBLE_PROFILE", "legacy"))

@@ -197,7 +197,7 @@ def test_reads_domains_from_libvirt_when_not_given(sysfs_flat, monkeypatch):
 
 
 def test_libvirt_unreachable_fails_clearly(sysfs_flat, monkeypatch):
-    fake, _ = _fake_libvirt([], fail_open=True)
+    fake, calls = _fake_libvirt([], fail_open=True)
     monkeypatch.setitem(sys.modules, "libvirt", fake)
     params = args(sysfs_flat, name="g", vcpus=1)
     del params["domains_xml"]
