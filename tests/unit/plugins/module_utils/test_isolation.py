@@ -1,4 +1,7 @@
-"""Isolation facts: the pure parsers, then gather() against recorded host trees (tests/unit/fixtures/hosts)."""
+"""Isolation facts: the pure parsers, then gather() against recorded host trees (tests/unit/fixtures/hosts).
+
+The v2-systemd tree is built at test time by make_hosts (its systemd scope directories hold backslashes).
+"""
 import json
 import pathlib
 import shutil
@@ -8,6 +11,7 @@ from hypothesis import given, strategies as st
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils import _isolation as iso
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import parse_mountinfo
+from tests.unit.fixtures.hosts import make_hosts
 
 HOSTS = pathlib.Path(__file__).resolve().parents[2] / "fixtures" / "hosts"
 
@@ -160,8 +164,19 @@ def test_partition_cgroup_paths_empty():
 
 # ------------------------------------------------------------------------------------ gather()
 
+@pytest.fixture(scope="module")
+def v2_systemd_root(tmp_path_factory):
+    """The v2-systemd host tree, written by make_hosts into a temporary directory."""
+    base = tmp_path_factory.mktemp("hosts")
+    make_hosts.v2_systemd(base)
+    return base / "v2-systemd"
+
+
 def _gather(shape, **kwargs):
-    root = HOSTS / shape
+    return _gather_root(HOSTS / shape, **kwargs)
+
+
+def _gather_root(root, **kwargs):
     return iso.gather(proc_root=str(root / "proc"), sys_root=str(root / "sys"),
                       run_root=str(root / "run/libvirt/qemu"), **kwargs)
 
@@ -269,8 +284,8 @@ def test_v1_gather_threads_false():
     assert kinds == {"workqueue_cpumask", "irq_affinity", "cgroup_cpuset"}
 
 
-def test_v2_systemd_partitions_and_isolated():
-    facts = _gather("v2-systemd", isolated_cpus="2")
+def test_v2_systemd_partitions_and_isolated(v2_systemd_root):
+    facts = _gather_root(v2_systemd_root, isolated_cpus="2")
     assert facts["cgroup"]["mode"] == "v2"
     assert facts["kernel"] == {
         "isolated": "", "nohz_full": "", "cpuset_cpus_isolated": "3",
@@ -290,8 +305,8 @@ def test_v2_systemd_partitions_and_isolated():
     ]
 
 
-def test_v2_systemd_guests_found_by_thread_names():
-    facts = _gather("v2-systemd", isolated_cpus="2")
+def test_v2_systemd_guests_found_by_thread_names(v2_systemd_root):
+    facts = _gather_root(v2_systemd_root, isolated_cpus="2")
     rt1, web = facts["guests"]
     scope = "/machine.slice/machine-qemu\\x2d3\\x2drt1.scope/libvirt"
     assert rt1["pinning"] == {"vcpus": {"0": "2", "1": "0-1"}, "emulator": "0", "iothreads": {}}
@@ -305,8 +320,8 @@ def test_v2_systemd_guests_found_by_thread_names():
     assert [(t["role"], t["cpuset"]) for t in web["threads"]] == [("emulator", "0-2"), ("vcpu", "0-2")]
 
 
-def test_v2_systemd_violations_exact():
-    facts = _gather("v2-systemd", isolated_cpus="2")
+def test_v2_systemd_violations_exact(v2_systemd_root):
+    facts = _gather_root(v2_systemd_root, isolated_cpus="2")
     web = "/machine.slice/machine-qemu\\x2d4\\x2dweb.scope"
     assert _brief(facts["violations"]) == [
         ("irq_default_affinity", "/proc/irq/default_smp_affinity", "2-3"),
@@ -319,8 +334,8 @@ def test_v2_systemd_violations_exact():
     ]
 
 
-def test_v2_without_option_nothing_leaks_onto_the_partition():
-    facts = _gather("v2-systemd")
+def test_v2_without_option_nothing_leaks_onto_the_partition(v2_systemd_root):
+    facts = _gather_root(v2_systemd_root)
     assert facts["isolated_cpus"] == "3"
     assert _brief(facts["violations"]) == [("irq_default_affinity", "/proc/irq/default_smp_affinity", "3")]
 
