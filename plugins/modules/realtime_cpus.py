@@ -16,8 +16,8 @@ description:
     housekeeping, all other whole cores become realtime. The choice is deterministic."
   - Fails, before anything on the host is changed by later tasks, when the set names CPUs that do not exist or are
     offline, takes every CPU of a NUMA node, or leaves no housekeeping CPU. A split SMT core is a warning.
-  - Also checks the realtime partitions the caller plans (O(partitions)): libvirt's naming rules and that their
-    CPUs are realtime CPUs.
+  - Also checks the realtime partitions the caller plans (O(partitions)) against libvirt's naming rules, and that
+    their CPUs are realtime CPUs.
   - The module never changes anything.
 author:
   - rtvirt.kvm contributors (@rtvirt-kvm)
