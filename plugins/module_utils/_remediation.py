@@ -46,8 +46,8 @@ def findings(cpuset, present, partitions, partition_dirs, running, violations, r
         if empty:
             result.append({
                 "kind": "empty_cpuset", "target": path,
-                "message": "cpuset %s has empty %s: a guest started there fails with 'No space left on device'"
-                           % (path, " and ".join(empty)),
+                "message": ("cpuset %s has empty %s: a guest started there fails with 'No space left on device'"
+                            % (path, " and ".join(empty))),
                 "fix": {"module": "cgroup_cpuset", "path": path,
                         "housekeeping": not any(path == d or path.startswith(d + "/") for d in realtime_dirs)},
             })

@@ -20,7 +20,9 @@ description:
     report-only C(thread_on_isolated), C(kthread_on_isolated), C(workqueue_cpumask)."
   - The module never changes anything.
 author:
-  - rtvirt.kvm contributors
+  - rtvirt.kvm contributors (@rtvirt-kvm)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 options:
   violations:
     description: The C(violations) of M(rtvirt.kvm.cpu_isolation_facts).
