@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Boot the systemd + cgroup v2 test host (built by build.sh) under QEMU TCG, and reach it over SSH.
 
 Library::
@@ -370,7 +370,7 @@ def _wait_gone(pid, timeout):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build or reuse the image; print the cache dir")
     p_boot = sub.add_parser("boot", help="boot a test host and wait for SSH")
