@@ -36,7 +36,9 @@ options:
   partitions:
     description:
       - Realtime partitions to check, each with C(name) (libvirt's C(<partition>), below C(/machine)) and
-        optionally C(cpus) (must lie within the realtime CPUs; default all of them).
+        optionally C(cpus): online CPUs including at least one realtime CPU. The default is every online CPU, the
+        realtime CPUs for the vCPUs and the housekeeping CPUs for the emulator threads, because on cgroup v1
+        libvirt puts a guest's emulator cgroup inside its partition and a cpuset must hold its children's CPUs.
     type: list
     elements: dict
     default: []
@@ -98,7 +100,7 @@ partitions:
   returned: success
   type: list
   elements: dict
-  sample: [{name: /machine/rt, cpus: "2-7"}]
+  sample: [{name: /machine/rt, cpus: "0-7"}]
 """
 
 import os
@@ -172,12 +174,15 @@ def run(params):
             errors.append(str(exc))
             continue
         cpus = entry.get("cpus")
-        part_cpus = parse_cpulist(str(cpus), what="cpus of partition %s" % name) if cpus else realtime
+        part_cpus = parse_cpulist(str(cpus), what="cpus of partition %s" % name) if cpus else online
         if not part_cpus:
             errors.append("partition %s has no CPUs" % name)
-        elif not part_cpus <= realtime:
-            errors.append("partition %s asks for CPUs %s that are not realtime CPUs (%s)"
-                          % (name, format_cpulist(part_cpus - realtime), format_cpulist(realtime)))
+        elif not part_cpus <= online:
+            errors.append("partition %s asks for CPUs %s that are not online (%s)"
+                          % (name, format_cpulist(part_cpus - online), format_cpulist(online)))
+        elif not part_cpus & realtime:
+            errors.append("partition %s (CPUs %s) holds none of the realtime CPUs %s"
+                          % (name, format_cpulist(part_cpus), format_cpulist(realtime)))
         partitions.append(dict(entry, cpus=format_cpulist(part_cpus)))
     if errors:
         raise RealtimeCpusError("; ".join(errors))

@@ -32,14 +32,15 @@ def test_realtime_cpus_automatic(sysfs):
     result = run_module(realtime_cpus, {"sys_root": sysfs, "partitions": [{"name": "/machine/rt"}]})
     assert not result.get("failed"), result
     assert result["realtime_cpus"] == "1" and result["housekeeping_cpus"] == "0,2"
-    assert result["partitions"] == [{"name": "/machine/rt", "cpus": "1"}]
+    assert result["partitions"] == [{"name": "/machine/rt", "cpus": "0-2"}]
     assert result["changed"] is False
 
 
 @pytest.mark.parametrize("args, match", [
     ({"cpus": "1,3"}, "offline"),
     ({"cpus": "2"}, "NUMA node 1"),
-    ({"cpus": "1", "partitions": [{"name": "/machine/rt", "cpus": "0"}]}, "not realtime CPUs"),
+    ({"cpus": "1", "partitions": [{"name": "/machine/rt", "cpus": "0"}]}, "holds none of the realtime CPUs"),
+    ({"cpus": "1", "partitions": [{"name": "/machine/rt", "cpus": "1,3"}]}, "not online"),
     ({"cpus": "1", "partitions": [{"name": "rt"}]}, "not absolute"),
     ({"cpus": "1-"}, "cpus"),
 ])
