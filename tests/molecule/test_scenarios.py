@@ -32,5 +32,5 @@ def test_scenario(scenario):
         pytest.skip("the Molecule scenarios converge this machine and need root")
     proc = subprocess.run([str(REPO / ".venv" / "bin" / "molecule"), "test", "-s", scenario], cwd=str(REPO),
                           env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800, check=False)
-    assert proc.returncode == 0, "molecule test -s %s failed (rc %d):\n%s" % (scenario, proc.returncode,
-                                                                               proc.stdout[-20000:])
+    assert proc.returncode == 0, ("molecule test -s %s failed (rc %d):\n%s"
+                                  % (scenario, proc.returncode, proc.stdout[-20000:]))

@@ -167,11 +167,11 @@ def test_v1_tunables_write_only_what_differs():
 def test_v1_memsw_raised_before_the_hard_limit_grows():
     files = {"memory.limit_in_bytes": str(1 << 30), "memory.memsw.limit_in_bytes": str(1 << 30)}
     writes, errors = plan_tunables(1, Tunables(memory_hard_limit=2 << 30, memory_swap_hard_limit=3 << 30),
-                              _reader(files))
+                                   _reader(files))
     assert [w.file for w in writes] == ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
     files = {"memory.limit_in_bytes": str(2 << 30), "memory.memsw.limit_in_bytes": str(3 << 30)}
     writes, errors = plan_tunables(1, Tunables(memory_hard_limit=1 << 30, memory_swap_hard_limit=1 << 30),
-                              _reader(files))
+                                   _reader(files))
     assert [w.file for w in writes] == ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
 
 
