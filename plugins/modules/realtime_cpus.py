@@ -35,10 +35,10 @@ options:
     default: 1
   partitions:
     description:
-      - Realtime partitions to check, each with C(name) (libvirt's C(<partition>), below C(/machine)) and
+      - "Realtime partitions to check, each with C(name) (libvirt's C(<partition>), below C(/machine)) and
         optionally C(cpus): online CPUs including at least one realtime CPU. The default is every online CPU, the
         realtime CPUs for the vCPUs and the housekeeping CPUs for the emulator threads, because on cgroup v1
-        libvirt puts a guest's emulator cgroup inside its partition and a cpuset must hold its children's CPUs.
+        libvirt puts a guest's emulator cgroup inside its partition and a cpuset must hold its children's CPUs."
     type: list
     elements: dict
     default: []
