@@ -1,6 +1,7 @@
 """Isolation facts: the pure parsers, then gather() against recorded host trees (tests/unit/fixtures/hosts).
 
-The v2-systemd tree is built at test time by make_hosts (its systemd scope directories hold backslashes).
+The v1-isolcpus and v2-systemd trees are built at test time by make_hosts (their IRQ handler and systemd
+scope directory names hold characters ansible-test does not allow in committed file names).
 """
 import json
 import pathlib
@@ -103,8 +104,8 @@ def test_parse_interrupts():
 
 # ------------------------------------------------------------------------------------ domain XML
 
-def test_parse_domain_status_v1_fixture():
-    domain = iso.parse_domain_status((HOSTS / "v1-isolcpus/run/libvirt/qemu/rt1.xml").read_text())
+def test_parse_domain_status_v1_fixture(v1_isolcpus_root):
+    domain = iso.parse_domain_status((v1_isolcpus_root / "run/libvirt/qemu/rt1.xml").read_text())
     assert domain["name"] == "rt1" and domain["id"] == 3 and domain["pid"] == 1000
     assert domain["vcpus"] == 2 and domain["vcpu_tids"] == {0: 1010, 1: 1011}
     assert domain["vcpupin"] == {0: {2}, 1: {3}}
@@ -165,6 +166,14 @@ def test_partition_cgroup_paths_empty():
 # ------------------------------------------------------------------------------------ gather()
 
 @pytest.fixture(scope="module")
+def v1_isolcpus_root(tmp_path_factory):
+    """The v1-isolcpus host tree, written by make_hosts into a temporary directory."""
+    base = tmp_path_factory.mktemp("hosts")
+    make_hosts.v1_isolcpus(base)
+    return base / "v1-isolcpus"
+
+
+@pytest.fixture(scope="module")
 def v2_systemd_root(tmp_path_factory):
     """The v2-systemd host tree, written by make_hosts into a temporary directory."""
     base = tmp_path_factory.mktemp("hosts")
@@ -185,8 +194,8 @@ def _brief(violations):
     return [(v["kind"], v["offender"], v.get("cpus")) for v in violations]
 
 
-def test_v1_isolcpus_host_state():
-    facts = _gather("v1-isolcpus", realtime_partitions=["/machine/rt"])
+def test_v1_isolcpus_host_state(v1_isolcpus_root):
+    facts = _gather_root(v1_isolcpus_root, realtime_partitions=["/machine/rt"])
     json.dumps(facts)  # facts must be JSON
     assert facts["cgroup"]["mode"] == "hybrid"
     assert facts["cgroup"]["cpuset_mountpoint"] == "/sys/fs/cgroup/cpuset"
@@ -217,8 +226,8 @@ def test_v1_isolcpus_host_state():
     assert facts["warnings"] == ["guest old: pid 4242 from old.pid is not running (stale pid file?)"]
 
 
-def test_v1_isolcpus_guest_threads():
-    facts = _gather("v1-isolcpus", realtime_partitions=["/machine/rt"])
+def test_v1_isolcpus_guest_threads(v1_isolcpus_root):
+    facts = _gather_root(v1_isolcpus_root, realtime_partitions=["/machine/rt"])
     (guest,) = facts["guests"]
     assert (guest["name"], guest["pid"], guest["id"], guest["partition"]) == ("rt1", 1000, 3, "/machine")
     assert guest["pinning"] == {"vcpus": {"0": "2", "1": "3"}, "emulator": "0-1", "iothreads": {"1": "0-1"}}
@@ -234,8 +243,8 @@ def test_v1_isolcpus_guest_threads():
     ]
 
 
-def test_v1_isolcpus_violations_exact():
-    facts = _gather("v1-isolcpus", realtime_partitions=["/machine/rt"])
+def test_v1_isolcpus_violations_exact(v1_isolcpus_root):
+    facts = _gather_root(v1_isolcpus_root, realtime_partitions=["/machine/rt"])
     dom = "/machine/qemu-3-rt1.libvirt-qemu"
     assert _brief(facts["violations"]) == [
         ("workqueue_cpumask", "/sys/devices/virtual/workqueue/cpumask", "2-3,6-7"),
@@ -265,19 +274,19 @@ def test_v1_isolcpus_violations_exact():
     assert irqs[31]["changeable"] is True and "housekeeping" in irqs[31]["note"]
     assert "unused" in irqs[32]["note"]
     cgroup = by_kind["cgroup_cpuset"][0]
-    assert cgroup["path"] == str(HOSTS / "v1-isolcpus/sys/fs/cgroup/cpuset/machine")
+    assert cgroup["path"] == str(v1_isolcpus_root / "sys/fs/cgroup/cpuset/machine")
     assert cgroup["cpuset"] == "0-7"
 
 
-def test_v1_without_declared_partition_reports_it():
-    facts = _gather("v1-isolcpus")
+def test_v1_without_declared_partition_reports_it(v1_isolcpus_root):
+    facts = _gather_root(v1_isolcpus_root)
     cgroups = [(v["offender"], v["cpus"]) for v in facts["violations"] if v["kind"] == "cgroup_cpuset"]
     assert ("/machine/rt.partition", "6") in cgroups
     assert ("/machine", "6-7") in cgroups
 
 
-def test_v1_gather_threads_false():
-    facts = _gather("v1-isolcpus", realtime_partitions=["/machine/rt"], gather_threads=False)
+def test_v1_gather_threads_false(v1_isolcpus_root):
+    facts = _gather_root(v1_isolcpus_root, realtime_partitions=["/machine/rt"], gather_threads=False)
     assert facts["threads_scanned"] is None
     assert facts["guests"][0]["threads"] == []
     kinds = {v["kind"] for v in facts["violations"]}
@@ -384,17 +393,17 @@ def test_isolated_cpus_as_list():
     assert _gather("minimal", isolated_cpus=[0])["isolated_cpus"] == "0-1"
 
 
-def test_gather_does_not_write(tmp_path):
+def test_gather_does_not_write(tmp_path, v1_isolcpus_root):
     root = tmp_path / "host"
-    shutil.copytree(HOSTS / "v1-isolcpus", root)
+    shutil.copytree(v1_isolcpus_root, root)
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     iso.gather(proc_root=str(root / "proc"), sys_root=str(root / "sys"), run_root=str(root / "run/libvirt/qemu"))
     after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert before == after
 
 
-def test_scan_tasks_counts_every_task_once():
-    scan = iso.scan_tasks(str(HOSTS / "v1-isolcpus/proc"), frozenset({2, 3, 6, 7}), guest_pids=[1000])
+def test_scan_tasks_counts_every_task_once(v1_isolcpus_root):
+    scan = iso.scan_tasks(str(v1_isolcpus_root / "proc"), frozenset({2, 3, 6, 7}), guest_pids=[1000])
     assert scan.count == 18
     assert [t[0] for t in sorted(scan.guest_tasks[1000])] == [1000, 1001, 1010, 1011, 1020]
     assert sorted(scan.leaks) == ["300"]
