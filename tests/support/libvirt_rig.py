@@ -341,7 +341,7 @@ def status(state_dir):
 # --------------------------------------------------------------------------- guests
 
 def tiny_domain_xml(name, vcpus=2, memory_mib=128, partition=None, cputune=None, emulatorpin=None,
-                    vcpupins=None, type=None, console=False):
+                    vcpupins=None, type=None, console=False, hook_ensures_partition=True):
     """XML for a diskless guest that idles in the BIOS: no disk, no network, no balloon.
 
     partition: <resource><partition> (e.g. "/machine/rt"); emulatorpin: a CPU list;
@@ -355,6 +355,10 @@ def tiny_domain_xml(name, vcpus=2, memory_mib=128, partition=None, cputune=None,
     ET.SubElement(domain, "vcpu").text = str(vcpus)
     if partition:
         ET.SubElement(ET.SubElement(domain, "resource"), "partition").text = partition
+    if not hook_ensures_partition:
+        # host_prep's qemu hook re-creates missing partitions; tests of libvirt's own behaviour opt out.
+        metadata = ET.SubElement(domain, "metadata")
+        ET.SubElement(metadata, "{urn:rtvirt:kvm:hook:1}hook", ensure_partition="false")
     if cputune or emulatorpin or vcpupins:
         tune = ET.SubElement(domain, "cputune")
         for vcpu, cpuset in sorted((vcpupins or {}).items()):

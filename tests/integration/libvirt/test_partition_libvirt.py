@@ -50,7 +50,7 @@ def cgroup_lines(tid, pid):
 def test_guest_starts_only_once_the_partition_exists(libvirt_rig, unique_name, partition):
     leaf = partition.rsplit("/", 1)[1] + ".partition"
     with pytest.raises(rig_lib.RigError) as failed:
-        with libvirt_rig.guest(unique_name, partition=partition):
+        with libvirt_rig.guest(unique_name, hook_ensures_partition=False, partition=partition):
             pass
     # On this hybrid host libvirt looks in the cgroup2 tree first.
     assert "Failed to create v2 cgroup '/sys/fs/cgroup/unified/machine/%s/': No such file or directory" % leaf \
@@ -113,7 +113,7 @@ def test_libvirt_removes_the_other_hierarchies_when_one_is_missing(libvirt_rig, 
     created = run({"name": partition})
     os.rmdir(created["paths"]["freezer"])
     with pytest.raises(rig_lib.RigError) as failed:
-        with libvirt_rig.guest(unique_name, partition=partition):
+        with libvirt_rig.guest(unique_name, hook_ensures_partition=False, partition=partition):
             pass
     assert "Failed to create v1 controller freezer for group: No such file or directory" in str(failed.value)
     assert not any(os.path.exists(p) for p in created["paths"].values())

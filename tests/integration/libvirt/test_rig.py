@@ -191,7 +191,7 @@ def test_cputune_pins_reach_the_threads(libvirt_rig, unique_name):
 
 def test_guest_in_a_missing_partition_fails_with_libvirts_message(libvirt_rig, unique_name):
     with pytest.raises(rig_lib.RigError) as failure:
-        with libvirt_rig.guest(unique_name, partition="/machine/%s" % unique_name):
+        with libvirt_rig.guest(unique_name, hook_ensures_partition=False, partition="/machine/%s" % unique_name):
             pass
     message = str(failure.value)
     assert "Failed to start domain '%s'" % unique_name in message
