@@ -57,6 +57,7 @@ class CpusetFs:
         self._features = dict(features or {})
         self.writes = []          # (absolute file, value) in the order written
         self._fake = None
+        self._plain_dirs = set()  # directories check_no_symlink has already seen to be plain
 
     # ---- source interface for CpusetModel ----------------------------------------------
     def real_path(self, path, name=None):
@@ -68,6 +69,8 @@ class CpusetFs:
         current = self.mountpoint
         for part in path.split("/") if path else []:
             current = os.path.join(current, part)
+            if current in self._plain_dirs:
+                continue        # checked for an earlier path of this run (siblings share ancestors)
             try:
                 mode = os.lstat(current).st_mode
             except FileNotFoundError:
@@ -77,6 +80,7 @@ class CpusetFs:
                     path, current, self.mountpoint))
             if not stat.S_ISDIR(mode):
                 raise CpusetPathError("cgroup path %r: %s is not a directory" % (path, current))
+            self._plain_dirs.add(current)
 
     def exists(self, path):
         return os.path.isdir(self.real_path(path))
@@ -90,30 +94,42 @@ class CpusetFs:
 
     def read(self, path, name):
         """The file's text without the trailing newline, or None when it does not exist."""
-        try:
-            with open(self.real_path(path, name)) as handle:
-                return handle.read().strip()
-        except FileNotFoundError:
-            return None
+        return _read_at(self.real_path(path, name))
 
     def read_node(self, path):
         knobs = self.knobs
-        if self.version == 1:
+        # One directory fd and openat() per knob: the kernel resolves the cgroup's path once, not
+        # once per file (the planner reads five files per cgroup on v1).
+        try:
+            dir_fd = os.open(self.real_path(path), os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            dir_fd = None
+
+        def read(key):
+            if dir_fd is None:
+                return None
+            return _read_at(knobs[key], dir_fd)
+
+        try:
+            if self.version == 1:
+                return Node(
+                    cpus=parse_cpulist(read("cpus") or ""),
+                    mems=parse_cpulist(read("mems") or ""),
+                    cpu_exclusive=read("cpu_exclusive") == "1",
+                    mem_exclusive=read("mem_exclusive") == "1",
+                    sched_load_balance=read("sched_load_balance") != "0",
+                )
+            subtree = (read("subtree_control") or "").split()
             return Node(
-                cpus=parse_cpulist(self.read(path, knobs["cpus"]) or ""),
-                mems=parse_cpulist(self.read(path, knobs["mems"]) or ""),
-                cpu_exclusive=self.read(path, knobs["cpu_exclusive"]) == "1",
-                mem_exclusive=self.read(path, knobs["mem_exclusive"]) == "1",
-                sched_load_balance=self.read(path, knobs["sched_load_balance"]) != "0",
+                cpus=parse_cpulist(read("cpus") or ""),
+                mems=parse_cpulist(read("mems") or ""),
+                cpus_exclusive=parse_cpulist(read("cpus_exclusive") or ""),
+                partition=read("partition") or "member",
+                subtree_cpuset="cpuset" in (word.lstrip("+") for word in subtree),
             )
-        subtree = (self.read(path, knobs["subtree_control"]) or "").split()
-        return Node(
-            cpus=parse_cpulist(self.read(path, knobs["cpus"]) or ""),
-            mems=parse_cpulist(self.read(path, knobs["mems"]) or ""),
-            cpus_exclusive=parse_cpulist(self.read(path, knobs["cpus_exclusive"]) or ""),
-            partition=self.read(path, knobs["partition"]) or "member",
-            subtree_cpuset="cpuset" in (word.lstrip("+") for word in subtree),
-        )
+        finally:
+            if dir_fd is not None:
+                os.close(dir_fd)
 
     def tasks(self, path):
         text = self.read(path, "tasks" if self.version == 1 else "cgroup.procs") or ""
@@ -189,6 +205,41 @@ class CpusetFs:
         if self._fake is None:
             self._fake = not _is_cgroup_mount(self.mountpoint)
         return self._fake
+
+
+def _read_at(name, dir_fd=None):
+    """A small kernel file's text without surrounding whitespace, or None when it does not exist.
+
+    os.open/os.read rather than open(): for these tiny files a buffered text file costs more than
+    the kernel's own work.
+    """
+    try:
+        fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode().strip()
+
+
+def _kernel_at_least(release, version):
+    """Whether a kernel release string such as ``6.12.95+deb12-amd64`` is at least ``version``."""
+    numbers = []
+    for part in release.split(".")[:2]:
+        digits = ""
+        for char in part:
+            if not char.isdigit():
+                break
+            digits += char
+        numbers.append(int(digits or 0))
+    return tuple(numbers) >= tuple(version)
 
 
 def _is_cgroup_mount(mountpoint):

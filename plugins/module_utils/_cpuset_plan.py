@@ -434,8 +434,9 @@ def plan(source, requests, migrate=False):
         ops = _v2_ops(model, targets)
     ops = removal_ops + ops + _attach_ops(model, by_path, targets)
 
-    # Simulate on a fresh model: the kernel's rules decide, and every write records what it replaces.
-    simulation = CpusetModel(source)
+    # Simulate on a fork of the model (the tree as read, not read twice): the kernel's rules decide,
+    # and every write records what it replaces.
+    simulation = model.fork()
     simulated = []
     for op in ops:
         if op.kind == WRITE:

@@ -1,0 +1,1 @@
+"""Benchmark cases; each module has a ``run(ctx)`` returning a section for RESULTS.md."""
