@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Run every benchmark case and write bench/RESULTS.md and bench/cost-vs-size.svg.
 
     source hack/env.sh && python bench/run.py            # the full run (about 12-15 minutes)
@@ -18,7 +18,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.cases import common  # noqa: E402
-from bench.cases.common import fmt_ratio, fmt_s, log, median  # noqa: E402
+from bench.cases.common import fmt_s, log  # noqa: E402
 from bench import report  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -264,8 +264,8 @@ def run(ctx):
                 record = results.setdefault(("ansible_loop", n), {"first": [], "rerun": [], "reps": 0})
                 for _rep in range(ctx.loop_reps):
                     common.remove_tree(top, keep_top=True)
-                    t1, _ = common.timed(ansible_playbook, loop_pb)
-                    t2, _ = common.timed(ansible_playbook, loop_pb)
+                    t1, dummy = common.timed(ansible_playbook, loop_pb)
+                    t2, dummy = common.timed(ansible_playbook, loop_pb)
                     record["first"].append(t1)
                     record["rerun"].append(t2)
                     record["reps"] += 1

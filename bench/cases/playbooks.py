@@ -213,8 +213,8 @@ def run(ctx):
                     record = section["results"].setdefault((side, size), {})
                     record.setdefault("times", []).append(t)
                     record["changed"] = max(record.get("changed", 0), counts["changed"])
-                    log("playbooks %d guests rep %d %-9s %s changed=%d" % (size, rep + 1, side,
-                                                                          common.fmt_s(t), counts["changed"]))
+                    log("playbooks %d guests rep %d %-9s %s changed=%d"
+                        % (size, rep + 1, side, common.fmt_s(t), counts["changed"]))
                 for side, argv in sides.items():
                     if side in failed:
                         continue
