@@ -18,6 +18,9 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import KN
 
 CGROUP_SUPER_MAGIC = 0x27E0EB
 CGROUP2_SUPER_MAGIC = 0x63677270
+SYS_CPU_ONLINE = "/sys/devices/system/cpu/online"
+# The Linux release that added a v2 cpuset file, for when no cgroup shows cpuset files to probe.
+FEATURE_SINCE = {"cpus_exclusive": (6, 7)}
 
 
 class CpusetPathError(ValueError):
@@ -136,6 +139,14 @@ class CpusetFs:
         return [int(word) for word in text.split()]
 
     def online_cpus(self):
+        if self.version == 2 and not self._is_fake():
+            # The v2 root's cpuset.cpus.effective loses the CPUs its child partitions take (an
+            # isolated partition on 2-3 leaves it 0-1); the online CPUs are still every CPU.
+            try:
+                with open(SYS_CPU_ONLINE) as handle:
+                    return parse_cpulist(handle.read().strip())
+            except (OSError, ValueError):
+                pass
         name = "cpuset.effective_cpus" if self.version == 1 else "cpuset.cpus.effective"
         return parse_cpulist(self.read("", name) or self.read("", "cpuset.cpus") or "")
 
@@ -149,8 +160,14 @@ class CpusetFs:
     def has_feature(self, name):
         if name not in self._features:
             probe = {"cpus_exclusive": "cpuset.cpus.exclusive", "partition": "cpuset.cpus.partition"}[name]
-            self._features[name] = any(
-                os.path.exists(self.real_path(child, probe)) for child in self.children("")[:8])
+            children = self.children("")[:8]
+            if name in FEATURE_SINCE and self.version == 2 and not self._is_fake() and not any(
+                    os.path.exists(self.real_path(child, "cpuset.cpus")) for child in children):
+                # No child has cpuset files yet (systemd enables only cpu, memory, pids in the root's
+                # subtree_control): the kernel version tells instead.
+                self._features[name] = _kernel_at_least(self.kernel_release(), FEATURE_SINCE[name])
+            else:
+                self._features[name] = any(os.path.exists(self.real_path(child, probe)) for child in children)
         return self._features[name]
 
     def threads_of(self, pid):
