@@ -134,8 +134,8 @@ def nested(v2host, tmp_path_factory):
         ])
     finally:
         remove_cgroups(v2host, [top, top + "/a", leaf], subtree_before)
-    print("nested, %s: writes %s\nread back %s" % (v2host.kernel_release, json.dumps(first["writes"]),
-                                                 json.dumps(files, indent=1)))
+    print("nested, %s: writes %s\nread back %s"
+          % (v2host.kernel_release, json.dumps(first["writes"]), json.dumps(files, indent=1)))
     return dict(top=top, leaf=leaf, subtree_before=subtree_before, check=check, first=first, second=second,
                 files=files)
 
