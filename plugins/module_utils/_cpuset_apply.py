@@ -148,7 +148,7 @@ def execute(fs, ops, before=None):
             if isinstance(exc, PartitionInvalid):
                 done.append(op)
             failure = describe_failure(fs, op, exc)
-            restored, failures = _rollback(fs, done, before or {})
+            restored, failures = rollback(fs, done, before or {})
             message = failure
             if restored:
                 message += "; rolled back %d earlier change(s)" % len(restored)
@@ -159,7 +159,8 @@ def execute(fs, ops, before=None):
     return fs.writes
 
 
-def _rollback(fs, done, before):
+def rollback(fs, done, before):
+    """Undo ``done`` (applied ops) newest first; return (what was undone, what could not be)."""
     created_values = {}
     for path, node in before.items():
         if node.exists:

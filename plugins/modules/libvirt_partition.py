@@ -220,7 +220,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import (
     ApplyError,
     HostLock,
     LockTimeout,
-    _rollback as _cpuset_rollback,
+    rollback as _cpuset_rollback,
     execute,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import CpusetFs

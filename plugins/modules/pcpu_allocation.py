@@ -222,13 +222,14 @@ metadata:
   sample: '<rtvirt:pcpu xmlns:rtvirt="urn:rtvirt:kvm:pcpu:1" smt_policy="isolate" reserved="10-11"/>'
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     CpuListError,
     format_cpulist,
     parse_cpulist,
 )
+from ansible_collections.rtvirt.kvm.plugins.module_utils._libvirt import LibvirtError, import_libvirt
 from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
     SMT_POLICIES,
     PcpuError,
@@ -237,12 +238,6 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
     holdings_from_domain_xml,
     read_topology,
 )
-
-
-class _LibvirtError(Exception):
-    def __init__(self, msg, exception=None):
-        super().__init__(msg)
-        self.exception = exception
 
 
 def get_argument_spec():
@@ -269,21 +264,16 @@ def _ordered_pcpus(elements):
 
 def _read_domains():
     """Inactive XML of every domain on qemu:///system (libvirt-python, imported only here)."""
-    try:
-        import libvirt  # pylint: disable=import-outside-toplevel
-    except ImportError as exc:
-        raise _LibvirtError(missing_required_lib(
-            "libvirt-python (Debian: python3-libvirt)",
-            reason="to read the defined domains when domains_xml is not given"), exc) from exc
+    libvirt = import_libvirt(reason="to read the defined domains when domains_xml is not given")
     try:
         conn = libvirt.open("qemu:///system")
     except libvirt.libvirtError as exc:
-        raise _LibvirtError("cannot connect to qemu:///system to read the defined domains: %s "
-                            "(is libvirtd running? or pass domains_xml)" % exc, exc) from exc
+        raise LibvirtError("cannot connect to qemu:///system to read the defined domains: %s "
+                           "(is libvirtd running? or pass domains_xml)" % exc, exc) from exc
     try:
         return [dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) for dom in conn.listAllDomains(0)]
     except libvirt.libvirtError as exc:
-        raise _LibvirtError("cannot read the domain XML from qemu:///system: %s" % exc, exc) from exc
+        raise LibvirtError("cannot read the domain XML from qemu:///system: %s" % exc, exc) from exc
     finally:
         conn.close()
 
@@ -304,7 +294,7 @@ def main():
         request = Request(name=params["name"], vcpus=params["vcpus"], smt_policy=params["smt_policy"],
                           numa_node=params["numa_node"], pcpus=pcpus, state=params["state"])
         plan = allocate(topology, pool, holdings, request)
-    except _LibvirtError as exc:
+    except LibvirtError as exc:
         module.fail_json(msg=str(exc), exception=exc.exception)
     except (PcpuError, CpuListError) as exc:
         module.fail_json(msg=str(exc), guest=params["name"], pool=params["pool"])

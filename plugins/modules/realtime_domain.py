@@ -196,7 +196,7 @@ restart_needed:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
@@ -209,13 +209,8 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
     render,
     view_text,
 )
+from ansible_collections.rtvirt.kvm.plugins.module_utils._libvirt import LibvirtError, import_libvirt
 from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import DomainXMLError
-
-
-class _LibvirtError(Exception):
-    def __init__(self, msg, exception=None):
-        super().__init__(msg)
-        self.exception = exception
 
 
 def get_argument_spec():
@@ -250,11 +245,7 @@ class _Libvirt:
     """The few libvirt-python calls the module makes (imported only here)."""
 
     def __init__(self, uri):
-        try:
-            import libvirt  # pylint: disable=import-outside-toplevel
-        except ImportError as exc:
-            raise _LibvirtError(missing_required_lib("libvirt-python (Debian: python3-libvirt)"), exc) from exc
-        self.libvirt = libvirt
+        self.libvirt = import_libvirt()
         self.uri = uri
         self.conn = None
 
@@ -262,7 +253,7 @@ class _Libvirt:
         try:
             return func(*args)
         except self.libvirt.libvirtError as exc:
-            raise _LibvirtError("%s: %s" % (what, exc), exc) from exc
+            raise LibvirtError("%s: %s" % (what, exc), exc) from exc
 
     def open(self):
         self.conn = self.call("cannot connect to %s (is libvirtd running?)" % self.uri, self.libvirt.open, self.uri)
@@ -273,7 +264,7 @@ class _Libvirt:
         except self.libvirt.libvirtError as exc:
             if exc.get_error_code() == self.libvirt.VIR_ERR_NO_DOMAIN:
                 return None
-            raise _LibvirtError("cannot look up guest %s: %s" % (name, exc), exc) from exc
+            raise LibvirtError("cannot look up guest %s: %s" % (name, exc), exc) from exc
 
     def inactive_xml(self, dom):
         return self.call("cannot read the definition of %s" % dom.name(), dom.XMLDesc,
@@ -324,7 +315,7 @@ def _present(module, virt, spec, result):
             virt.call("cannot start %s (partition %s must exist in every cgroup controller and hold both the vCPU "
                       "and the emulator CPUs; FIFO vCPUs need kernel.sched_rt_runtime_us=-1)"
                       % (spec.name, spec.partition), dom.create)
-        except _LibvirtError:
+        except LibvirtError:
             if current is None:  # a guest this run defined: leave the host as it was
                 virt.call("cannot undefine %s after its failed start" % spec.name, dom.undefine)
                 result["defined"] = False
@@ -373,7 +364,7 @@ def main():
             _present(module, virt, spec, result)
         else:
             _absent(module, virt, params["name"], result)
-    except _LibvirtError as exc:
+    except LibvirtError as exc:
         module.fail_json(msg=str(exc), guest=params["name"], exception=exc.exception, **result)
     except (DomainSpecError, DomainXMLError, CpuListError) as exc:
         module.fail_json(msg=str(exc), guest=params["name"], **result)

@@ -1,0 +1,30 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) rtvirt.kvm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""libvirt-python for the modules that talk to libvirtd: imported lazily, errors as one type.
+
+Modules that only read cgroupfs and /proc never import libvirt, so they run on hosts without it.
+"""
+
+from __future__ import annotations
+
+from ansible.module_utils.basic import missing_required_lib
+
+LIBVIRT_PYTHON = "libvirt-python (Debian: python3-libvirt)"
+
+
+class LibvirtError(Exception):
+    """A libvirt call failed, or libvirt-python is missing; ``exception`` is the original error."""
+
+    def __init__(self, msg, exception=None):
+        super().__init__(msg)
+        self.exception = exception
+
+
+def import_libvirt(reason=None):
+    """The libvirt module, or LibvirtError with Ansible's missing-library message."""
+    try:
+        import libvirt  # pylint: disable=import-outside-toplevel
+    except ImportError as exc:
+        raise LibvirtError(missing_required_lib(LIBVIRT_PYTHON, reason=reason), exc) from exc
+    return libvirt
