@@ -41,6 +41,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     parse_cpulist,
     parse_cpumask,
 )
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import (
     CgroupDiscoveryError,
     cgroup_paths_of,
@@ -320,31 +321,17 @@ def classify_qemu_thread(comm, tid, vcpu_tids):
     return "emulator", None
 
 
-def partition_cgroup_paths(partition):
-    """Where a libvirt partition name (``/machine/rt``) lives in a cgroup hierarchy.
+def partition_cgroup_paths(partition, subsystems=()):
+    """Where a libvirt partition name (``/machine/rt``, ``/rt``) lives in a cgroup hierarchy.
 
-    Returns the non-systemd path (``machine/rt.partition``; libvirt adds ``.partition`` to every
-    component but a top-level machine/system/user and those that already hold a dot) and the
-    systemd path (``machine.slice/machine-rt.slice``).
+    Returns the non-systemd path (``machine/rt.partition``, as libvirt names and escapes it) and
+    the systemd path (``machine.slice/machine-rt.slice``).
     """
-    parts = [p for p in partition.strip("/").split("/") if p]
-    if not parts:
-        raise IsolationError("realtime partition %r is empty; write it like /machine/rt" % partition)
-    plain = []
-    for index, part in enumerate(parts):
-        if index == 0 and part in ("machine", "system", "user"):
-            plain.append(part)
-        elif "." in part:
-            plain.append(part)
-        else:
-            plain.append(part + ".partition")
-    slices = []
-    for index in range(len(parts)):
-        if "." in parts[index]:
-            slices.append(parts[index])
-        else:
-            slices.append("-".join(parts[:index + 1]) + ".slice")
-    return "/".join(plain), "/".join(slices)
+    try:
+        pname = parse_name(partition, subsystems)
+    except PartitionNameError as exc:
+        raise IsolationError("realtime partition: %s" % exc) from None
+    return pname.cgroup_path, pname.slice_path
 
 
 # --------------------------------------------------------------------------------------------

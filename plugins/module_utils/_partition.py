@@ -39,9 +39,10 @@ LIBVIRT_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer
 V2_NAMES = {"blkio": "io"}
 # A mkdir failure in these is ignored by libvirt (virCgroupV1MakeGroup): the partition may lack them.
 OPTIONAL_CONTROLLERS = ("blkio",)
-# libvirt's fixed first levels (no .partition suffix); this module manages partitions under these.
+# libvirt's fixed first levels (no .partition suffix).  /machine is libvirt's default partition;
+# /system and /user map into systemd's own slices and are refused.
 FIXED_TOP_LEVELS = ("machine", "system", "user")
-ACCEPTED_TOP_LEVELS = ("machine",)
+DEFAULT_PARTITION = "/machine"
 # Characters a partition level may hold.  libvirt would take more, but each of these survives every
 # place the name goes unchanged: the domain XML, a cgroupfs directory, /proc/PID/cgroup lines, a
 # systemd unit name (after escaping) and an Ansible variable.
@@ -118,6 +119,11 @@ class PartitionName:
     dirs: tuple                 # ("machine", "tenant.partition", "rt.partition")
 
     @property
+    def is_default(self):
+        """libvirt's own /machine: it creates and removes it; only its CPUs and memory nodes are ours."""
+        return self.name == DEFAULT_PARTITION
+
+    @property
     def cgroup_path(self):
         """Relative to a hierarchy's root: machine/tenant.partition/rt.partition."""
         return "/".join(self.dirs)
@@ -177,17 +183,11 @@ def parse_name(name, subsystems=()):
         if ".libvirt-" in part or part.endswith((".scope", ".slice", ".service")):
             raise PartitionNameError("partition %r: level %r looks like a libvirt domain or systemd unit cgroup; "
                                      "choose another name" % (name, part))
-    if parts[0] not in ACCEPTED_TOP_LEVELS:
-        if parts[0] in FIXED_TOP_LEVELS:
-            why = ("on systemd hosts /%s maps into systemd's own %s.slice (%s-<...>.slice names are taken by "
-                   "systemd and logind)" % (parts[0], parts[0], parts[0]))
-        else:
-            why = "libvirt only creates /machine itself, and keeps guests there by default"
-        raise PartitionNameError("partition %r is not under /machine: %s; name it /machine/%s" % (
-            name, why, "/".join(parts[1:] if parts[0] in FIXED_TOP_LEVELS else parts)))
-    if len(parts) < 2:
-        raise PartitionNameError("partition %r is libvirt's default partition, which libvirt creates and "
-                                 "removes itself; name a partition below it, e.g. /machine/production" % name)
+    if parts[0] in FIXED_TOP_LEVELS and parts[0] != "machine":
+        raise PartitionNameError(
+            "partition %r: on systemd hosts /%s maps into systemd's own %s.slice (%s-<...>.slice names are taken "
+            "by systemd and logind); name it /%s or /machine/%s" % (
+                name, parts[0], parts[0], parts[0], "/".join(parts[1:]) or "rt", "/".join(parts[1:]) or "rt"))
     dirs = tuple(cgroup_levels(name, subsystems))
     pname = PartitionName(name=name, parts=tuple(parts), dirs=dirs)
     for level in dirs:

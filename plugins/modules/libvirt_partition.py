@@ -34,9 +34,14 @@ options:
     description:
       - The partition exactly as the domain XML's C(<partition>) spells it, for example C(/machine/production)
         or C(/machine/tenant/rt).
-      - It must be absolute and below C(/machine). C(/machine) itself is libvirt's to manage. C(/system/...)
-        and C(/user/...) are refused because on systemd hosts they map into systemd's own C(system.slice) and
-        C(user.slice), whose C(system-*.slice) and C(user-*.slice) names systemd and logind already use.
+      - It must be absolute. Realtime partitions belong at the top level beside libvirt's default C(/machine)
+        (C(/rt) is C(rt.partition) in every v1 controller and C(rt.slice) on systemd hosts), so that C(/machine)
+        can be kept off the realtime CPUs; partitions below C(/machine) work too.
+      - C(/machine) itself can be given with O(cpus) and O(mems) to keep ordinary guests on the housekeeping
+        CPUs; libvirt creates and removes it, so V(absent) is refused for it.
+      - C(/system/...) and C(/user/...) are refused because on systemd hosts they map into systemd's own
+        C(system.slice) and C(user.slice), whose C(system-*.slice) and C(user-*.slice) names systemd and logind
+        already use.
       - Each level may hold letters, digits, C(_), C(-), C(.) and C(:). Empty levels, C(.), C(..) and
         names of libvirt domain or systemd unit cgroups are refused.
     type: str
@@ -888,6 +893,10 @@ def run(module, host):
     cpus = _cpu_set(params["cpus"], "cpus")
     mems = _cpu_set(params["mems"], "mems")
     tunables = _tunables(params)
+    if pname.is_default and params["state"] == "absent":
+        raise PartitionError("%s is libvirt's default partition: libvirt creates it at the first guest start and "
+                             "keeps every guest without a <partition> there; only its cpus and mems can be managed"
+                             % pname.name)
     if params["state"] == "absent" and (cpus is not None or mems is not None or tunables.any()
                                         or params["exclusive"] is not None):
         raise PartitionError("state=absent takes no cpus, mems, exclusive or tunables")

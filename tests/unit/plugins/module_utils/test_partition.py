@@ -79,10 +79,8 @@ def test_slice_name_as_libvirt():
     ("/machine/r\\t", "holds"),
     ("/machine/rt\n", "holds"),
     ("/machine/grün", "holds"),
-    ("/system/rt", "not under /machine"),
+    ("/system/rt", "systemd's own system.slice"),
     ("/user/1000", "logind"),
-    ("/production", "not under /machine"),
-    ("/machine", "default partition"),
     ("/machine/qemu-1-x.libvirt-qemu", "libvirt domain"),
     ("/machine/" + "a" * 250, "longer"),
 ])
@@ -90,6 +88,18 @@ def test_bad_names(name, message):
     with pytest.raises(PartitionNameError, match=None) as info:
         parse_name(name, SUBSYSTEMS)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("name, dirs, slice_path, default", [
+    # Top-level partitions sit beside /machine (docs/LAYOUT.md); libvirt suffixes their first level.
+    ("/rt", ("rt.partition",), "rt.slice", False),
+    ("/rt/fast", ("rt.partition", "fast.partition"), "rt.slice/rt-fast.slice", False),
+    ("/cpu", ("_cpu.partition",), "cpu.slice", False),
+    ("/machine", ("machine",), "machine.slice", True),
+])
+def test_top_level_and_default(name, dirs, slice_path, default):
+    pname = parse_name(name, SUBSYSTEMS)
+    assert (pname.dirs, pname.slice_path, pname.is_default) == (dirs, slice_path, default)
 
 
 def test_proc_cgroups():
