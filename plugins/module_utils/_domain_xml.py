@@ -65,7 +65,7 @@ class DomainSpec:
     vcpupin: dict
     emulator_cpus: str
     fifo_priority: int = 1
-    partition: str = "/machine/rt"
+    partition: str = "/rt"
     numa_nodes: tuple = ()
     metadata: str = ""
     domain_type: str = "kvm"
@@ -144,7 +144,7 @@ def check_spec(spec):
         raise DomainSpecError("guest %s: emulator_cpus is empty; give the housekeeping CPUs" % spec.name)
     _cpus(spec.emulator_cpus, "guest %s: emulator_cpus" % spec.name)
     if not spec.partition or not spec.partition.startswith("/"):
-        raise DomainSpecError("guest %s: partition %r must be an absolute path such as /machine/rt"
+        raise DomainSpecError("guest %s: partition %r must be an absolute path such as /rt"
                               % (spec.name, spec.partition))
     if spec.domain_type not in ("kvm", "qemu"):
         raise DomainSpecError("guest %s: domain type %r must be kvm or qemu" % (spec.name, spec.domain_type))

@@ -90,3 +90,80 @@ def validate(realtime, online, nodes, siblings, present=None):
                             "caches and execution units" % (format_cpulist(core), format_cpulist(part),
                                                             format_cpulist(core - part)))
     return warnings
+
+
+def plan_layout(realtime, online, partitions, emulator_cpus=None, narrow_machine=True):
+    """Where /machine, the emulator threads and each realtime partition go (docs/LAYOUT.md).
+
+    ``partitions``: [{"name": str, "cpus": frozenset or None, "exclusive": bool or None, ...}], names
+    already validated.  ``emulator_cpus``: a frozenset of dedicated emulator CPUs, or None to share the
+    housekeeping CPUs.  Returns {"machine_cpus", "emulator_cpus", "emulator_mode", "partitions"} with
+    every partition's cpus and exclusive settled, and a list of warnings; raises RealtimeCpusError with
+    every problem at once.
+    """
+    online, realtime = frozenset(online), frozenset(realtime)
+    housekeeping = online - realtime
+    errors, warnings = [], []
+    if emulator_cpus:
+        emulator_cpus = frozenset(emulator_cpus)
+        if not emulator_cpus <= online:
+            errors.append("emulator CPUs %s are not online (online: %s)" % (
+                format_cpulist(emulator_cpus - online), format_cpulist(online)))
+        if emulator_cpus & realtime:
+            errors.append("emulator CPUs %s are realtime CPUs too; emulator threads need CPUs of their own" %
+                          format_cpulist(emulator_cpus & realtime))
+        if not housekeeping - emulator_cpus:
+            errors.append("dedicating CPUs %s to emulator threads leaves no housekeeping CPU for the host and "
+                          "/machine (housekeeping: %s)" % (format_cpulist(emulator_cpus),
+                                                           format_cpulist(housekeeping)))
+        mode, shared = "dedicated", emulator_cpus
+    else:
+        mode, shared = "shared", housekeeping
+    machine_cpus = (housekeeping - shared) if mode == "dedicated" else housekeeping
+    settled = []
+    for entry in partitions:
+        name = entry["name"]
+        cpus = entry.get("cpus") or (realtime | shared)
+        if narrow_machine and (name == "/machine" or name.startswith("/machine/")):
+            errors.append("partition %s is %s /machine, which is kept on the housekeeping CPUs %s: a cpuset cannot "
+                          "hold CPUs its parent lacks; put it beside /machine (e.g. /%s)" % (
+                              name, "" if name == "/machine" else "below", format_cpulist(machine_cpus),
+                              name.rstrip("/").rsplit("/", 1)[-1] if name != "/machine" else "rt"))
+            continue
+        if not cpus & realtime:
+            errors.append("partition %s (CPUs %s) holds none of the realtime CPUs %s" % (
+                name, format_cpulist(cpus), format_cpulist(realtime)))
+        if not cpus <= online:
+            errors.append("partition %s asks for CPUs %s that are not online (online: %s)" % (
+                name, format_cpulist(cpus - online), format_cpulist(online)))
+        stray = cpus - realtime - shared
+        if stray and narrow_machine:
+            errors.append("partition %s holds CPUs %s that are neither realtime nor emulator CPUs (%s)" % (
+                name, format_cpulist(stray), format_cpulist(shared)))
+        exclusive = entry.get("exclusive")
+        if exclusive is None:
+            exclusive = mode == "dedicated"
+        elif exclusive and mode == "shared" and narrow_machine:
+            errors.append("partition %s cannot be exclusive: its emulator threads share the housekeeping CPUs %s "
+                          "with /machine, and the kernel refuses an exclusive cpuset that overlaps a sibling (v1 "
+                          "EINVAL; v2 'Cpu list in cpuset.cpus not exclusive'); dedicate emulator CPUs "
+                          "(host_prep_emulator_cpus) or leave exclusive unset" % (name, format_cpulist(shared)))
+        settled.append(dict(entry, cpus=cpus, exclusive=bool(exclusive)))
+    exclusive_ones = [p for p in settled if p["exclusive"]]
+    for index, one in enumerate(exclusive_ones):
+        for other in exclusive_ones[index + 1:]:
+            if one["cpus"] & other["cpus"]:
+                errors.append("exclusive partitions %s and %s share CPUs %s; give each its own cpus" % (
+                    one["name"], other["name"], format_cpulist(one["cpus"] & other["cpus"])))
+    if errors:
+        raise RealtimeCpusError("; ".join(errors))
+    if mode == "shared" and settled:
+        warnings.append(
+            "emulator threads share the housekeeping CPUs %s, so the realtime partition%s %s cannot be exclusive "
+            "in the kernel: the realtime CPUs %s are kept off /machine and checked by the facts module, but "
+            "nothing stops a hand-made cgroup from using them; set host_prep_emulator_cpus to dedicate emulator "
+            "CPUs and get an exclusive (v1) or isolated (v2) partition" % (
+                format_cpulist(shared), "s" if len(settled) > 1 else "",
+                ", ".join(p["name"] for p in settled), format_cpulist(realtime)))
+    return {"machine_cpus": machine_cpus, "emulator_cpus": shared, "emulator_mode": mode,
+            "partitions": settled}, warnings

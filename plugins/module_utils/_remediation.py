@@ -5,7 +5,8 @@
 
 Input (plain data):
   cpuset: {cgroup path below the cpuset root, e.g. "machine/rt.partition": {"cpus": "1", "mems": "0"}} (v1)
-  present: {hierarchy name: set of cgroup paths below "machine"} for every hierarchy libvirt uses
+  present: {hierarchy name: set of cgroup paths in "machine" and the partitions' top directories} for every
+           hierarchy libvirt uses
   partitions: {partition name: [defined guests naming it]}
   partition_dirs: {partition name: "machine/rt.partition"}
   running: set of running guest names
@@ -38,9 +39,10 @@ def findings(cpuset, present, partitions, partition_dirs, running, violations, r
     """``realtime_dirs``: cgroup paths of the realtime partitions (an empty cpuset inside one is refilled from its
     parent; any other from the housekeeping CPUs, so that the repair does not put it on isolated CPUs)."""
     result = []
-    # 1. empty cpus/mems below machine (a guest put there fails with ENOSPC)
+    # 1. empty cpus/mems in machine or a partition (a guest put there fails with ENOSPC); the caller reads
+    # only those trees
     for path in sorted(cpuset):
-        if not (path == "machine" or path.startswith("machine/")) or _is_guest_path(path):
+        if _is_guest_path(path):
             continue
         empty = [k for k in ("cpus", "mems") if not (cpuset[path].get(k) or "").strip()]
         if empty:

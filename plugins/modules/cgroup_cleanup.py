@@ -22,7 +22,9 @@ extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 options:
   path:
-    description: The cgroup, relative to each hierarchy's root. Must lie below C(machine) or C(machine.slice).
+    description:
+      - The cgroup, relative to each hierarchy's root. Must lie below C(machine), C(machine.slice) or a top-level
+        partition (C(rt.partition), C(rt.slice)).
     type: str
     required: true
 attributes:
@@ -76,8 +78,12 @@ def main():
     module = AnsibleModule(argument_spec=dict(path=dict(type="str", required=True)), supports_check_mode=True)
     path = module.params["path"].strip("/")
     parts = path.split("/")
-    if parts[0] not in ("machine", "machine.slice") or len(parts) < 2 or ".." in parts or "" in parts:
-        module.fail_json(msg="path %r must lie below machine/ or machine.slice/, without '..' or empty levels" % path)
+    # libvirt's trees only: /machine and top-level partitions (rt.partition, rt.slice), never systemd's own slices.
+    top_ok = parts[0] in ("machine", "machine.slice") or parts[0].endswith(".partition") or (
+        parts[0].endswith(".slice") and parts[0] not in ("-.slice", "system.slice", "user.slice"))
+    if not top_ok or len(parts) < 2 or ".." in parts or "" in parts:
+        module.fail_json(msg="path %r must lie below machine/, machine.slice/ or a top-level partition (rt.partition/, "
+                             "rt.slice/), without '..' or empty levels" % path)
     moved, removed = [], []
     for mount in discover_layout().mounts:
         if mount.version == 1 and "cpuset" in mount.controllers:

@@ -453,6 +453,49 @@ def _check_ranges(tunables, version):
             raise PartitionError("blkio_weight=%d is outside 1-%d" % (tunables.blkio_weight, high))
 
 
+def _refuse_moving_pinned_guests(mountpoint, pname, cpus):
+    """Narrowing a partition rewrites every cgroup below it (the kernel requires children within parents).
+    For a guest libvirt placed with its parent's CPUs that is the point (ordinary guests leave the realtime CPUs);
+    a guest pinned to CPUs the partition gives up would lose its pinning behind libvirt's back (the domain XML
+    and the cgroup files then disagree), or be left with no CPU at all: refuse before any write, naming it."""
+    top = os.path.join(mountpoint, pname.cgroup_path)
+    if not os.path.isdir(top):
+        return
+    pinned = {}
+    for current, dirs, _files in os.walk(top):
+        own = _cpus_of(current)
+        parent = _cpus_of(os.path.dirname(current))
+        guest = next((guest_of_cgroup(part) for part in os.path.relpath(current, mountpoint).split("/")
+                      if guest_of_cgroup(part)), None)
+        if guest is None or own is None or own <= cpus:
+            continue
+        if own != parent or not own & cpus:
+            pinned.setdefault(guest[0], []).append("%s on %s" % (os.path.relpath(current, mountpoint), format_cpulist(own)))
+        if not own & cpus:
+            dirs[:] = []
+    if pinned:
+        raise PartitionError(
+            "cannot keep %s on CPUs %s: guest(s) pinned to CPUs it would give up: %s; move each to a partition that "
+            "holds those CPUs (<partition> in the domain XML, then restart it), or re-pin it first (virsh vcpupin/"
+            "emulatorpin --live --config); nothing was changed" % (
+                pname.name, format_cpulist(cpus),
+                "; ".join("%s (%s)" % (name, ", ".join(pinned[name])) for name in sorted(pinned))))
+
+
+def _has_tasks_below(top):
+    return any(_tasks_of(os.path.join(top, rel) if rel else top, 1) for rel in _walk(top))
+
+
+def _cpus_of(directory):
+    text = _read(os.path.join(directory, "cpuset.cpus"))
+    if text is None:
+        text = _read(os.path.join(directory, "cpuset.cpus.effective"))
+    try:
+        return frozenset(parse_cpulist(text.strip())) if text is not None else None
+    except CpuListError:
+        return None
+
+
 def _guests_in(host, roots):
     """Guests whose QEMU runs below any of ``roots`` ('/machine/x.partition' style cgroup paths),
     from libvirt's pid files and /proc/PID/cgroup."""
@@ -622,9 +665,13 @@ def plan_cgroups(host, layout, pname, params, cpus, mems, tunables):
         if stray:
             raise PartitionError("cannot remove partition %s: tasks still run inside (%s); move them out first" % (
                 pname.name, "; ".join(stray)))
-        for hierarchy in hierarchies:
-            if hierarchy is cpuset_h:
-                continue
+        # libvirt also leaves the partition's directory in hierarchies it does not manage the partition in (on a
+        # hybrid host the v1 cpuacct and devices trees, which its v2 backend claims): remove those too.
+        managed = {h.mountpoint for h in hierarchies}
+        others = [m for m in layout.mounts if m.mountpoint not in managed and m.version == 1
+                  and os.path.isdir(os.path.join(m.mountpoint, leaf))
+                  and not _has_tasks_below(os.path.join(m.mountpoint, leaf))]
+        for hierarchy in [h for h in hierarchies if h is not cpuset_h] + others:
             top = os.path.join(hierarchy.mountpoint, leaf)
             if not os.path.isdir(top):
                 continue
@@ -648,6 +695,8 @@ def plan_cgroups(host, layout, pname, params, cpus, mems, tunables):
         if mems is not None and not mems <= parent_mems:
             raise PartitionError("mems=%s is not within the parent %s's memory nodes (%s)" % (
                 format_cpulist(mems), where, format_cpulist(parent_mems)))
+        if cpus is not None:
+            _refuse_moving_pinned_guests(cpuset_h.mountpoint, pname, cpus)
         requests = []
         exclusive = params["exclusive"]
         for level in pname.levels:

@@ -16,8 +16,8 @@ description:
     housekeeping, all other whole cores become realtime. The choice is deterministic."
   - Fails, before anything on the host is changed by later tasks, when the set names CPUs that do not exist or are
     offline, takes every CPU of a NUMA node, or leaves no housekeeping CPU. A split SMT core is a warning.
-  - Also checks the realtime partitions the caller plans (O(partitions)) against libvirt's naming rules, and that
-    their CPUs are realtime CPUs.
+  - Also plans the cgroup layout of docs/LAYOUT.md: C(/machine) on the housekeeping CPUs, the emulator CPUs, and
+    every realtime partition's CPUs and exclusivity, checked against libvirt's naming and the kernel's rules.
   - The module never changes anything.
 author:
   - rtvirt.kvm contributors (@rtvirt-kvm)
@@ -35,13 +35,27 @@ options:
     default: 1
   partitions:
     description:
-      - "Realtime partitions to check, each with C(name) (libvirt's C(<partition>), below C(/machine)) and
-        optionally C(cpus): online CPUs including at least one realtime CPU. The default is every online CPU, the
-        realtime CPUs for the vCPUs and the housekeeping CPUs for the emulator threads, because on cgroup v1
-        libvirt puts a guest's emulator cgroup inside its partition and a cpuset must hold its children's CPUs."
+      - "Realtime partitions to plan, each with C(name) (libvirt's C(<partition>), beside C(/machine) such as
+        C(/rt)), optionally C(cpus) and C(exclusive). C(cpus) default to the realtime CPUs plus the emulator CPUs:
+        libvirt puts a guest's emulator cgroup inside its partition, and a cpuset must hold its children's CPUs
+        (see docs/LAYOUT.md)."
+      - "C(exclusive) defaults to true with dedicated O(emulator_cpus) and false without; true without them is
+        refused, because the partition then overlaps C(/machine) on the housekeeping CPUs."
     type: list
     elements: dict
     default: []
+  emulator_cpus:
+    description:
+      - CPUs dedicated to the realtime guests' emulator threads, neither realtime nor needed by the host. Empty
+        shares the housekeeping CPUs with C(/machine) and the host.
+    type: str
+    default: ""
+  narrow_machine:
+    description:
+      - Plan C(/machine) on the housekeeping CPUs (minus dedicated emulator CPUs), which rules out realtime
+        partitions below C(/machine).
+    type: bool
+    default: true
   sys_root:
     description: Where sysfs is mounted. For tests against a recorded tree.
     type: path
@@ -64,8 +78,9 @@ EXAMPLES = r"""
 - name: Validate an operator's choice
   rtvirt.kvm.realtime_cpus:
     cpus: 2-7
+    emulator_cpus: "1"
     partitions:
-      - name: /machine/rt
+      - name: /rt
 """
 
 RETURN = r"""
@@ -96,11 +111,26 @@ numa_nodes:
   elements: dict
   sample: [{node: 0, cpus: "0-7"}]
 partitions:
-  description: O(partitions) with C(cpus) filled in.
+  description: O(partitions) with C(cpus) and C(exclusive) settled.
   returned: success
   type: list
   elements: dict
-  sample: [{name: /machine/rt, cpus: "0-7"}]
+  sample: [{name: /rt, cpus: "0-7", exclusive: false}]
+machine_cpus:
+  description: The CPUs planned for libvirt's default partition C(/machine).
+  returned: success
+  type: str
+  sample: "0-1"
+emulator_cpus:
+  description: The CPUs of the realtime guests' emulator threads (dedicated, or the housekeeping CPUs).
+  returned: success
+  type: str
+  sample: "0-1"
+emulator_mode:
+  description: V(dedicated) with O(emulator_cpus), V(shared) without.
+  returned: success
+  type: str
+  sample: shared
 """
 
 import os
@@ -109,7 +139,12 @@ import re
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError, format_cpulist, parse_cpulist
-from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import RealtimeCpusError, choose, validate
+from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import (
+    RealtimeCpusError,
+    choose,
+    plan_layout,
+    validate,
+)
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
 
 
@@ -118,6 +153,8 @@ def get_argument_spec():
         cpus=dict(type="str"),
         housekeeping_cores_per_node=dict(type="int", default=1),
         partitions=dict(type="list", elements="dict", default=[]),
+        emulator_cpus=dict(type="str", default=""),
+        narrow_machine=dict(type="bool", default=True),
         sys_root=dict(type="path", default="/sys"),
     )
 
@@ -164,8 +201,8 @@ def run(params):
         realtime, _hk = choose(online, nodes, siblings, params["housekeeping_cores_per_node"])
         source = "automatic"
     warnings = validate(realtime, online, nodes, siblings, present=present)
-    partitions = []
     errors = []
+    requested = []
     for entry in params["partitions"]:
         name = entry.get("name")
         try:
@@ -174,18 +211,14 @@ def run(params):
             errors.append(str(exc))
             continue
         cpus = entry.get("cpus")
-        part_cpus = parse_cpulist(str(cpus), what="cpus of partition %s" % name) if cpus else online
-        if not part_cpus:
-            errors.append("partition %s has no CPUs" % name)
-        elif not part_cpus <= online:
-            errors.append("partition %s asks for CPUs %s that are not online (%s)"
-                          % (name, format_cpulist(part_cpus - online), format_cpulist(online)))
-        elif not part_cpus & realtime:
-            errors.append("partition %s (CPUs %s) holds none of the realtime CPUs %s"
-                          % (name, format_cpulist(part_cpus), format_cpulist(realtime)))
-        partitions.append(dict(entry, cpus=format_cpulist(part_cpus)))
+        requested.append(dict(entry, cpus=parse_cpulist(str(cpus), what="cpus of partition %s" % name)
+                              if cpus else None))
     if errors:
         raise RealtimeCpusError("; ".join(errors))
+    emulator = parse_cpulist(params["emulator_cpus"], what="emulator_cpus") if params["emulator_cpus"] else None
+    layout, layout_warnings = plan_layout(realtime, online, requested, emulator, params["narrow_machine"])
+    warnings.extend(layout_warnings)
+    partitions = [dict(p, cpus=format_cpulist(p["cpus"])) for p in layout["partitions"]]
     return dict(
         changed=False,
         realtime_cpus=format_cpulist(realtime),
@@ -194,6 +227,9 @@ def run(params):
         source=source,
         numa_nodes=[{"node": n, "cpus": format_cpulist(c & online)} for n, c in sorted(nodes.items())],
         partitions=partitions,
+        machine_cpus=format_cpulist(layout["machine_cpus"]),
+        emulator_cpus=format_cpulist(layout["emulator_cpus"]),
+        emulator_mode=layout["emulator_mode"],
     ), warnings
 
 

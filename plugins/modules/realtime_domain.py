@@ -67,7 +67,7 @@ options:
       - The libvirt resource partition (C(<resource><partition>)). It must exist before the guest starts
         (M(rtvirt.kvm.libvirt_partition)).
     type: str
-    default: /machine/rt
+    default: /rt
   numa_nodes:
     description:
       - NUMA nodes the guest's memory is bound to (C(<numatune><memory mode='strict'>)). Normally the
@@ -222,7 +222,7 @@ def get_argument_spec():
         vcpupin=dict(type="dict"),
         emulator_cpus=dict(type="str"),
         fifo_priority=dict(type="int", default=1),
-        partition=dict(type="str", default="/machine/rt"),
+        partition=dict(type="str", default="/rt"),
         numa_nodes=dict(type="list", elements="int", default=[]),
         metadata=dict(type="str", default=""),
         base_xml=dict(type="str"),

@@ -135,13 +135,15 @@ def _read(path):
         return None
 
 
-def _walk(root):
+def _walk(root, tops):
+    """Every cgroup below ``tops`` (machine and the partitions' top directories), relative to ``root``."""
     result = set()
-    top = os.path.join(root, "machine")
-    if not os.path.isdir(top):
-        return result
-    for current, dirs, _files in os.walk(top):
-        result.add(os.path.relpath(current, root))
+    for name in tops:
+        top = os.path.join(root, name)
+        if not os.path.isdir(top):
+            continue
+        for current, _dirs, _files in os.walk(top):
+            result.add(os.path.relpath(current, root))
     return result
 
 
@@ -162,14 +164,6 @@ def main():
         module.fail_json(msg=str(exc))
     conf = _read("/etc/libvirt/qemu.conf")
     hierarchies = libvirt_hierarchies(layout.mounts, parse_qemu_conf_controllers(conf) if conf else None)
-    present = {h.key: _walk(h.mountpoint) for h in hierarchies if not h.optional}
-    cpuset = {}
-    cpuset_h = next((h for h in hierarchies if "cpuset" in h.controllers and h.version == 1), None)
-    if cpuset_h is not None:
-        for path in _walk(cpuset_h.mountpoint):
-            full = os.path.join(cpuset_h.mountpoint, path)
-            cpuset[path] = {"cpus": _read(os.path.join(full, "cpuset.cpus")) or "",
-                            "mems": _read(os.path.join(full, "cpuset.mems")) or ""}
     subsystems = parse_proc_cgroups(_read("/proc/cgroups") or "")
     running = set(_virsh(module, "list", "--name").split())
     partitions, dirs = {}, {}
@@ -194,6 +188,16 @@ def main():
             realtime_dirs.append(parse_name(name, subsystems).cgroup_path)
         except PartitionNameError as exc:
             module.fail_json(msg="realtime_partitions: %s" % exc)
+    # libvirt's /machine and the top level of every partition in use or planned (/rt lives beside /machine).
+    tops = sorted({"machine"} | {d.split("/")[0] for d in list(dirs.values()) + realtime_dirs})
+    present = {h.key: _walk(h.mountpoint, tops) for h in hierarchies if not h.optional}
+    cpuset = {}
+    cpuset_h = next((h for h in hierarchies if "cpuset" in h.controllers and h.version == 1), None)
+    if cpuset_h is not None:
+        for path in _walk(cpuset_h.mountpoint, tops):
+            full = os.path.join(cpuset_h.mountpoint, path)
+            cpuset[path] = {"cpus": _read(os.path.join(full, "cpuset.cpus")) or "",
+                            "mems": _read(os.path.join(full, "cpuset.mems")) or ""}
     result = [f for f in findings(cpuset, present, partitions, dirs, running, module.params["violations"],
                                   realtime_dirs)
               if (kinds is None or f["kind"] in kinds)

@@ -141,3 +141,55 @@ def test_partition_limited_to_one_cpu_holds_its_vcpus(libvirt_rig, unique_name, 
     again = run({"name": partition, "cpus": str(cpu)})
     assert not again["changed"]
     assert not run({"name": partition, "state": "absent"}).get("failed")
+
+
+@pytest.fixture
+def top_partition():
+    """A unique top-level partition /rtvirt-p-<hex> (beside /machine, as host_prep lays them out); removed after."""
+    name = "/rtvirt-p-%s" % uuid.uuid4().hex[:8]
+    yield name
+    for mount in rig_lib._cgroup_mounts():
+        top = mount / (name.lstrip("/") + ".partition")
+        if top.is_dir():
+            for dirpath, _dirs, _files in os.walk(top, topdown=False):
+                os.rmdir(dirpath)
+
+
+def cpuset_snapshot(top):
+    return {dirpath: (pathlib.Path(dirpath) / "cpuset.cpus").read_text() for dirpath, _d, _f in os.walk(top)}
+
+
+def test_top_level_partition_and_narrowing_refuses_a_pinned_guest(libvirt_rig, unique_name, top_partition):
+    created = run({"name": top_partition, "cpus": "0-1"})
+    assert not created.get("failed"), created.get("msg")
+    leaf = top_partition.lstrip("/") + ".partition"
+    assert created["paths"]["cpuset"] == "/sys/fs/cgroup/cpuset/" + leaf
+    with libvirt_rig.guest(unique_name, vcpus=1, partition=top_partition, vcpupins={0: "1"}, emulatorpin="0") as guest:
+        threads = libvirt_rig.threads(guest.name)
+        assert cgroup_lines(threads.vcpus[0], guest.pid)["cpuset"].startswith("/%s/qemu-" % leaf)
+        before = cpuset_snapshot(created["paths"]["cpuset"])
+        refused = run({"name": top_partition, "cpus": "0"})
+        assert refused.get("failed"), refused
+        assert unique_name in refused["msg"] and "vcpu0 on 1" in refused["msg"], refused["msg"]
+        assert "nothing was changed" in refused["msg"]
+        assert cpuset_snapshot(created["paths"]["cpuset"]) == before
+    # Without the pinned guest the partition narrows.
+    narrowed = run({"name": top_partition, "cpus": "0"})
+    assert narrowed["changed"] and not narrowed.get("failed"), narrowed.get("msg")
+    assert (pathlib.Path(created["paths"]["cpuset"]) / "cpuset.cpus").read_text().strip() == "0"
+    assert not run({"name": top_partition, "state": "absent"}).get("failed")
+    left = [str(mount / leaf) for mount in rig_lib._cgroup_mounts() if (mount / leaf).exists()]
+    assert not left, left
+
+
+def test_an_unpinned_guest_follows_its_narrowed_partition(libvirt_rig, unique_name, top_partition):
+    assert not run({"name": top_partition, "cpus": "0-1"}).get("failed")
+    with libvirt_rig.guest(unique_name, vcpus=1, partition=top_partition) as guest:
+        narrowed = run({"name": top_partition, "cpus": "0"})
+        assert narrowed["changed"] and not narrowed.get("failed"), narrowed.get("msg")
+        tid = libvirt_rig.threads(guest.name).vcpus[0]
+        status = pathlib.Path("/proc/%d/task/%d/status" % (guest.pid, tid)).read_text()
+        allowed = [line.split(":", 1)[1].strip() for line in status.splitlines()
+                   if line.startswith("Cpus_allowed_list")][0]
+        assert parse_cpulist(allowed) == {0}
+    assert not run({"name": top_partition, "state": "absent"}).get("failed")

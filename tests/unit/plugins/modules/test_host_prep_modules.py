@@ -29,19 +29,43 @@ def sysfs(tmp_path):
 
 
 def test_realtime_cpus_automatic(sysfs):
-    result = run_module(realtime_cpus, {"sys_root": sysfs, "partitions": [{"name": "/machine/rt"}]})
+    result = run_module(realtime_cpus, {"sys_root": sysfs, "partitions": [{"name": "/rt"}]})
     assert not result.get("failed"), result
     assert result["realtime_cpus"] == "1" and result["housekeeping_cpus"] == "0,2"
-    assert result["partitions"] == [{"name": "/machine/rt", "cpus": "0-2"}]
+    # Shared emulator CPUs: the partition holds them, so it cannot be exclusive, and the module says so.
+    assert result["partitions"] == [{"name": "/rt", "cpus": "0-2", "exclusive": False}]
+    assert (result["machine_cpus"], result["emulator_cpus"], result["emulator_mode"]) == ("0,2", "0,2", "shared")
+    assert any("cannot be exclusive" in w for w in result.get("warnings", []))
     assert result["changed"] is False
+
+
+def test_realtime_cpus_dedicated_emulator_cpus(sysfs):
+    result = run_module(realtime_cpus, {"sys_root": sysfs, "cpus": "1", "emulator_cpus": "2",
+                                        "partitions": [{"name": "/rt"}]})
+    assert not result.get("failed"), result
+    assert result["partitions"] == [{"name": "/rt", "cpus": "1-2", "exclusive": True}]
+    assert (result["machine_cpus"], result["emulator_cpus"], result["emulator_mode"]) == ("0", "2", "dedicated")
+    assert not any("cannot be exclusive" in w for w in result.get("warnings", []))
+
+
+def test_realtime_cpus_below_machine_when_not_narrowed(sysfs):
+    result = run_module(realtime_cpus, {"sys_root": sysfs, "cpus": "1", "narrow_machine": False,
+                                        "partitions": [{"name": "/machine/rt"}]})
+    assert result["partitions"] == [{"name": "/machine/rt", "cpus": "0-2", "exclusive": False}], result
 
 
 @pytest.mark.parametrize("args, match", [
     ({"cpus": "1,3"}, "offline"),
     ({"cpus": "2"}, "NUMA node 1"),
-    ({"cpus": "1", "partitions": [{"name": "/machine/rt", "cpus": "0"}]}, "holds none of the realtime CPUs"),
-    ({"cpus": "1", "partitions": [{"name": "/machine/rt", "cpus": "1,3"}]}, "not online"),
+    ({"cpus": "1", "partitions": [{"name": "/rt", "cpus": "0"}]}, "holds none of the realtime CPUs"),
+    ({"cpus": "1", "partitions": [{"name": "/rt", "cpus": "1,3"}]}, "not online"),
     ({"cpus": "1", "partitions": [{"name": "rt"}]}, "not absolute"),
+    ({"cpus": "1", "partitions": [{"name": "/machine/rt"}]}, "put it beside /machine (e.g. /rt)"),
+    ({"cpus": "1", "partitions": [{"name": "/rt", "exclusive": True}]}, "cannot be exclusive"),
+    ({"cpus": "1", "emulator_cpus": "1", "partitions": [{"name": "/rt"}]}, "realtime CPUs too"),
+    ({"cpus": "1", "emulator_cpus": "0,2", "partitions": [{"name": "/rt"}]}, "leaves no housekeeping CPU"),
+    ({"cpus": "1", "emulator_cpus": "2", "partitions": [{"name": "/rt"}, {"name": "/rt2"}]},
+     "share CPUs 1-2; give each its own cpus"),
     ({"cpus": "1-"}, "cpus"),
 ])
 def test_realtime_cpus_bad_input(sysfs, args, match):
