@@ -16,8 +16,8 @@ description:
     housekeeping, all other whole cores become realtime. The choice is deterministic."
   - Fails, before anything on the host is changed by later tasks, when the set names CPUs that do not exist or are
     offline, takes every CPU of a NUMA node, or leaves no housekeeping CPU. A split SMT core is a warning.
-  - Also plans the cgroup layout of docs/LAYOUT.md: C(/machine) on the housekeeping CPUs, the emulator CPUs, and
-    every realtime partition's CPUs and exclusivity, checked against libvirt's naming and the kernel's rules.
+  - "Also plans the cgroup layout of docs/LAYOUT.md: C(/machine) on the housekeeping CPUs, the emulator CPUs, and
+    every realtime partition's CPUs and exclusivity, checked against libvirt's naming and the kernel's rules."
   - The module never changes anything.
 author:
   - rtvirt.kvm contributors (@rtvirt-kvm)
