@@ -100,7 +100,7 @@ for deb in "$APTD"/debs/*.deb; do
     dpkg -x "$deb" "$STAGE/qemu"
 done
 QEMU_BPO=$STAGE/qemu/usr/bin/qemu-system-x86_64
-if LD_LIBRARY_PATH= ldd "$QEMU_BPO" | grep -q 'not found'; then
+if LD_LIBRARY_PATH='' ldd "$QEMU_BPO" | grep -q 'not found'; then
     ldd "$QEMU_BPO" | grep 'not found'
     die "backports QEMU needs libraries the host lacks"
 fi
@@ -141,6 +141,7 @@ EOF
 log "installing kernels (6.1 from $SUITE, 6.12 from $BACKPORTS)"
 # apt and the kernel hooks want /proc; mount it in a private mount namespace that dies with the command.
 in_chroot() {
+    # shellcheck disable=SC2016  # expanded by the inner sh, on purpose
     unshare --mount --propagation private --fork -- sh -c '
         mount -t proc proc "$1/proc" && mount -t sysfs sysfs "$1/sys" && shift && exec chroot "$@"
     ' sh "$ROOT" "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 "$@"
