@@ -245,13 +245,48 @@ class CpusetModel:
         name = path.rsplit("/", 1)[-1]
         return [join_path(parent, c) for c in self.children(parent) if c != name]
 
-    def effective_cpus(self, path):
-        """v2: requested ∩ parent's effective, or the parent's when that is empty."""
+    def is_partition(self, path):
+        """v2: a valid partition root (the root cgroup always is)."""
         if path == "":
-            return self.online
-        parent = self.effective_cpus(parent_of(path))
-        own = self.node(path).cpus & parent
-        return own or parent
+            return True
+        node = self.node(path)
+        return node.exists and partition_base(node.partition) in ("root", "isolated") and \
+            "invalid" not in node.partition
+
+    def partition_cpus(self, path):
+        """v2: the CPUs a valid partition takes for itself (cpuset.cpus.exclusive, else cpuset.cpus)."""
+        node = self.node(path)
+        return (node.cpus_exclusive or node.cpus) & self.online
+
+    def taken_cpus(self, path, excluding=None):
+        """v2: the CPUs the partitions below ``path`` take out of its effective set.
+
+        A local partition (a direct child) and a remote one (below member cgroups, 6.7+) both leave
+        every cgroup between it and its nearest partition ancestor; a partition's own sub-partitions
+        take their CPUs out of that partition, not out of ``path``.  ``excluding`` is left out, as
+        if it were a member (to judge a partition write on the state without it).
+        """
+        taken = frozenset()
+        stack = [join_path(path, child) for child in self.children(path)]
+        while stack:
+            current = stack.pop()
+            if current != excluding and self.is_partition(current):
+                taken |= self.partition_cpus(current)
+                continue
+            stack.extend(join_path(current, child) for child in self.children(current))
+        return taken
+
+    def effective_cpus(self, path, excluding=None):
+        """v2 ``cpuset.cpus.effective``: requested ∩ parent's effective (the parent's when that is empty),
+        or a valid partition's own CPUs; minus what the partitions below it take."""
+        if path == "":
+            held = self.online
+        elif path != excluding and self.is_partition(path):
+            held = self.partition_cpus(path)
+        else:
+            parent = self.effective_cpus(parent_of(path), excluding)
+            held = (self.node(path).cpus & parent) or parent
+        return held - self.taken_cpus(path, excluding)
 
     def effective_mems(self, path):
         if path == "":
@@ -499,14 +534,30 @@ class CpusetModel:
             other = self.node(sibling)
             if mine & (other.cpus_exclusive or other.cpus):
                 return "Cpu list in cpuset.cpus not exclusive"
-        parent_effective = self.effective_cpus(parent_path)
-        if parent_is_partition and mine >= parent_effective and self.populated_directly(parent_path):
-            return "the parent %s would be left with no CPU for its own tasks" % display_path(parent_path)
+        # What the parent can still give: its effective CPUs with this cgroup counted as a member
+        # (the kernel's parent->effective_cpus while the partition is being formed).
+        parent_effective = self.effective_cpus(parent_path, excluding=path)
+        if parent_is_partition and not node.cpus_exclusive and not mine & parent_effective:
+            return ("Invalid cpu list in cpuset.cpus: CPUs %s are not in the parent %s's effective CPUs (%s); "
+                    "another partition holds them" % (format_cpulist(mine), display_path(parent_path),
+                                                      format_cpulist(parent_effective) or "empty"))
+        if parent_is_partition and mine >= parent_effective and self.populated_outside(parent_path, path):
+            return ("Parent unable to distribute cpu downstream: the parent %s would be left with no CPU for its "
+                    "own tasks (its effective CPUs %s are the last ones)" % (
+                        display_path(parent_path), format_cpulist(parent_effective) or "none"))
         return None
 
-    def populated_directly(self, path):
-        """Tasks in the cgroup itself (the root cgroup always has kernel threads)."""
-        return path == "" or bool(self.tasks(path))
+    def populated_outside(self, path, excluding):
+        """Tasks that would stay on ``path``'s effective CPUs: its own (the root cgroup always has kernel
+        threads) or any in a member child's subtree other than ``excluding`` (the kernel's
+        ``partition_is_populated``)."""
+        if path == "" or self.tasks(path):
+            return True
+        for child in self.children(path):
+            child_path = join_path(path, child)
+            if child_path != excluding and not self.is_partition(child_path) and self.populated(child_path):
+                return True
+        return False
 
     def _write_partition_v2(self, op):
         self._require_cpuset_v2(op)

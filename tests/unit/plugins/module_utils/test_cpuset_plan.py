@@ -324,3 +324,75 @@ def test_random_requests_either_fail_cleanly_or_apply(data):
         if request.cpu_exclusive is not None:
             assert node.cpu_exclusive == request.cpu_exclusive
     assert plan(final, requests, migrate=True).ops == []
+
+
+# ---- cgroup v2: what partitions take out of their parent's effective CPUs --------------------
+
+def test_v2_model_partition_takes_its_cpus_out_of_the_parent():
+    """As the kernel reads back: root effective 0-1 and a member sibling inherits 0-1 (seen on 6.1/6.12)."""
+    model = CpusetModel(v2({"": Node(subtree_cpuset=True), "rt": Node(cpus=F({2, 3}), partition="isolated"),
+                            "other": Node(), "other/deep": Node(cpus=F({1, 2}))}))
+    assert model.effective_cpus("") == F({0, 1})
+    assert model.effective_cpus("rt") == F({2, 3})
+    assert model.effective_cpus("other") == F({0, 1})
+    assert model.effective_cpus("other/deep") == F({1})
+    # Without the partition (counted as a member) the root has everything again.
+    assert model.effective_cpus("", excluding="rt") == F(range(4))
+
+
+def test_v2_model_invalid_partition_takes_nothing():
+    model = CpusetModel(v2({"": Node(subtree_cpuset=True),
+                            "rt": Node(cpus=F({2, 3}), partition="isolated invalid (Cpu list in cpuset.cpus not exclusive)")}))
+    assert model.effective_cpus("") == F(range(4))
+    assert model.effective_cpus("rt") == F({2, 3})
+
+
+def test_v2_model_remote_partition_leaves_every_member_above_it():
+    """6.12, seen on the test host: a remote partition on CPU 1 under a member leaves that member with 0."""
+    model = CpusetModel(v2({"": Node(subtree_cpuset=True), "iso": Node(cpus=F({2, 3}), partition="isolated"),
+                            "m": Node(cpus_exclusive=F({1}), subtree_cpuset=True),
+                            "m/r": Node(cpus=F({1}), cpus_exclusive=F({1}), partition="isolated")}))
+    assert model.effective_cpus("") == F({0})
+    assert model.effective_cpus("m") == F({0})
+    assert model.effective_cpus("m/r") == F({1})
+
+
+def test_v2_nested_partition_takes_from_its_partition_parent_only():
+    model = CpusetModel(v2({"": Node(subtree_cpuset=True),
+                            "a": Node(cpus=F({1, 2, 3}), partition="root", subtree_cpuset=True),
+                            "a/b": Node(cpus=F({3}), partition="isolated")}))
+    assert model.effective_cpus("") == F({0})
+    assert model.effective_cpus("a") == F({1, 2})
+    assert model.effective_cpus("a/b") == F({3})
+
+
+def test_v2_partition_taking_the_last_cpus_beside_a_sibling_partition_is_refused():
+    """Root 0-3 with rt on 2-3: a second partition on 0-1 would leave the root's tasks no CPU. Before
+    the fix the model compared with all online CPUs and let the kernel mark it invalid."""
+    source = v2({"": Node(subtree_cpuset=True), "rt": Node(cpus=F({2, 3}), partition="isolated")})
+    with pytest.raises(PlanError, match=r"Parent unable to distribute cpu downstream: the parent the root cgroup "
+                                        r"would be left with no CPU for its own tasks \(its effective CPUs 0-1"):
+        plan(source, [Request("rt2", cpus=F({0, 1}), partition="root")])
+    # One CPU less is fine: the root keeps CPU 0.
+    result = plan(source, [Request("rt2", cpus=F({1}), partition="root")])
+    assert writes(result)[-1] == (WRITE, "rt2", "partition", "root")
+    assert CpusetModel(run_on_model(source, result.ops)).effective_cpus("") == F({0})
+
+
+def test_v2_partition_overlapping_a_sibling_inside_a_partition_is_refused():
+    source = v2({"": Node(subtree_cpuset=True),
+                 "a": Node(cpus=F({2, 3}), partition="root", subtree_cpuset=True),
+                 "a/b": Node(cpus=F({2, 3}), partition="root")})
+    with pytest.raises(PlanError, match="CPUs 3 belong to the sibling partition|not exclusive"):
+        plan(source, [Request("a/c", cpus=F({3}), partition="root")])
+
+
+def test_v2_partition_over_a_populated_member_sibling_keeps_it_a_cpu():
+    """partition_is_populated: a member child with tasks counts as the parent's own tasks."""
+    source = v2({"": Node(subtree_cpuset=True), "p": Node(cpus=F({2, 3}), partition="root", subtree_cpuset=True),
+                 "p/m": Node()}, tasks={"p/m": [42]})
+    with pytest.raises(PlanError, match="Parent unable to distribute cpu downstream"):
+        plan(source, [Request("p/rt", cpus=F({2, 3}), partition="isolated")])
+    source.tasks_by_path = {}
+    assert writes(plan(source, [Request("p/rt", cpus=F({2, 3}), partition="isolated")]))[-1] == \
+        (WRITE, "p/rt", "partition", "isolated")
