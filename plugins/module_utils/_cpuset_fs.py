@@ -165,7 +165,7 @@ class CpusetFs:
                     os.path.exists(self.real_path(child, "cpuset.cpus")) for child in children):
                 # No child has cpuset files yet (systemd enables only cpu, memory, pids in the root's
                 # subtree_control): the kernel version tells instead.
-                self._features[name] = _kernel_at_least(self.kernel_release(), FEATURE_SINCE[name])
+                self._features[name] = kernel_at_least(self.kernel_release(), FEATURE_SINCE[name])
             else:
                 self._features[name] = any(os.path.exists(self.real_path(child, probe)) for child in children)
         return self._features[name]
@@ -246,7 +246,7 @@ def _read_at(name, dir_fd=None):
     return b"".join(chunks).decode().strip()
 
 
-def _kernel_at_least(release, version):
+def kernel_at_least(release, version):
     """Whether a kernel release string such as ``6.12.95+deb12-amd64`` is at least ``version``."""
     numbers = []
     for part in release.split(".")[:2]:
@@ -270,3 +270,4 @@ def _is_cgroup_mount(mountpoint):
     except OSError:
         return False
     return False
+

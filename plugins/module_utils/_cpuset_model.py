@@ -137,6 +137,10 @@ class Node:
         value = getattr(self, key)
         if key in ("cpus", "mems", "cpus_exclusive"):
             return format_cpulist(value)
+        if key == "partition":
+            # "isolated invalid (...)" is what the kernel reads back, not what it takes: writing
+            # "isolated" back restores the same (invalid) state.
+            return partition_base(value)
         if isinstance(value, bool):
             return "1" if value else "0"
         return value

@@ -374,6 +374,8 @@ def _v2_ops(model, targets):
         target = targets[path]
         current = model.node(path)
         was = partition_base(current.partition) if current.exists else "member"
+        if current.exists and "invalid" in current.partition:
+            was = current.partition      # the kernel re-checks an invalid partition when it is written again
         if target.partition != "member" and target.partition != was:
             last.extend(_exclusive_chain(model, targets, path))
             last.append(Op(WRITE, path, "partition", target.partition, reason="form partitions parents first"))

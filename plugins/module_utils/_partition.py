@@ -498,6 +498,18 @@ def render_slice_unit(pname, cpus=None, mems=None, tunables=Tunables()):
     return "\n".join(lines) + "\n"
 
 
+DROP_IN_NAME = "50-rtvirt-kvm.conf"
+DROP_IN_HEADER = ("# Managed by rtvirt.kvm.libvirt_partition for libvirt's default partition %s (a drop-in: the unit "
+                  "itself is systemd's); changes are overwritten.")
+
+
+def render_slice_dropin(pname, cpus=None, mems=None, tunables=Tunables()):
+    """A drop-in for a slice systemd ships itself (``machine.slice`` for libvirt's default ``/machine``)."""
+    lines = [DROP_IN_HEADER % pname.name, "[Slice]"]
+    lines.extend("%s=%s" % pair for pair in slice_properties(cpus, mems, tunables))
+    return "\n".join(lines) + "\n"
+
+
 def removal_order(paths):
     """Deepest first, then by name: the only order rmdir accepts."""
     return sorted(paths, key=lambda p: (-(p.count("/") + 1 if p else 0), p))

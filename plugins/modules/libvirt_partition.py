@@ -22,8 +22,9 @@ description:
   - A partition that is present in only some hierarchies (libvirt removes the other ones when a start
     fails because one is missing) is repaired; what is already there is left alone.
   - On systemd hosts (C(/run/systemd/system) exists) it writes the slice unit libvirt asks systemd for
-    (C(/machine/tenant/rt) is C(machine-tenant-rt.slice)) under C(/etc/systemd/system), reloads systemd
-    and starts the slice.
+    (C(/machine/tenant/rt) is C(machine-tenant-rt.slice), C(/rt) is C(rt.slice)) under C(/etc/systemd/system),
+    reloads systemd and starts the slice. For C(/machine) it writes a drop-in,
+    C(/etc/systemd/system/machine.slice.d/50-rtvirt-kvm.conf), and never replaces systemd's own C(machine.slice).
   - V(absent) refuses while a guest (or any other task) runs inside the partition and names it.
 author:
   - rtvirt.kvm contributors (@rtvirt-kvm)
@@ -66,10 +67,24 @@ options:
     type: str
   exclusive:
     description:
-      - cgroup v1 C(cpuset.cpu_exclusive) on every level of the partition, C(/machine) included (the kernel only
-        lets a cpuset be exclusive when its parent is). No sibling may overlap it.
-      - Refused on cgroup v2 and systemd hosts; use M(rtvirt.kvm.cgroup_cpuset) with O(rtvirt.kvm.cgroup_cpuset#module:partition)
-        there.
+      - Kernel-enforced exclusivity of the partition's CPUs. No sibling may overlap them.
+      - cgroup v1 (and hybrid hosts without systemd) C(cpuset.cpu_exclusive) on every level of the partition,
+        C(/machine) included (the kernel only lets a cpuset be exclusive when its parent is).
+      - cgroup v2, with or without systemd, makes the partition a kernel cpuset partition,
+        C(cpuset.cpus.partition=isolated) (Linux 5.15 and later: no load balancing, no scheduler domain) or
+        C(root) on older kernels, through the collection's cpuset engine. A top-level partition (C(/rt)) is a
+        local partition (its parent is the root cgroup); one below C(/machine) is a remote partition and needs
+        C(cpuset.cpus.exclusive) written top-down (Linux 6.7 and later; refused naming the kernel before).
+        Requests the kernel would mark invalid (CPUs shared with a sibling, the parent's last CPUs, no CPUs,
+        parent not a partition) are refused before anything is written, naming the rule; an invalid state the
+        kernel reports anyway is read back, reported with the kernel's reason and rolled back.
+      - On systemd hosts the slice's CPUs go through systemd (C(AllowedCPUs=) in the unit) but
+        C(cpuset.cpus.partition) is written directly on the slice's cgroup, because systemd has no property for
+        it. A C(systemctl daemon-reload) keeps it; C(systemctl restart) (or stop and start) of the slice makes
+        systemd remove and re-create the cgroup, which comes back as a C(member). The next run of this module
+        (and host_prep's qemu hook before a guest starts) detects that and writes it again, saying so in RV(notes).
+      - V(false) turns a partition back into a member (v2) or clears the flag (v1); omitted leaves it as it is.
+      - Refused for C(/machine) on cgroup v2: every guest without a C(<partition>) runs there.
     type: bool
   cpu_shares:
     description:
@@ -178,8 +193,15 @@ unit:
   returned: when systemd manages the host
   type: str
   sample: machine-production.slice
+partition:
+  description:
+    - C(cpuset.cpus.partition) of the partition as read back after the run (before it in check mode), on cgroup
+      v2 when O(exclusive) is given; C(null) when the cgroup does not exist yet.
+  returned: when O(exclusive) is given on a cgroup v2 host
+  type: str
+  sample: isolated
 unit_file:
-  description: The slice's unit file, on systemd hosts.
+  description: The slice's unit file, on systemd hosts (the drop-in for C(/machine)).
   returned: when systemd manages the host
   type: str
   sample: /etc/systemd/system/machine-production.slice
@@ -215,6 +237,7 @@ guests:
 import errno as _errno
 import os
 import tempfile
+from dataclasses import replace
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -228,9 +251,11 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import (
     rollback as _cpuset_rollback,
     execute,
 )
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import CpusetFs
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import CpusetFs, kernel_at_least
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import CpusetModel, Node, parent_of
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import PlanError, Request, plan
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
+    DROP_IN_NAME,
     LIBVIRT_CONTROLLERS,
     V2_NAMES,
     PartitionNameError,
@@ -243,6 +268,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     parse_size,
     plan_tunables,
     removal_order,
+    render_slice_dropin,
     render_slice_unit,
 )
 
@@ -599,6 +625,22 @@ def _parent_cpus(cpuset_fs, pname):
 
 
 _V2_DOMAIN_CONTROLLERS = ("cpu", "memory", "io", "perf_event")
+_PARTITION_FILE = "cpuset.cpus.partition"
+_DEFAULT_NOT_EXCLUSIVE = ("exclusive: %s is libvirt's default partition, where every guest without a <partition> "
+                          "runs: it cannot be a cpuset partition of its own; give it the housekeeping CPUs and make "
+                          "the realtime partition beside it exclusive")
+
+
+def partition_kind(release):
+    """The cgroup v2 partition type ``exclusive`` asks for: ``isolated`` (no load balancing, no scheduler
+    domain: Linux 5.15+), else ``root``."""
+    return "isolated" if kernel_at_least(release, (5, 15)) else "root"
+
+
+def _partition_request(exclusive, release):
+    if exclusive is None:
+        return None
+    return partition_kind(release) if exclusive else "member"
 
 
 def plan_cgroups(host, layout, pname, params, cpus, mems, tunables):
@@ -612,9 +654,8 @@ def plan_cgroups(host, layout, pname, params, cpus, mems, tunables):
     if (cpus is not None or mems is not None or params["exclusive"] is not None) and cpuset_h is None:
         raise PartitionError("cpus, mems and exclusive need the cpuset controller, which libvirt does not use on "
                              "this host (hierarchies: %s)" % ", ".join(h.key for h in hierarchies))
-    if params["exclusive"] is not None and cpuset_h.version == 2:
-        raise PartitionError("exclusive is cgroup v1's cpuset.cpu_exclusive; this host's cpuset is cgroup v2: make "
-                             "the partition a cpuset partition with rtvirt.kvm.cgroup_cpuset instead")
+    if params["exclusive"] and cpuset_h.version == 2 and pname.is_default:
+        raise PartitionError(_DEFAULT_NOT_EXCLUSIVE % pname.name)
     tunables_on_v2 = any(h.version == 2 and set(tunables.controllers()) & set(h.controllers) for h in hierarchies)
     _check_ranges(tunables, 2 if tunables_on_v2 else 1)
 
@@ -699,12 +740,18 @@ def plan_cgroups(host, layout, pname, params, cpus, mems, tunables):
             _refuse_moving_pinned_guests(cpuset_h.mountpoint, pname, cpus)
         requests = []
         exclusive = params["exclusive"]
-        for level in pname.levels:
-            is_leaf = level == leaf
-            if is_leaf:
-                requests.append(Request(path=level, cpus=cpus, mems=mems, cpu_exclusive=exclusive))
-            elif exclusive:
-                requests.append(Request(path=level, cpu_exclusive=True))
+        if cpuset_fs.version == 2:
+            # A kernel cpuset partition: local when the parent is a partition root (the root cgroup, for a
+            # top-level partition such as /rt), remote (cpuset.cpus.exclusive top-down, 6.7+) otherwise.
+            requests.append(Request(path=leaf, cpus=cpus, mems=mems,
+                                    partition=_partition_request(exclusive, cpuset_fs.kernel_release())))
+        else:
+            for level in pname.levels:
+                is_leaf = level == leaf
+                if is_leaf:
+                    requests.append(Request(path=level, cpus=cpus, mems=mems, cpu_exclusive=exclusive))
+                elif exclusive:
+                    requests.append(Request(path=level, cpu_exclusive=True))
         engine_plan = plan(cpuset_fs, requests)
         notes.extend(engine_plan.notes)
 
@@ -825,12 +872,82 @@ def _systemctl(module, *args, check=True):
     return rc, out
 
 
+class _SystemdView:
+    """The unified hierarchy as the cpuset engine should see it once systemd has applied the slice unit:
+    the slice chain exists with cpuset enabled above it, and the slice holds the unit's AllowedCPUs=.
+    Used to plan (and refuse) a partition before anything is written, and in check mode."""
+
+    def __init__(self, fs, overrides):
+        self._fs = fs
+        self._overrides = overrides
+        self.version = 2
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+    def exists(self, path):
+        return path in self._overrides or self._fs.exists(path)
+
+    def read_node(self, path):
+        return self._overrides.get(path) or self._fs.read_node(path)
+
+    def children(self, path):
+        names = set(self._fs.children(path))
+        names.update(p.rsplit("/", 1)[-1] for p in self._overrides if p and parent_of(p) == path)
+        return sorted(names)
+
+    def tasks(self, path):
+        return self._fs.tasks(path) if self._fs.exists(path) else []
+
+
+def _unit_allowed(text, key):
+    """A set property (AllowedCPUs=, AllowedMemoryNodes=) of a unit file's text, or None."""
+    value = None
+    for line in (text or "").splitlines():
+        if line.startswith(key + "="):
+            value = line.split("=", 1)[1].strip()
+    if value is None:
+        return None
+    try:
+        return frozenset(parse_cpulist(value))
+    except CpuListError:
+        return None
+
+
+def _systemd_view(fs, pname, cpus, mems):
+    levels = ["/".join(pname.slices[:index]) for index in range(1, len(pname.slices) + 1)]
+    overrides = {"": replace(fs.read_node(""), subtree_cpuset=True)}
+    for path in levels[:-1]:
+        overrides[path] = replace(fs.read_node(path) if fs.exists(path) else Node(), subtree_cpuset=True)
+    leaf = fs.read_node(levels[-1]) if fs.exists(levels[-1]) else Node()
+    overrides[levels[-1]] = replace(leaf, cpus=cpus if cpus is not None else frozenset(),
+                                    mems=mems if mems is not None else leaf.mems)
+    return _SystemdView(fs, overrides)
+
+
+def _unit_target(host, pname):
+    """The file this module owns for ``pname``: its own slice unit, or for libvirt's default /machine a
+    drop-in for the machine.slice systemd ships (never a replacement unit file)."""
+    if pname.is_default:
+        return os.path.join(host.unit_dir, pname.slice + ".d", DROP_IN_NAME), True
+    return os.path.join(host.unit_dir, pname.slice), False
+
+
 def run_systemd(module, host, layout, pname, params, cpus, mems, tunables):
-    if params["exclusive"] is not None:
-        raise PartitionError("exclusive is cgroup v1's cpuset.cpu_exclusive; systemd hosts have no equivalent in a "
-                             "slice unit (AllowedCPUs= is not exclusive)")
     unified = layout.unified
-    unit_file = os.path.join(host.unit_dir, pname.slice)
+    exclusive = params["exclusive"]
+    cpuset_fs = None
+    if unified is not None and "cpuset" in (_read(os.path.join(unified.mountpoint, "cgroup.controllers")) or "").split():
+        cpuset_fs = _PartitionCpusetFs(unified.mountpoint, 2)
+    if exclusive is not None and params["state"] == "present":
+        if exclusive and pname.is_default:
+            raise PartitionError(_DEFAULT_NOT_EXCLUSIVE % pname.name)
+        if cpuset_fs is None:
+            raise PartitionError("exclusive makes the slice a cgroup v2 cpuset partition (cpuset.cpus.partition); this "
+                                 "systemd host has no cpuset controller on the unified hierarchy (cgroup v1 or hybrid "
+                                 "layout: AllowedCPUs= does not reach a v1 cpuset, and systemd has no exclusive "
+                                 "property)")
+    unit_file, drop_in = _unit_target(host, pname)
     paths = {}
     if unified is not None:
         paths["unified"] = os.path.join(unified.mountpoint, pname.slice_path)
@@ -841,19 +958,22 @@ def run_systemd(module, host, layout, pname, params, cpus, mems, tunables):
                     paths[controller] = os.path.join(mount.mountpoint, pname.slice_path)
     current = _read(unit_file)
     guests, planned, writes, notes = [], [], [], []
-    if unified is not None and (cpus is not None or mems is not None):
-        parent_dir = os.path.join(unified.mountpoint, "/".join(pname.slices[:-1]))
-        parent_cpus = _read(os.path.join(parent_dir, "cpuset.cpus.effective")) or \
-            _read(os.path.join(unified.mountpoint, "cpuset.cpus.effective"))
-        parent_mems = _read(os.path.join(parent_dir, "cpuset.mems.effective")) or \
-            _read(os.path.join(unified.mountpoint, "cpuset.mems.effective"))
-        if cpus is not None and parent_cpus and not cpus <= frozenset(parse_cpulist(parent_cpus.strip())):
+    if cpuset_fs is not None and (cpus is not None or mems is not None):
+        # What the parent can give (v2 effective sets, with this slice counted as a member: a partition
+        # this slice already is has taken its CPUs out of the parent's cpuset.cpus.effective).
+        model = CpusetModel(cpuset_fs)
+        parent_path = "/".join(pname.slices[:-1])
+        parent_name = pname.slices[-2] if len(pname.slices) > 1 else "the root cgroup"
+        parent_cpus = model.effective_cpus(parent_path, excluding=pname.slice_path)
+        parent_mems = model.effective_mems(parent_path)
+        if cpus is not None and not cpus <= parent_cpus:
             raise PartitionError("cpus=%s is not within the parent slice %s's CPUs (%s)" % (
-                format_cpulist(cpus), pname.slices[-2], parent_cpus.strip()))
-        if mems is not None and parent_mems and not mems <= frozenset(parse_cpulist(parent_mems.strip())):
+                format_cpulist(cpus), parent_name, format_cpulist(parent_cpus)))
+        if mems is not None and not mems <= parent_mems:
             raise PartitionError("mems=%s is not within the parent slice %s's memory nodes (%s)" % (
-                format_cpulist(mems), pname.slices[-2], parent_mems.strip()))
+                format_cpulist(mems), parent_name, format_cpulist(parent_mems)))
     gate = Gate(writes)
+    partition_state = None
     if params["state"] == "absent":
         slice_dir = paths.get("unified") or next(iter(paths.values()), None)
         if slice_dir and os.path.isdir(slice_dir):
@@ -882,8 +1002,9 @@ def run_systemd(module, host, layout, pname, params, cpus, mems, tunables):
                 _systemctl(module, "daemon-reload")
                 writes.append(("systemctl daemon-reload", "<run>"))
     else:
+        render = render_slice_dropin if drop_in else render_slice_unit
         try:
-            new = render_slice_unit(pname, cpus, mems, tunables)
+            new = render(pname, cpus, mems, tunables)
         except ValueError as exc:
             raise PartitionError(str(exc)) from None
         if cpus is None and mems is None and current is not None:
@@ -898,21 +1019,86 @@ def run_systemd(module, host, layout, pname, params, cpus, mems, tunables):
         rc, _out = _systemctl(module, "is-active", pname.slice, check=False)
         if rc != 0:
             planned.append("systemctl start %s" % pname.slice)
+        kind = None
+        if exclusive is not None:
+            kind = _partition_request(exclusive, cpuset_fs.kernel_release())
+            unit_cpus = cpus if cpus is not None else _unit_allowed(new, "AllowedCPUs")
+            unit_mems = mems if mems is not None else _unit_allowed(new, "AllowedMemoryNodes")
+            # Planned on the state systemd will leave: a partition the kernel would mark invalid is
+            # refused here, before the unit is written.
+            predicted = plan(_systemd_view(cpuset_fs, pname, unit_cpus, unit_mems),
+                             [Request(path=pname.slice_path, partition=kind)])
+            partition_state = cpuset_fs.read(pname.slice_path, _PARTITION_FILE)
+            if predicted.changed:
+                planned.extend("%s (in %s; systemd has no property for it)" % (op.describe(2), cpuset_fs.mountpoint)
+                               for op in predicted.ops)
+                if new == current and rc == 0 and partition_state is not None:
+                    notes.append(
+                        "%s reads %r: systemd creates a slice's cgroup afresh (a member) whenever the slice is "
+                        "stopped and started again (systemctl restart, or the last unit in it going away after a "
+                        "stop), and it has no property for cpuset.cpus.partition; written again" % (
+                            os.path.join(cpuset_fs.mountpoint, pname.slice_path, _PARTITION_FILE), partition_state))
         if planned and not module.check_mode:
-            if new != current:
-                gate.write_file(unit_file, new)
-                _systemctl(module, "daemon-reload")
-                writes.append(("systemctl daemon-reload", "<run>"))
-            if rc != 0:
-                _systemctl(module, "start", pname.slice)
-                writes.append(("systemctl start %s" % pname.slice, "<run>"))
+            with HostLock(path=host.lock_path, timeout=params["lock_timeout"]):
+                partition_state = _apply_systemd(module, gate, writes, pname, unit_file, current, new, rc, cpuset_fs,
+                                                 kind)
     result = dict(changed=bool(planned), name=pname.name, cgroup_path=pname.slice_path, paths=paths,
                   unit=pname.slice, unit_file=unit_file, planned=planned, notes=notes, guests=guests,
                   writes=[{"file": f, "value": v} for f, v in writes])
+    if partition_state is not None and params["state"] == "present":
+        result["partition"] = partition_state
     if module._diff and planned:
         result["diff"] = {"before": current or "", "after": new or "",
                           "before_header": unit_file, "after_header": unit_file}
     return result
+
+
+def _apply_systemd(module, gate, writes, pname, unit_file, current, new, was_active, cpuset_fs, kind):
+    """Unit file, daemon-reload and start through systemd; then the partition file on the slice's cgroup
+    (planned again on what systemd really left).  A partition the kernel refuses or marks invalid undoes
+    the partition write and the unit change.  Returns cpuset.cpus.partition as read back."""
+    unit_changed = new != current
+    if unit_changed:
+        gate.write_file(unit_file, new)
+        _systemctl(module, "daemon-reload")
+        writes.append(("systemctl daemon-reload", "<run>"))
+    if was_active != 0:
+        _systemctl(module, "start", pname.slice)
+        writes.append(("systemctl start %s" % pname.slice, "<run>"))
+    if kind is None:
+        return None
+    fs = _PartitionCpusetFs(cpuset_fs.mountpoint, 2)
+    try:
+        try:
+            engine_plan = plan(fs, [Request(path=pname.slice_path, partition=kind)])
+            if engine_plan.changed:
+                execute(fs, engine_plan.ops, before=engine_plan.before)
+        finally:
+            writes.extend(fs.writes)
+    except (PlanError, ApplyError) as exc:
+        message = str(exc) if isinstance(exc, PlanError) else exc.message
+        restored = list(getattr(exc, "rolled_back", []))
+        failures = list(getattr(exc, "rollback_failures", []))
+        try:
+            if was_active != 0:
+                _systemctl(module, "stop", pname.slice)
+                writes.append(("systemctl stop %s" % pname.slice, "<run>"))
+                restored.append("systemctl start %s" % pname.slice)
+            if unit_changed:
+                if current is None:
+                    gate.unlink(unit_file)
+                else:
+                    gate.write_file(unit_file, current)
+                _systemctl(module, "daemon-reload")
+                writes.append(("systemctl daemon-reload", "<run>"))
+                restored.append("write %s" % unit_file)
+        except (OSError, PartitionError) as undo_exc:
+            failures.append("could not restore %s: %s" % (unit_file, undo_exc))
+        message = "%s: %s; %s" % (pname.slice, message,
+                                  "unit change and slice start undone" if not failures else
+                                  "ROLLBACK INCOMPLETE: %s" % "; ".join(failures))
+        raise WriteError(message, list(writes), restored, failures) from None
+    return fs.read(pname.slice_path, _PARTITION_FILE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -981,6 +1167,10 @@ def run(module, host):
     result = dict(changed=changed, name=pname.name, cgroup_path=pname.cgroup_path, paths=planned["paths"],
                   writes=[{"file": f, "value": v} for f, v in writes], planned=described,
                   notes=planned["notes"], guests=planned["guests"])
+    if cpuset_fs is not None and cpuset_fs.version == 2 and params["exclusive"] is not None \
+            and params["state"] == "present":
+        result["partition"] = cpuset_fs.read(pname.cgroup_path, _PARTITION_FILE) if not module.check_mode or \
+            cpuset_fs.exists(pname.cgroup_path) else None
     if module._diff and changed:
         result["diff"] = _diff(planned, cpuset_fs)
     return result
