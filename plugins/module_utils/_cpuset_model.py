@@ -88,6 +88,9 @@ class KernelRuleError(Exception):
             what = "%s %s" % (self.knob, self.value) if self.value else self.knob
         else:
             what = "%s=%s" % (self.knob, self.value if self.value != "" else "''")
+        if not self.errno:
+            # The kernel takes the write and only reads back an invalid state (cpuset.cpus.partition).
+            return "cgroup %s: %s is refused: %s" % (where, what, self.rule)
         return "cgroup %s: %s is refused: %s (the kernel answers %s)" % (
             where, what, self.rule, _errno.errorcode.get(self.errno, str(self.errno)))
 
@@ -542,11 +545,11 @@ class CpusetModel:
         # (the kernel's parent->effective_cpus while the partition is being formed).
         parent_effective = self.effective_cpus(parent_path, excluding=path)
         if parent_is_partition and not node.cpus_exclusive and not mine & parent_effective:
-            return ("Invalid cpu list in cpuset.cpus: CPUs %s are not in the parent %s's effective CPUs (%s); "
+            return ("Invalid cpu list in cpuset.cpus: CPUs %s are not in the parent (%s)'s effective CPUs (%s); "
                     "another partition holds them" % (format_cpulist(mine), display_path(parent_path),
                                                       format_cpulist(parent_effective) or "empty"))
         if parent_is_partition and mine >= parent_effective and self.populated_outside(parent_path, path):
-            return ("Parent unable to distribute cpu downstream: the parent %s would be left with no CPU for its "
+            return ("Parent unable to distribute cpu downstream: the parent (%s) would be left with no CPU for its "
                     "own tasks (its effective CPUs %s are the last ones)" % (
                         display_path(parent_path), format_cpulist(parent_effective) or "none"))
         return None
@@ -576,5 +579,5 @@ class CpusetModel:
             return
         reason = self.predict_partition(op.path, op.value)
         if reason:
-            self._refuse(op, "the kernel would mark it '%s invalid (%s)'" % (op.value, reason), _errno.EINVAL)
+            self._refuse(op, "the kernel would take the write and mark it '%s invalid (%s)'" % (op.value, reason), 0)
         self._set(op.path, partition=op.value)

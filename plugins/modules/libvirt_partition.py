@@ -71,7 +71,7 @@ options:
       - cgroup v1 (and hybrid hosts without systemd) C(cpuset.cpu_exclusive) on every level of the partition,
         C(/machine) included (the kernel only lets a cpuset be exclusive when its parent is).
       - cgroup v2, with or without systemd, makes the partition a kernel cpuset partition,
-        C(cpuset.cpus.partition=isolated) (Linux 5.15 and later: no load balancing, no scheduler domain) or
+        C(cpuset.cpus.partition=isolated) (Linux 5.15 and later, no load balancing and no scheduler domain) or
         C(root) on older kernels, through the collection's cpuset engine. A top-level partition (C(/rt)) is a
         local partition (its parent is the root cgroup); one below C(/machine) is a remote partition and needs
         C(cpuset.cpus.exclusive) written top-down (Linux 6.7 and later; refused naming the kernel before).
@@ -84,7 +84,7 @@ options:
         systemd remove and re-create the cgroup, which comes back as a C(member). The next run of this module
         (and host_prep's qemu hook before a guest starts) detects that and writes it again, saying so in RV(notes).
       - V(false) turns a partition back into a member (v2) or clears the flag (v1); omitted leaves it as it is.
-      - Refused for C(/machine) on cgroup v2: every guest without a C(<partition>) runs there.
+      - Refused for C(/machine) on cgroup v2, where every guest without a C(<partition>) runs.
     type: bool
   cpu_shares:
     description:

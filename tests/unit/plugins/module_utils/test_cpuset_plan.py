@@ -370,7 +370,7 @@ def test_v2_partition_taking_the_last_cpus_beside_a_sibling_partition_is_refused
     """Root 0-3 with rt on 2-3: a second partition on 0-1 would leave the root's tasks no CPU. Before
     the fix the model compared with all online CPUs and let the kernel mark it invalid."""
     source = v2({"": Node(subtree_cpuset=True), "rt": Node(cpus=F({2, 3}), partition="isolated")})
-    with pytest.raises(PlanError, match=r"Parent unable to distribute cpu downstream: the parent the root cgroup "
+    with pytest.raises(PlanError, match=r"Parent unable to distribute cpu downstream: the parent \(the root cgroup\) "
                                         r"would be left with no CPU for its own tasks \(its effective CPUs 0-1"):
         plan(source, [Request("rt2", cpus=F({0, 1}), partition="root")])
     # One CPU less is fine: the root keeps CPU 0.
