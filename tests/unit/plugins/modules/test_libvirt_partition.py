@@ -255,3 +255,26 @@ def test_systemd_slice_unit(systemd_host):
     gone = run({"name": "/machine/my-rt", "state": "absent"})
     assert gone["changed"] and not unit.exists()
     assert ["stop", "machine-my\\x2drt.slice"] in fake.calls
+
+
+def test_systemd_machine_is_a_drop_in_never_a_replacement_unit(systemd_host):
+    host, fake = systemd_host
+    result = run({"name": "/machine", "cpus": "0"})
+    assert not result.get("failed"), result.get("msg")
+    dropin = host / "etc-systemd" / "machine.slice.d" / "50-rtvirt-kvm.conf"
+    assert result["unit_file"] == str(dropin) and result["unit"] == "machine.slice"
+    assert dropin.read_text().splitlines()[1:] == ["[Slice]", "AllowedCPUs=0"]
+    assert not (host / "etc-systemd" / "machine.slice").exists()
+    assert run({"name": "/machine", "cpus": "0"})["changed"] is False
+
+
+def test_systemd_exclusive_needs_cpuset_on_the_unified_hierarchy(systemd_host):
+    host, _fake = systemd_host
+    result = run({"name": "/rt", "cpus": "2-3", "exclusive": True}, check=True)
+    assert result["failed"] and "no cpuset controller on the unified hierarchy" in result["msg"], result
+    assert not (host / "etc-systemd").exists()
+
+
+def test_systemd_machine_cannot_be_exclusive(systemd_host):
+    result = run({"name": "/machine", "cpus": "0", "exclusive": True}, check=True)
+    assert result["failed"] and "libvirt's default partition" in result["msg"], result
