@@ -606,6 +606,59 @@ def allocate(topology, pool, holdings, request):
     return _finish(ctx, pins, spare, warnings)
 
 
+def allocate_all(topology, pool, holdings, requests, emulators=None):
+    """Plan several guests as one change; return their ``Allocation`` objects in request order.
+
+    The guests are planned the way the realtime_vm role applies them: every ``absent`` request first
+    (they free their pCPUs), then the ``present`` ones in list order, each seeing the pins planned
+    for the guests before it as held, exactly as if those were already defined.  ``emulators`` maps a
+    guest name to the CPUs its emulator threads will be pinned to; where they fall into the pool,
+    later guests see them as held (a guest defined before keeps the emulator pins of its XML).
+
+    Raises ``AllocationError`` for the first request that cannot be met, naming the guests of the
+    same list it was planned after, so that a caller can refuse the whole list before defining any
+    guest: bad input anywhere in the list changes nothing.
+    """
+    requests = list(requests)
+    emulators = dict(emulators or {})
+    seen, dup = set(), []
+    for request in requests:
+        if request.name in seen and request.name not in dup:
+            dup.append(request.name)
+        seen.add(request.name)
+    if dup:
+        raise AllocationError("guest %s is listed more than once" % ", ".join(repr(n) for n in dup))
+    order = [i for i, r in enumerate(requests) if r.state == "absent"] + \
+        [i for i, r in enumerate(requests) if r.state != "absent"]
+    plans = [None] * len(requests)
+    placed = []  # present guests of this list planned so far
+    for index in order:
+        request = requests[index]
+        try:
+            plan = allocate(topology, pool, holdings, request)
+        except AllocationError as exc:
+            text = str(exc)
+            if repr(request.name) not in text:  # e.g. "NUMA node 1 has no CPU in the realtime pool 2"
+                text = "guest %r: %s" % (request.name, text)
+            if placed:
+                text += (" (planned after %s of the same list, which count as holding the pCPUs planned for them)"
+                         % ", ".join(placed))
+            if text == str(exc):
+                raise
+            raise AllocationError(text) from exc
+        holdings = holdings.apply(plan)
+        if request.state != "absent":
+            placed.append(request.name)
+            if request.name in emulators:
+                guest = holdings.get(request.name)
+                holdings = holdings.replace(GuestPins(
+                    name=guest.name, vcpupin=guest.vcpupin, emulator=frozenset(emulators[request.name]),
+                    iothreads=guest.iothreads, reserved=guest.reserved, smt_policy=guest.smt_policy,
+                    vcpus=guest.vcpus))
+        plans[index] = plan
+    return plans
+
+
 def _finish(ctx, pins, spare, warnings):
     request = ctx.request
     pins = tuple(sorted(pins))

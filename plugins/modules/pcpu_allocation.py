@@ -33,8 +33,47 @@ options:
   name:
     description:
       - Name of the libvirt domain (guest) to allocate for.
+      - One of O(name) and O(guests) is required.
     type: str
-    required: true
+  guests:
+    description:
+      - Plan several guests as one change instead of one O(name). Every V(absent) guest is planned first (it frees
+        its pCPUs), then the V(present) ones in list order, each seeing the pCPUs planned for the guests before it
+        as held, as if those were already defined.
+      - The module fails for the first guest that cannot be met and says after which guests of the list it was
+        planned, so a caller can refuse the whole list before defining any guest (bad input anywhere changes nothing).
+      - The per-guest results are in RV(plans); the top-level results describe the last guest of the list.
+      - O(state), O(vcpus), O(smt_policy), O(numa_node) and O(pcpus) are the defaults of the entries.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Name of the guest.
+        type: str
+        required: true
+      state:
+        description: V(present) or V(absent), as O(state).
+        type: str
+        choices: [present, absent]
+      vcpus:
+        description: As O(vcpus).
+        type: int
+      pcpus:
+        description: As O(pcpus).
+        type: list
+        elements: str
+      smt_policy:
+        description: As O(smt_policy).
+        type: str
+        choices: [isolate, prefer, require]
+      numa_node:
+        description: As O(numa_node).
+        type: int
+      emulator_cpus:
+        description:
+          - CPUs the guest's emulator threads will be pinned to. Where they fall into O(pool), the guests after it
+            see them as held.
+        type: str
   state:
     description:
       - V(present) plans pins for the guest.
@@ -138,6 +177,19 @@ EXAMPLES = r"""
     pool: "2-7"
     domains_xml: "{{ all_domain_xml }}"
 
+- name: Plan a whole guest list before defining any of it (rt3 sees rt2's pCPUs as held)
+  rtvirt.kvm.pcpu_allocation:
+    pool: "2-15"
+    guests:
+      - name: rt1
+        state: absent
+      - name: rt2
+        vcpus: 2
+      - name: rt3
+        vcpus: 4
+        smt_policy: isolate
+  register: plan
+
 - name: See what removing rt2 would free
   rtvirt.kvm.pcpu_allocation:
     name: rt2
@@ -213,6 +265,23 @@ unchanged:
   returned: always
   type: bool
   sample: true
+plans:
+  description:
+    - With O(guests), one entry per guest in the order of O(guests), each with RV(plans[].name), RV(plans[].state) and
+      the keys returned for a single guest (RV(pins), RV(vcpupin), RV(cpus), RV(numa_nodes), RV(spans_nodes),
+      RV(reserved), RV(siblings_reserved), RV(free), RV(freed), RV(holders), RV(unchanged), RV(metadata)) as they
+      are once that guest and the ones planned before it are applied. Empty without O(guests).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The guest.
+      type: str
+    state:
+      description: V(present) or V(absent).
+      type: str
+  sample: [{"name": "rt2", "state": "present", "vcpupin": {"0": "2", "1": "3"}, "cpus": "2-3"}]
 metadata:
   description:
     - Element to keep in the domain's C(<metadata>). It records O(smt_policy) and RV(siblings_reserved)
@@ -235,6 +304,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
     PcpuError,
     Request,
     allocate,
+    allocate_all,
     holdings_from_domain_xml,
     read_topology,
 )
@@ -242,7 +312,16 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
 
 def get_argument_spec():
     return dict(
-        name=dict(type="str", required=True),
+        name=dict(type="str"),
+        guests=dict(type="list", elements="dict", options=dict(
+            name=dict(type="str", required=True),
+            state=dict(type="str", choices=["present", "absent"]),
+            vcpus=dict(type="int"),
+            pcpus=dict(type="list", elements="str"),
+            smt_policy=dict(type="str", choices=list(SMT_POLICIES)),
+            numa_node=dict(type="int"),
+            emulator_cpus=dict(type="str"),
+        )),
         state=dict(type="str", choices=["present", "absent"], default="present"),
         vcpus=dict(type="int"),
         pool=dict(type="str", required=True),
@@ -278,31 +357,8 @@ def _read_domains():
         conn.close()
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=get_argument_spec(),
-        required_if=[("state", "present", ("vcpus", "pcpus"), True)],
-        supports_check_mode=True,
-    )
-    params = module.params
-    try:
-        pool = parse_cpulist(params["pool"], what="pool")
-        pcpus = _ordered_pcpus(params["pcpus"]) if params["pcpus"] is not None else None
-        topology = read_topology(params["sysfs_root"])
-        xml_texts = params["domains_xml"] if params["domains_xml"] is not None else _read_domains()
-        holdings = holdings_from_domain_xml(xml_texts)
-        request = Request(name=params["name"], vcpus=params["vcpus"], smt_policy=params["smt_policy"],
-                          numa_node=params["numa_node"], pcpus=pcpus, state=params["state"])
-        plan = allocate(topology, pool, holdings, request)
-    except LibvirtError as exc:
-        module.fail_json(msg=str(exc), exception=exc.exception)
-    except (PcpuError, CpuListError) as exc:
-        module.fail_json(msg=str(exc), guest=params["name"], pool=params["pool"])
-
-    for warning in plan.warnings:
-        module.warn(warning)
-    module.exit_json(
-        changed=False,
+def _result(plan):
+    return dict(
         pins=[dict(vcpu=vcpu, pcpu=pcpu) for vcpu, pcpu in plan.pins],
         vcpupin={str(vcpu): cpuset for vcpu, cpuset in plan.vcpupin.items()},
         cpus=format_cpulist(plan.cpus),
@@ -316,6 +372,70 @@ def main():
         unchanged=plan.unchanged,
         metadata=plan.metadata_xml() if plan.state == "present" else "",
     )
+
+
+def _requests(params):
+    """One Request per entry of guests (the top-level options are the defaults), or the single one."""
+    if params["guests"] is None:
+        pcpus = _ordered_pcpus(params["pcpus"]) if params["pcpus"] is not None else None
+        return [Request(name=params["name"], vcpus=params["vcpus"], smt_policy=params["smt_policy"],
+                        numa_node=params["numa_node"], pcpus=pcpus, state=params["state"])], {}
+    requests, emulators = [], {}
+    for entry in params["guests"]:
+        def pick(key):
+            return entry[key] if entry.get(key) is not None else params[key]
+        pcpus = pick("pcpus")
+        state = pick("state")
+        if state == "present" and pick("vcpus") is None and pcpus is None:
+            raise PcpuError("guest %r: give vcpus or pcpus" % entry["name"])
+        requests.append(Request(name=entry["name"], vcpus=pick("vcpus"), smt_policy=pick("smt_policy"),
+                                numa_node=pick("numa_node"), state=state,
+                                pcpus=_ordered_pcpus(pcpus) if pcpus is not None else None))
+        if entry.get("emulator_cpus"):
+            emulators[entry["name"]] = parse_cpulist(entry["emulator_cpus"],
+                                                     what="emulator_cpus of guest %r" % entry["name"])
+    return requests, emulators
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=get_argument_spec(),
+        required_one_of=[("name", "guests")],
+        mutually_exclusive=[("name", "guests")],
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params["guests"] is None and params["state"] == "present" and params["vcpus"] is None \
+            and params["pcpus"] is None:
+        module.fail_json(msg="state is present but any of the following are missing: vcpus, pcpus")
+    try:
+        pool = parse_cpulist(params["pool"], what="pool")
+        requests, emulators = _requests(params)
+        topology = read_topology(params["sysfs_root"])
+        xml_texts = params["domains_xml"] if params["domains_xml"] is not None else _read_domains()
+        holdings = holdings_from_domain_xml(xml_texts)
+        if params["guests"] is None:
+            plans = [allocate(topology, pool, holdings, requests[0])]
+        else:
+            plans = allocate_all(topology, pool, holdings, requests, emulators)
+    except LibvirtError as exc:
+        module.fail_json(msg=str(exc), exception=exc.exception)
+    except (PcpuError, CpuListError) as exc:
+        module.fail_json(msg=str(exc), guest=params["name"], pool=params["pool"])
+
+    for plan in plans:
+        for warning in plan.warnings:
+            module.warn(warning)
+    if plans:
+        result = _result(plans[-1])
+    else:  # an empty guests list: nothing planned, the pool as it is
+        result = dict(pins=[], vcpupin={}, cpus="", numa_nodes=[], spans_nodes=False, reserved="",
+                      siblings_reserved="", free=format_cpulist(frozenset(pool) - holdings.held()), freed="",
+                      holders={name: format_cpulist(cpus) for name, cpus in holdings.holders_of(pool).items()},
+                      unchanged=True, metadata="")
+    result["plans"] = [dict(name=plan.name, state=plan.state, **_result(plan)) for plan in plans] \
+        if params["guests"] is not None else []
+    module.exit_json(changed=False, **result)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
     Topology,
     TopologyError,
     allocate,
+    allocate_all,
     guest_pins_from_domain_xml,
     holdings_from_domain_xml,
     parse_libvirt_cpuset,
@@ -572,3 +573,91 @@ def test_explicit_pcpus_outside_pool_or_held_name_the_reason(scenario, data):
             allocate(topo, pool, holdings, request)
     else:
         assert allocate(topo, pool, holdings, request).pins == ((0, pcpu),)
+
+
+# ---------------------------------------------------------------------------------------------
+# allocate_all: a whole guest list planned before anything is defined
+
+
+def test_all_later_guest_sees_earlier_guests_planned_pins():
+    a, b = allocate_all(FLAT8, range(2, 8), Holdings(), [Request("a", 2), Request("b", 2)])
+    assert a.pins == ((0, 2), (1, 3))
+    assert b.pins == ((0, 4), (1, 5))
+    assert b.holders == {"a": {2, 3}, "b": {4, 5}}
+    assert b.free == {6, 7}
+
+
+def test_all_second_guest_that_does_not_fit_fails_naming_the_first():
+    with pytest.raises(AllocationError) as info:
+        allocate_all(FLAT8, [1], Holdings(), [Request("a", 1), Request("b", 1)])
+    assert str(info.value) == ("guest 'b' needs 1 pCPU but only 0 are free in the realtime pool 1 (none on any node); "
+                               "held: a 1 (planned after a of the same list, which count as holding the pCPUs "
+                               "planned for them)")
+
+
+def test_all_explicit_pcpu_of_an_earlier_guest_is_held():
+    with pytest.raises(AllocationError, match=r"pcpus 3 for guest 'b' are held by another guest: a \(3\)"):
+        allocate_all(FLAT8, range(2, 8), Holdings(), [Request("a", pcpus=(3,)), Request("b", pcpus=(3,))])
+
+
+def test_all_first_guest_error_is_the_plain_one():
+    with pytest.raises(AllocationError) as info:
+        allocate_all(FLAT8, range(2, 4), Holdings(), [Request("a", pcpus=(7,)), Request("b", 1)])
+    assert str(info.value) == "pcpus 7 for guest 'a' are outside the realtime pool 2-3"
+
+
+def test_all_absent_guests_free_their_pcpus_first_wherever_they_are_listed():
+    holdings = held(old=[1])
+    new, gone = allocate_all(FLAT8, [1], holdings, [Request("new", 1), Request("old", state="absent")])
+    assert new.pins == ((0, 1),)
+    assert gone.freed == {1}
+    assert new.holders == {"new": {1}}
+    # Planned one at a time against the defined guests, the newcomer would not fit.
+    with pytest.raises(AllocationError, match="held: old 1"):
+        allocate(FLAT8, [1], holdings, Request("new", 1))
+
+
+def test_all_existing_guest_keeps_its_pins_and_is_unchanged():
+    holdings = held(a=[5])
+    a, b = allocate_all(FLAT8, range(2, 8), holdings, [Request("a", 1), Request("b", 1)])
+    assert a.pins == ((0, 5),) and a.unchanged
+    assert b.pins == ((0, 2),)
+
+
+def test_all_emulator_cpus_in_the_pool_are_held_for_later_guests():
+    a, b = allocate_all(FLAT8, range(2, 8), Holdings(), [Request("a", 1), Request("b", 1)],
+                        emulators={"a": frozenset([3])})
+    assert a.pins == ((0, 2),)
+    assert b.pins == ((0, 4),)
+
+
+def test_all_errors_name_the_guest():
+    with pytest.raises(AllocationError, match="^guest 'b': NUMA node 1 has no CPU in the realtime pool 2"):
+        allocate_all(SMT2x4, [2], Holdings(), [Request("b", 1, numa_node=1)])
+
+
+def test_all_duplicate_names_are_refused():
+    with pytest.raises(AllocationError, match="guest 'a' is listed more than once"):
+        allocate_all(FLAT8, range(8), Holdings(), [Request("a", 1), Request("b", 1), Request("a", 2)])
+
+
+def test_all_empty_list_plans_nothing():
+    assert allocate_all(FLAT8, range(8), held(a=[1]), []) == []
+
+
+@PROPERTY
+@given(scenarios())
+def test_all_equals_defining_one_by_one_or_refuses_the_whole_list(scenario):
+    """Planning the list at once gives each guest the pins it gets when the guests before it are
+    defined one by one; when any guest of the sequence would be refused, the whole list is."""
+    topo, pool, requests = scenario
+    plans, _ = run_sequence(topo, pool, requests)
+    if len(plans) == len(requests):
+        together = allocate_all(topo, pool, Holdings(), requests)
+        assert [p.pins for p in together] == [plans[r.name].pins for r in requests]
+        assert [p.siblings_reserved for p in together] == [plans[r.name].siblings_reserved for r in requests]
+    else:
+        first_refused = next(r.name for r in requests if r.name not in plans)
+        with pytest.raises(AllocationError) as info:
+            allocate_all(topo, pool, Holdings(), requests)
+        assert "guest '%s'" % first_refused in str(info.value)

@@ -212,3 +212,60 @@ def test_libvirt_missing_fails_clearly(sysfs_flat, monkeypatch):
     del params["domains_xml"]
     result = run_module(pcpu_allocation, params)
     assert result["failed"] and "libvirt-python" in result["msg"]
+
+
+# guests: a whole list planned at once
+
+
+def test_guests_are_planned_in_order_each_seeing_the_earlier_ones(sysfs_flat):
+    others = [domain("rt0", {0: "2"}), domain("old", {0: "3"})]
+    result = run_module(pcpu_allocation, args(sysfs_flat, domains_xml=others, smt_policy="isolate", guests=[
+        dict(name="a", vcpus=2),
+        dict(name="old", state="absent"),
+        dict(name="b", pcpus=["7"], smt_policy="prefer"),
+        dict(name="c", vcpus=1, emulator_cpus="0"),
+    ]))
+    assert not result.get("failed"), result
+    assert result["changed"] is False
+    plans = {p["name"]: p for p in result["plans"]}
+    assert [p["name"] for p in result["plans"]] == ["a", "old", "b", "c"]
+    assert plans["old"]["state"] == "absent" and plans["old"]["freed"] == "3"
+    assert plans["a"]["vcpupin"] == {"0": "3", "1": "4"}  # old is removed first: its pCPU 3 is free
+    assert 'smt_policy="isolate"' in plans["a"]["metadata"]
+    assert plans["b"]["vcpupin"] == {"0": "7"} and 'smt_policy="prefer"' in plans["b"]["metadata"]
+    assert plans["c"]["vcpupin"] == {"0": "5"}
+    assert plans["c"]["holders"] == {"rt0": "2", "a": "3-4", "b": "7", "c": "5"}
+    # The top-level keys describe the last guest of the list.
+    assert result["vcpupin"] == {"0": "5"} and result["free"] == "6"
+
+
+@pytest.mark.parametrize("guests, message", [
+    ([dict(name="a", vcpus=3), dict(name="b", vcpus=3)],
+     "guest 'b' needs 3 pCPUs but only 2 are free in the realtime pool 2-7 (node0: 6-7); held: a 3-5, rt0 2 "
+     "(planned after a of the same list"),
+    ([dict(name="a", pcpus=["4"]), dict(name="b", pcpus=["4"])],
+     "pcpus 4 for guest 'b' are held by another guest: a (4)"),
+    ([dict(name="a", vcpus=1), dict(name="b")], "guest 'b': give vcpus or pcpus"),
+    ([dict(name="a", vcpus=1), dict(name="a", vcpus=2)], "guest 'a' is listed more than once"),
+])
+def test_guests_bad_entry_anywhere_fails_the_whole_list(sysfs_flat, guests, message):
+    result = run_module(pcpu_allocation, args(sysfs_flat, domains_xml=[domain("rt0", {0: "2"})], guests=guests))
+    assert result.get("failed") is True, result
+    assert message in result["msg"]
+    assert "plans" not in result
+
+
+def test_guests_and_name_are_exclusive(sysfs_flat):
+    result = run_module(pcpu_allocation, args(sysfs_flat, name="a", vcpus=1, guests=[dict(name="b", vcpus=1)]))
+    assert result.get("failed") is True and "mutually exclusive" in result["msg"]
+
+
+def test_neither_guests_nor_name_fails(sysfs_flat):
+    result = run_module(pcpu_allocation, args(sysfs_flat, vcpus=1))
+    assert result.get("failed") is True and "one of the following is required: name, guests" in result["msg"]
+
+
+def test_empty_guest_list_plans_nothing(sysfs_flat):
+    result = run_module(pcpu_allocation, args(sysfs_flat, domains_xml=[domain("rt0", {0: "2"})], guests=[]))
+    assert not result.get("failed"), result
+    assert result["plans"] == [] and result["free"] == "3-7" and result["holders"] == {"rt0": "2"}
