@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import guest_list_problems
+from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import allocation_requests, guest_list_problems
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpumap import (
     build_map,
     placement_problems,
@@ -39,6 +39,10 @@ def realtime_guest_problems(guests):
     return guest_list_problems(list(guests or ()))
 
 
+def realtime_allocation_requests(guests, smt_policy, emulator_cpus):
+    return allocation_requests(list(guests or ()), smt_policy, emulator_cpus)
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -46,4 +50,5 @@ class FilterModule:
             "cpu_map_html": cpu_map_html,
             "realtime_placement_problems": realtime_placement_problems,
             "realtime_guest_problems": realtime_guest_problems,
+            "realtime_allocation_requests": realtime_allocation_requests,
         }

@@ -119,6 +119,30 @@ def guest_list_problems(guests):
     return problems
 
 
+ALLOCATION_KEYS = ("name", "state", "vcpus", "pcpus", "smt_policy", "numa_node", "emulator_cpus")
+
+
+def allocation_requests(guests, smt_policy, emulator_cpus):
+    """The realtime_vm_guests list as pcpu_allocation's ``guests`` entries, the role's defaults filled in.
+
+    Only the keys the allocation needs are kept; ``state`` defaults to present, ``smt_policy`` and
+    ``emulator_cpus`` (for absent guests none) to the role's values.
+    """
+    result = []
+    for guest in guests:
+        entry = {key: guest[key] for key in ALLOCATION_KEYS if guest.get(key) is not None}
+        entry.setdefault("state", "present")
+        if entry["state"] == "present":
+            entry.setdefault("smt_policy", smt_policy)
+            entry.setdefault("emulator_cpus", emulator_cpus)
+        else:
+            entry = {"name": entry["name"], "state": entry["state"]}
+        if "pcpus" in entry:
+            entry["pcpus"] = [str(cpu) for cpu in entry["pcpus"]]
+        result.append(entry)
+    return result
+
+
 def check_spec(spec):
     """Validate a DomainSpec before anything is read or written; raise DomainSpecError."""
     check_name(spec.name)

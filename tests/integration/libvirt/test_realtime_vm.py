@@ -126,3 +126,62 @@ def test_realtime_vm_defines_pins_fifo_and_is_idempotent(libvirt_rig, unique_nam
     assert gone["rc"] == 0, gone["out"][-3000:]
     assert unique_name not in libvirt_rig.domains()
     assert not list(pathlib.Path("/sys/fs/cgroup").glob("*/machine/%s.partition" % unique_name))
+
+
+def _partition_dirs(partition):
+    return sorted(str(p) for p in pathlib.Path("/sys/fs/cgroup").glob("*%s.partition" % partition))
+
+
+def test_bad_guest_anywhere_in_the_list_defines_nothing(libvirt_rig, unique_name, tmp_path, fifo_allowed):
+    """A good guest first, a bad one second: the whole list is refused before the first is defined,
+    and the partition the run would have made is not made either."""
+    cpus = _online_cpus()
+    if len(cpus) < 2:
+        pytest.skip("needs a housekeeping CPU and a realtime CPU")
+    pool = str(cpus[-1])
+    housekeeping = str(cpus[0])
+    partition = "/machine/%s" % unique_name
+    first = {"name": unique_name, "vcpus": 1, "memory_mib": 128}
+    second = "%s-b" % unique_name
+    cases = (
+        ([first, {"name": second, "vcpus": 1}],
+         "guest '%s' needs 1 pCPU but only 0 are free" % second, "planned after %s of the same list" % unique_name),
+        ([dict(first, pcpus=[pool]), {"name": second, "pcpus": [pool]}],
+         "pcpus %s for guest '%s' are held by another guest: %s (%s)" % (pool, second, unique_name, pool), ""),
+        ([first, {"name": second, "pcpus": [housekeeping]}],
+         "pcpus %s for guest '%s' are outside the realtime pool %s" % (housekeeping, second, pool), ""),
+        ([first, {"name": "bad/name", "vcpus": 1}], "is not accepted", ""),
+        ([first, {"name": second, "vcpus": 1, "fifo_priority": 0}], "out of range", ""),
+        ([dict(first, vcpus=0), {"name": second, "vcpus": 1}], "vcpus must be a number of at least 1", ""),
+        ([first, {"name": second, "state": "absent"}, {"name": "%s-c" % unique_name, "vcpus": 1,
+                                                       "emulator_cpus": "0-"}], "emulator_cpus", ""),
+        ([first, {"name": second, "vcpus": 1, "partition": "machine/relative"}], "must be an absolute path", ""),
+    )
+    try:
+        for guests, message, also in cases:
+            result = _play(tmp_path, guests, partition, pool)
+            assert result["rc"] != 0 and result["failed"] == 1, result["out"][-3000:]
+            assert message in result["out"] and also in result["out"], result["out"][-3000:]
+            defined = libvirt_rig.domains()
+            assert not {g["name"] for g in guests} & set(defined), (guests, defined)
+            assert _partition_dirs(partition) == [], message
+        # The same list without the bad guest converges: the refusals were about the bad guest only.
+        good = _play(tmp_path, [first], partition, pool, {"realtime_vm_cpu_map": False})
+        assert good["rc"] == 0, good["out"][-3000:]
+        assert unique_name in libvirt_rig.domains(inactive=False)
+    finally:
+        gone = _play(tmp_path, [{"name": unique_name, "state": "absent"}], partition, pool,
+                     {"realtime_vm_cpu_map": False})
+        subprocess.run([str(REPO / ".venv" / "bin" / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
+                        "-e", "ansible_python_interpreter=%s" % ansible_env()["RTVIRT_PYTHON_INTERPRETER"],
+                        "-m", "rtvirt.kvm.libvirt_partition", "-a",
+                        json.dumps({"name": partition, "state": "absent"})],
+                       env=ansible_env(), capture_output=True, check=False, timeout=300)
+        for leftover in pathlib.Path("/sys/fs/cgroup").glob("*%s.partition" % partition):
+            try:
+                leftover.rmdir()
+            except OSError:
+                pass
+    assert gone["rc"] == 0, gone["out"][-3000:]
+    assert unique_name not in libvirt_rig.domains()
+    assert _partition_dirs(partition) == []

@@ -13,6 +13,7 @@ import pytest
 from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
     DomainSpec,
     DomainSpecError,
+    allocation_requests,
     check_name,
     differences,
     owned_view,
@@ -155,3 +156,19 @@ def test_view_text_is_stable_and_readable():
     text = view_text(owned_view(LIBVIRT_BACK))
     assert "vcpupin: {0=2, 1=3}" in text
     assert text == view_text(owned_view(render(SPEC)))
+
+
+def test_allocation_requests_keep_the_allocation_keys_and_fill_the_role_defaults():
+    guests = [
+        {"name": "a", "vcpus": 2, "memory_mib": 256, "fifo_priority": 9, "partition": "/rt", "base_xml": "<x/>"},
+        {"name": "b", "pcpus": [3, "4-5"], "smt_policy": "isolate", "numa_node": 0, "emulator_cpus": "1"},
+        {"name": "c", "state": "absent", "vcpus": 4, "smt_policy": "isolate"},
+        {"name": "d", "vcpus": 1, "numa_node": None},
+    ]
+    assert allocation_requests(guests, "prefer", "0") == [
+        {"name": "a", "state": "present", "vcpus": 2, "smt_policy": "prefer", "emulator_cpus": "0"},
+        {"name": "b", "state": "present", "pcpus": ["3", "4-5"], "smt_policy": "isolate", "numa_node": 0,
+         "emulator_cpus": "1"},
+        {"name": "c", "state": "absent"},
+        {"name": "d", "state": "present", "vcpus": 1, "smt_policy": "prefer", "emulator_cpus": "0"},
+    ]
