@@ -140,7 +140,7 @@ def test_bad_guest_anywhere_in_the_list_defines_nothing(libvirt_rig, unique_name
         pytest.skip("needs a housekeeping CPU and a realtime CPU")
     pool = str(cpus[-1])
     housekeeping = str(cpus[0])
-    partition = "/machine/%s" % unique_name
+    partition = "/%s-rt" % unique_name  # top level, beside /machine (docs/LAYOUT.md)
     first = {"name": unique_name, "vcpus": 1, "memory_mib": 128}
     second = "%s-b" % unique_name
     cases = (
