@@ -613,7 +613,8 @@ def allocate_all(topology, pool, holdings, requests, emulators=None):
     (they free their pCPUs), then the ``present`` ones in list order, each seeing the pins planned
     for the guests before it as held, exactly as if those were already defined.  ``emulators`` maps a
     guest name to the CPUs its emulator threads will be pinned to; where they fall into the pool,
-    later guests see them as held (a guest defined before keeps the emulator pins of its XML).
+    the guest's own vCPUs avoid them and later guests see them as held (without an entry a guest keeps
+    the emulator pins of its defined XML).
 
     Raises ``AllocationError`` for the first request that cannot be met, naming the guests of the
     same list it was planned after, so that a caller can refuse the whole list before defining any
@@ -634,6 +635,12 @@ def allocate_all(topology, pool, holdings, requests, emulators=None):
     placed = []  # present guests of this list planned so far
     for index in order:
         request = requests[index]
+        if request.state != "absent" and request.name in emulators:
+            # The emulator pins it is about to get count as its own: its vCPUs are not planned onto them.
+            own = holdings.get(request.name) or GuestPins(name=request.name)
+            holdings = holdings.replace(GuestPins(
+                name=own.name, vcpupin=own.vcpupin, emulator=frozenset(emulators[request.name]),
+                iothreads=own.iothreads, reserved=own.reserved, smt_policy=own.smt_policy, vcpus=own.vcpus))
         try:
             plan = allocate(topology, pool, holdings, request)
         except AllocationError as exc:
@@ -646,15 +653,9 @@ def allocate_all(topology, pool, holdings, requests, emulators=None):
             if text == str(exc):
                 raise
             raise AllocationError(text) from exc
-        holdings = holdings.apply(plan)
+        holdings = holdings.apply(plan)  # keeps the emulator pins set above
         if request.state != "absent":
             placed.append(request.name)
-            if request.name in emulators:
-                guest = holdings.get(request.name)
-                holdings = holdings.replace(GuestPins(
-                    name=guest.name, vcpupin=guest.vcpupin, emulator=frozenset(emulators[request.name]),
-                    iothreads=guest.iothreads, reserved=guest.reserved, smt_policy=guest.smt_policy,
-                    vcpus=guest.vcpus))
         plans[index] = plan
     return plans
 

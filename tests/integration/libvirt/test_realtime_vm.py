@@ -128,6 +128,14 @@ def test_realtime_vm_defines_pins_fifo_and_is_idempotent(libvirt_rig, unique_nam
     assert not list(pathlib.Path("/sys/fs/cgroup").glob("*/machine/%s.partition" % unique_name))
 
 
+def _failed_task(out):
+    """The name of the task the play failed in (the last TASK header before the first failure)."""
+    failure = re.search(r"^(fatal:|failed:|\[ERROR\]: Task failed)", out, re.MULTILINE)
+    assert failure, out[-3000:]
+    header = out.rindex("TASK [", 0, failure.start())
+    return out[header:out.index("]", header)].split(" : ", 1)[1]
+
+
 def _partition_dirs(partition):
     return sorted(str(p) for p in pathlib.Path("/sys/fs/cgroup").glob("*%s.partition" % partition))
 
@@ -153,15 +161,14 @@ def test_bad_guest_anywhere_in_the_list_defines_nothing(libvirt_rig, unique_name
         ([first, {"name": "bad/name", "vcpus": 1}], "is not accepted", ""),
         ([first, {"name": second, "vcpus": 1, "fifo_priority": 0}], "out of range", ""),
         ([dict(first, vcpus=0), {"name": second, "vcpus": 1}], "vcpus must be a number of at least 1", ""),
-        ([first, {"name": second, "state": "absent"}, {"name": "%s-c" % unique_name, "vcpus": 1,
-                                                       "emulator_cpus": "0-"}], "emulator_cpus", ""),
-        ([first, {"name": second, "vcpus": 1, "partition": "machine/relative"}], "must be an absolute path", ""),
+        ([first, {"name": second, "vcpus": 1, "emulator_cpus": "0-"}], "emulator_cpus of guest '%s'" % second, ""),
     )
     try:
         for guests, message, also in cases:
             result = _play(tmp_path, guests, partition, pool)
             assert result["rc"] != 0 and result["failed"] == 1, result["out"][-3000:]
             assert message in result["out"] and also in result["out"], result["out"][-3000:]
+            assert _failed_task(result["out"]).startswith(("Check the guest list", "Plan every guest's pCPUs"))
             defined = libvirt_rig.domains()
             assert not {g["name"] for g in guests} & set(defined), (guests, defined)
             assert _partition_dirs(partition) == [], message
@@ -169,6 +176,19 @@ def test_bad_guest_anywhere_in_the_list_defines_nothing(libvirt_rig, unique_name
         good = _play(tmp_path, [first], partition, pool, {"realtime_vm_cpu_map": False})
         assert good["rc"] == 0, good["out"][-3000:]
         assert unique_name in libvirt_rig.domains(inactive=False)
+        pid = libvirt_rig.qemu_pid(unique_name)
+
+        # Removing the running guest and adding a bad one: refused before the removal, which must not happen.
+        for bad, message, task in (
+                ({"name": second, "vcpus": 1, "partition": "relative"}, "must be an absolute path",
+                 "Render every present guest's definition"),
+                ({"name": second, "vcpus": 1, "base_xml": "<domain"}, "base_xml is not well-formed XML",
+                 "Render every present guest's definition")):
+            result = _play(tmp_path, [{"name": unique_name, "state": "absent"}, bad], partition, pool)
+            assert result["rc"] != 0 and message in result["out"], result["out"][-3000:]
+            assert _failed_task(result["out"]).startswith(task), result["out"][-3000:]
+            assert unique_name in libvirt_rig.domains(inactive=False) and second not in libvirt_rig.domains()
+            assert libvirt_rig.qemu_pid(unique_name) == pid
     finally:
         gone = _play(tmp_path, [{"name": unique_name, "state": "absent"}], partition, pool,
                      {"realtime_vm_cpu_map": False})
