@@ -270,4 +270,3 @@ def _is_cgroup_mount(mountpoint):
     except OSError:
         return False
     return False
-

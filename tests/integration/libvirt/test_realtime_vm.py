@@ -74,7 +74,7 @@ def test_realtime_vm_defines_pins_fifo_and_is_idempotent(libvirt_rig, unique_nam
         pytest.skip("needs a housekeeping CPU and a realtime CPU")
     pool = str(cpus[-1])
     housekeeping = ",".join(str(c) for c in cpus[:-1])
-    partition = "/machine/%s" % unique_name
+    partition = "/%s" % unique_name  # top level, beside /machine (docs/LAYOUT.md)
     guest = {"name": unique_name, "vcpus": 1, "memory_mib": 128, "fifo_priority": 7}
     try:
         first = _play(tmp_path, [guest], partition, pool)
@@ -118,14 +118,14 @@ def test_realtime_vm_defines_pins_fifo_and_is_idempotent(libvirt_rig, unique_nam
                        env=ansible_env(), capture_output=True, check=False, timeout=300)
         # libvirt itself makes the partition in cpuacct and devices too (hierarchies libvirt_partition
         # does not manage); remove what is left of our own partition, empty directories only.
-        for leftover in pathlib.Path("/sys/fs/cgroup").glob("*/machine/%s.partition" % unique_name):
+        for leftover in pathlib.Path("/sys/fs/cgroup").glob("*/%s.partition" % unique_name):
             try:
                 leftover.rmdir()
             except OSError:
                 pass
     assert gone["rc"] == 0, gone["out"][-3000:]
     assert unique_name not in libvirt_rig.domains()
-    assert not list(pathlib.Path("/sys/fs/cgroup").glob("*/machine/%s.partition" % unique_name))
+    assert not list(pathlib.Path("/sys/fs/cgroup").glob("*/%s.partition" % unique_name))
 
 
 def _failed_task(out):
