@@ -117,8 +117,14 @@ def run_playbook(argv):
             first = fatal[0]
             task = next((lines[i] for i in range(first, -1, -1) if lines[i].startswith("TASK [")), "")
             where = "%s %s" % (task.rstrip("* "), " ".join(l.strip() for l in lines[first:first + 6]))
-        raise PlaybookFailed("%s failed (rc=%d): %s %s" % (
-            os.path.basename(argv[-1]), proc.returncode, where[:1200] or proc.stdout[-1200:], proc.stderr[-600:]))
+        # The module's own message, not only the task header (the recap cuts it off otherwise).
+        msgs = [line.strip() for line in lines if line.strip().startswith(("msg:", "\"msg\":"))]
+        fd, log_path = tempfile.mkstemp(prefix="rtvirt-bench-failed-", suffix=".log")
+        with os.fdopen(fd, "w") as handle:
+            handle.write("$ %s\n%s\n--- stderr\n%s" % (" ".join(argv), proc.stdout, proc.stderr))
+        raise PlaybookFailed("%s failed (rc=%d): %s %s %s (full output: %s)" % (
+            os.path.basename(argv[-1]), proc.returncode, where[:600] or proc.stdout[-1200:], " ".join(msgs)[:900],
+            proc.stderr[-300:], log_path))
     return counts
 
 
