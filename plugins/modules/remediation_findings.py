@@ -25,10 +25,24 @@ extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 options:
   violations:
-    description: The C(violations) of M(rtvirt.kvm.cpu_isolation_facts).
+    description:
+      - The C(violations) of M(rtvirt.kvm.cpu_isolation_facts).
+      - Not together with O(gather_isolation), which gathers them.
     type: list
     elements: dict
     default: []
+  gather_isolation:
+    description:
+      - Gather the CPU isolation facts in this call (what M(rtvirt.kvm.cpu_isolation_facts) returns, with its
+        O(isolated_cpus) and O(realtime_partitions)), use their C(violations) and return them as
+        C(ansible_facts.cpu_isolation). One module call instead of two.
+    type: bool
+    default: false
+  isolated_cpus:
+    description:
+      - With O(gather_isolation), CPUs to treat as isolated besides what the kernel reports (the
+        C(isolated_cpus) option of M(rtvirt.kvm.cpu_isolation_facts)); ignored without it.
+    type: str
   kinds:
     description: Only findings of these kinds (default all).
     type: list
@@ -48,7 +62,9 @@ options:
     type: list
     elements: dict
   uri:
-    description: libvirt connection URI for C(virsh).
+    description:
+      - libvirt connection URI. The guests are read through libvirt-python when the module's interpreter has
+        it (one connection), else through C(virsh).
     type: str
     default: qemu:///system
 attributes:
@@ -70,9 +86,24 @@ EXAMPLES = r"""
   rtvirt.kvm.remediation_findings:
     violations: "{{ ansible_facts['cpu_isolation']['violations'] }}"
   register: found
+
+- name: Isolation facts and findings in one call
+  rtvirt.kvm.remediation_findings:
+    gather_isolation: true
+    realtime_partitions: [/machine/rt]
+  register: found
 """
 
 RETURN = r"""
+ansible_facts:
+  description: With O(gather_isolation), the facts M(rtvirt.kvm.cpu_isolation_facts) returns.
+  returned: when O(gather_isolation) is true
+  type: dict
+  contains:
+    cpu_isolation:
+      description: The CPU isolation state of the host; see M(rtvirt.kvm.cpu_isolation_facts).
+      returned: when O(gather_isolation) is true
+      type: dict
 findings:
   description: Every problem, with C(kind), C(target), C(message) and C(fix) (null when it is reported only).
   returned: always
@@ -111,6 +142,9 @@ import xml.etree.ElementTree as ET
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError, discover_layout
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import IsolationError, gather
+from ansible_collections.rtvirt.kvm.plugins.module_utils._libvirt import LibvirtError, import_libvirt
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     PartitionNameError,
     libvirt_hierarchies,
@@ -124,6 +158,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._remediation import fin
 def get_argument_spec():
     return dict(violations=dict(type="list", elements="dict", default=[]), kinds=dict(type="list", elements="str"), targets=dict(type="str"),
                 realtime_partitions=dict(type="list", elements="str", default=[]),
+                gather_isolation=dict(type="bool", default=False), isolated_cpus=dict(type="str"),
                 previous=dict(type="list", elements="dict"), uri=dict(type="str", default="qemu:///system"))
 
 
@@ -156,8 +191,62 @@ def _virsh(module, *args, **kwargs):
     return out
 
 
+def _domains_libvirt(module):
+    """(running names, {defined name: inactive XML}) over one libvirt connection; None without libvirt-python."""
+    try:
+        libvirt = import_libvirt()
+    except LibvirtError:
+        return None
+    try:
+        conn = libvirt.open(module.params["uri"])
+    except libvirt.libvirtError as exc:
+        module.fail_json(msg="cannot connect to %s: %s" % (module.params["uri"], exc))
+    try:
+        running = set()
+        xmls = {}
+        for domain in conn.listAllDomains(0):
+            try:
+                name = domain.name()
+                if domain.isActive():
+                    running.add(name)
+                xmls[name] = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined since it was listed
+                raise
+        return running, xmls
+    except libvirt.libvirtError as exc:
+        module.fail_json(msg="reading the guests of %s failed: %s" % (module.params["uri"], exc))
+    finally:
+        conn.close()
+
+
+def _domains_virsh(module):
+    """The same as _domains_libvirt through virsh: one process per defined guest."""
+    running = set(_virsh(module, "list", "--name").split())
+    xmls = {}
+    for name in _virsh(module, "list", "--all", "--name").split():
+        xml = _virsh(module, "dumpxml", "--inactive", name, optional=True)
+        if xml is not None:  # else undefined since it was listed
+            xmls[name] = xml
+    return running, xmls
+
+
 def main():
     module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
+    facts = None
+    if module.params["gather_isolation"]:
+        if module.params["violations"]:
+            module.fail_json(msg="violations and gather_isolation are mutually exclusive: with gather_isolation the "
+                                 "module gathers the violations itself")
+        try:
+            facts = gather(isolated_cpus=module.params["isolated_cpus"],
+                           realtime_partitions=module.params["realtime_partitions"])
+        except (IsolationError, CpuListError) as exc:
+            module.fail_json(msg="cannot gather CPU isolation facts: %s" % exc)
+        for warning in facts["warnings"]:
+            module.warn(warning)
+        module.params["violations"] = facts["violations"]
     try:
         layout = discover_layout()
     except CgroupDiscoveryError as exc:
@@ -165,13 +254,13 @@ def main():
     conf = _read("/etc/libvirt/qemu.conf")
     hierarchies = libvirt_hierarchies(layout.mounts, parse_qemu_conf_controllers(conf) if conf else None)
     subsystems = parse_proc_cgroups(_read("/proc/cgroups") or "")
-    running = set(_virsh(module, "list", "--name").split())
+    domains = _domains_libvirt(module)
+    if domains is None:
+        domains = _domains_virsh(module)
+    running, xmls = domains
     partitions, dirs = {}, {}
-    for name in _virsh(module, "list", "--all", "--name").split():
-        xml = _virsh(module, "dumpxml", "--inactive", name, optional=True)
-        if xml is None:
-            continue  # undefined since it was listed
-        element = ET.fromstring(xml).find("./resource/partition")
+    for name in sorted(xmls):
+        element = ET.fromstring(xmls[name]).find("./resource/partition")
         if element is None or not (element.text or "").strip() or element.text.strip() == "/machine":
             continue
         try:
@@ -204,8 +293,9 @@ def main():
               and (not module.params["targets"] or re.search(module.params["targets"], f["target"]))]
     previous = module.params["previous"]
     summary = report(result, None) if previous is None else report(previous, result)
+    extra = {} if facts is None else {"ansible_facts": {"cpu_isolation": facts}}
     module.exit_json(changed=False, findings=result, report=summary, hierarchies={h.key: h.mountpoint for h in hierarchies},
-                     partitions=partitions, running=sorted(running))
+                     partitions=partitions, running=sorted(running), **extra)
 
 
 if __name__ == "__main__":
