@@ -418,14 +418,26 @@ class _TaskScan(object):
         self.unreadable = 0
 
 
-def scan_tasks(proc_root, isolated, guest_pids=()):
-    """Walk every task once; sort those allowed on ``isolated`` CPUs and keep the QEMU tasks."""
+def scan_tasks(proc_root, isolated, guest_pids=(), affinity_of=None, affinity_is_status=False):
+    """Walk every task once; sort those allowed on ``isolated`` CPUs and keep the QEMU tasks.
+
+    ``affinity_of``: a function TID → set of CPUs (``os.sched_getaffinity``), only for the real
+    ``/proc`` of this PID namespace and only when every isolated CPU is online (it returns the
+    allowed CPUs that are active, ``status`` all of them).  Then a task that is not a guest's and
+    whose affinity misses the isolated CPUs is counted and skipped after one system call, without
+    its ``stat`` and ``status`` (the kernel formats ``status`` in full: at 10,000 tasks that read was
+    most of the scan).  Every other task is read as before, so the facts are the same.
+    ``affinity_is_status``: besides, no CPU is offline (possible == online), so the set equals
+    ``Cpus_allowed_list`` and ``status`` is not read for the other tasks either (only ``stat``).
+    """
     scan = _TaskScan()
     guest_pids = {str(pid) for pid in guest_pids}
     for pid in guest_pids:
         scan.guest_tasks[int(pid)] = []
     # affinity text -> (cpus, class, isolated part); class 0 none, 1 only isolated, 2 mixed
     cache = {}
+    outside = {}  # affinity_of's sets -> True when they miss the isolated CPUs
+    texts = {}    # affinity_of's sets -> Cpus_allowed_list text
     leaks, placed, kthreads, guest_tasks = scan.leaks, scan.placed, scan.kthreads, scan.guest_tasks
     prefix = proc_root.rstrip("/") + "/"
     count = 0
@@ -445,19 +457,44 @@ def scan_tasks(proc_root, isolated, guest_pids=()):
                 continue  # gone meanwhile
             is_guest = pid in guest_pids
             for tid in tids:
+                allowed = None
+                if affinity_of is not None and (affinity_is_status or not is_guest):
+                    try:
+                        allowed = frozenset(affinity_of(int(tid)))
+                    except ProcessLookupError:
+                        continue  # gone meanwhile
+                    except OSError:
+                        allowed = None
+                    if allowed is not None and not is_guest:
+                        miss = outside.get(allowed)
+                        if miss is None:
+                            miss = outside[allowed] = not allowed & isolated
+                        if miss:
+                            count += 1
+                            continue
                 base = task_dir + tid
-                try:
-                    stat = _read_bytes(base + "/stat", 1024)
-                    status = _read_bytes(base + "/status")
-                except OSError:
-                    continue
-                count += 1
-                start = status.find(_AFFINITY_KEY)
-                if start < 0:
-                    scan.unreadable += 1
-                    continue
-                start += _AFFINITY_KEY_LEN
-                affinity = status[start:status.find(b"\n", start)].strip()
+                if allowed is not None and affinity_is_status:
+                    try:
+                        stat = _read_bytes(base + "/stat", 1024)
+                    except OSError:
+                        continue
+                    count += 1
+                    affinity = texts.get(allowed)
+                    if affinity is None:
+                        affinity = texts[allowed] = format_cpulist(allowed).encode("ascii")
+                else:
+                    try:
+                        stat = _read_bytes(base + "/stat", 1024)
+                        status = _read_bytes(base + "/status")
+                    except OSError:
+                        continue
+                    count += 1
+                    start = status.find(_AFFINITY_KEY)
+                    if start < 0:
+                        scan.unreadable += 1
+                        continue
+                    start += _AFFINITY_KEY_LEN
+                    affinity = status[start:status.find(b"\n", start)].strip()
                 known = cache.get(affinity)
                 if known is None:
                     cpus = parse_cpulist(affinity.decode("ascii"), what="Cpus_allowed_list")
@@ -798,7 +835,13 @@ def gather(proc_root="/proc", sys_root="/sys", run_root="/run/libvirt/qemu", lay
     cgroups = _Cgroups(ctx, layout, sys_root, proc_root)
     scan = None
     if gather_threads:
-        scan = scan_tasks(proc_root, isolated, [g["pid"] for g in guests])
+        # sched_getaffinity answers for the TIDs of this PID namespace: only with the real /proc (and /sys, which
+        # told the online CPUs); the allowed CPUs it returns are the active ones, so every isolated CPU must be online.
+        fast = (os.path.realpath(proc_root) == "/proc" and os.path.realpath(sys_root) == "/sys"
+                and hasattr(os, "sched_getaffinity") and isolated <= online)
+        scan = scan_tasks(proc_root, isolated, [g["pid"] for g in guests],
+                          affinity_of=os.sched_getaffinity if fast else None,
+                          affinity_is_status=fast and cpus["possible"] == online)
         if scan.unreadable:
             ctx.warnings.append("%d task(s) had no Cpus_allowed_list in their status" % scan.unreadable)
     given = {}  # cgroup relative path -> isolated CPUs the domain XML gives it

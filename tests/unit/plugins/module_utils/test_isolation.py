@@ -407,3 +407,37 @@ def test_scan_tasks_counts_every_task_once(v1_isolcpus_root):
     assert scan.count == 18
     assert [t[0] for t in sorted(scan.guest_tasks[1000])] == [1000, 1001, 1010, 1011, 1020]
     assert sorted(scan.leaks) == ["300"]
+
+
+def _scan_state(scan):
+    return (scan.count, scan.unreadable, scan.leaks, scan.placed, sorted(scan.kthreads),
+            {pid: sorted(tasks) for pid, tasks in scan.guest_tasks.items()})
+
+
+@pytest.mark.parametrize("affinity_is_status", [False, True])
+def test_scan_tasks_with_affinity_of_finds_the_same(v1_isolcpus_root, affinity_is_status):
+    """The sched_getaffinity shortcut (here a stand-in answering from the tree's status files) changes what is
+    read, never the result: tasks off the isolated CPUs are only counted, the others are read as before."""
+    proc = v1_isolcpus_root / "proc"
+    isolated = frozenset({2, 3, 6, 7})
+    asked = []
+
+    def affinity_of(tid):
+        asked.append(tid)
+        for status in proc.glob("*/task/%d/status" % tid):
+            return iso.parse_cpulist(iso.parse_status_affinity(status.read_bytes()))
+        raise ProcessLookupError(tid)
+
+    plain = iso.scan_tasks(str(proc), isolated, guest_pids=[1000])
+    shortcut = iso.scan_tasks(str(proc), isolated, guest_pids=[1000], affinity_of=affinity_of,
+                              affinity_is_status=affinity_is_status)
+    assert _scan_state(shortcut) == _scan_state(plain)
+    assert len(asked) == (plain.count if affinity_is_status else plain.count - 5)  # guests: 5 tasks, read in full
+
+
+def test_scan_tasks_skips_a_task_gone_before_its_affinity(v1_isolcpus_root):
+    def gone(tid):
+        raise ProcessLookupError(tid)
+
+    scan = iso.scan_tasks(str(v1_isolcpus_root / "proc"), frozenset({2, 3, 6, 7}), guest_pids=[1000], affinity_of=gone)
+    assert scan.count == 5  # only the guest's tasks, which are read in full
