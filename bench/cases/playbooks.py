@@ -122,9 +122,10 @@ def run_playbook(argv):
         fd, log_path = tempfile.mkstemp(prefix="rtvirt-bench-failed-", suffix=".log")
         with os.fdopen(fd, "w") as handle:
             handle.write("$ %s\n%s\n--- stderr\n%s" % (" ".join(argv), proc.stdout, proc.stderr))
-        raise PlaybookFailed("%s failed (rc=%d): %s %s %s (full output: %s)" % (
+        text = "%s failed (rc=%d): %s %s %s (full output: %s)" % (
             os.path.basename(argv[-1]), proc.returncode, where[:600] or proc.stdout[-1200:], " ".join(msgs)[:900],
-            proc.stderr[-300:], log_path))
+            proc.stderr[-300:], log_path)
+        raise PlaybookFailed(" ".join(text.split()))  # one line: it lands in a Markdown table cell
     return counts
 
 
