@@ -98,13 +98,18 @@ def remove_cgroups(host, paths, subtree_before):
     assert sorted(root_subtree(host)) == sorted(subtree_before)
 
 
-def cpuset_task(args, check=False, may_fail=False):
-    task = {"rtvirt.kvm.cgroup_cpuset": args}
+def module_task(module, args, check=False, may_fail=False):
+    """One playbook task calling ``module``; check mode and ignore_errors on request."""
+    task = {module: args}
     if check:
         task["check_mode"] = True
     if may_fail:
         task["ignore_errors"] = True
     return task
+
+
+def cpuset_task(args, check=False, may_fail=False):
+    return module_task("rtvirt.kvm.cgroup_cpuset", args, check, may_fail)
 
 
 # --------------------------------------------------------------------------------------------

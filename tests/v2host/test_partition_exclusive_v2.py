@@ -19,7 +19,16 @@ import uuid
 
 import pytest
 
-from tests.v2host.test_modules_v2 import ABSENT, CG, UNIT_DIR, read_files, root_subtree, run_playbook, sh
+from tests.v2host.test_modules_v2 import (
+    ABSENT,
+    CG,
+    UNIT_DIR,
+    module_task,
+    read_files,
+    root_subtree,
+    run_playbook,
+    sh,
+)
 
 pytestmark = pytest.mark.v2host
 
@@ -27,12 +36,7 @@ WRAPPER = "/usr/local/bin/python3-nosystemd"
 
 
 def lp(args, check=False, may_fail=False):
-    task = {"rtvirt.kvm.libvirt_partition": args}
-    if check:
-        task["check_mode"] = True
-    if may_fail:
-        task["ignore_errors"] = True
-    return task
+    return module_task("rtvirt.kvm.libvirt_partition", args, check, may_fail)
 
 
 @pytest.fixture(scope="module")

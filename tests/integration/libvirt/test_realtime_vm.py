@@ -68,6 +68,17 @@ def _threads(rig, name):
     return result
 
 
+def _remove(tmp_path, name, partition, pool):
+    """Undefine the test's guest through the role, then remove its partition (also where libvirt made it in
+    cpuacct/devices, which libvirt_partition absent covers); returns the role run."""
+    gone = _play(tmp_path, [{"name": name, "state": "absent"}], partition, pool, {"realtime_vm_cpu_map": False})
+    subprocess.run([str(REPO / ".venv" / "bin" / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
+                    "-e", "ansible_python_interpreter=%s" % ansible_env()["RTVIRT_PYTHON_INTERPRETER"],
+                    "-m", "rtvirt.kvm.libvirt_partition", "-a", json.dumps({"name": partition, "state": "absent"})],
+                   env=ansible_env(), capture_output=True, check=False, timeout=300)
+    return gone
+
+
 def test_realtime_vm_defines_pins_fifo_and_is_idempotent(libvirt_rig, unique_name, tmp_path, fifo_allowed):
     cpus = _online_cpus()
     if len(cpus) < 2:
@@ -109,20 +120,7 @@ def test_realtime_vm_defines_pins_fifo_and_is_idempotent(libvirt_rig, unique_nam
             tid for tid, t in _threads(libvirt_rig, unique_name).items() if t["comm"].startswith("CPU 0/"))][
             "affinity"] == pool
     finally:
-        gone = _play(tmp_path, [{"name": unique_name, "state": "absent"}], partition, pool,
-                     {"realtime_vm_cpu_map": False})
-        subprocess.run([str(REPO / ".venv" / "bin" / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
-                        "-e", "ansible_python_interpreter=%s" % ansible_env()["RTVIRT_PYTHON_INTERPRETER"],
-                        "-m", "rtvirt.kvm.libvirt_partition", "-a",
-                        json.dumps({"name": partition, "state": "absent"})],
-                       env=ansible_env(), capture_output=True, check=False, timeout=300)
-        # libvirt itself makes the partition in cpuacct and devices too (hierarchies libvirt_partition
-        # does not manage); remove what is left of our own partition, empty directories only.
-        for leftover in pathlib.Path("/sys/fs/cgroup").glob("*/%s.partition" % unique_name):
-            try:
-                leftover.rmdir()
-            except OSError:
-                pass
+        gone = _remove(tmp_path, unique_name, partition, pool)
     assert gone["rc"] == 0, gone["out"][-3000:]
     assert unique_name not in libvirt_rig.domains()
     assert not list(pathlib.Path("/sys/fs/cgroup").glob("*/%s.partition" % unique_name))
@@ -190,18 +188,7 @@ def test_bad_guest_anywhere_in_the_list_defines_nothing(libvirt_rig, unique_name
             assert unique_name in libvirt_rig.domains(inactive=False) and second not in libvirt_rig.domains()
             assert libvirt_rig.qemu_pid(unique_name) == pid
     finally:
-        gone = _play(tmp_path, [{"name": unique_name, "state": "absent"}], partition, pool,
-                     {"realtime_vm_cpu_map": False})
-        subprocess.run([str(REPO / ".venv" / "bin" / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
-                        "-e", "ansible_python_interpreter=%s" % ansible_env()["RTVIRT_PYTHON_INTERPRETER"],
-                        "-m", "rtvirt.kvm.libvirt_partition", "-a",
-                        json.dumps({"name": partition, "state": "absent"})],
-                       env=ansible_env(), capture_output=True, check=False, timeout=300)
-        for leftover in pathlib.Path("/sys/fs/cgroup").glob("*%s.partition" % partition):
-            try:
-                leftover.rmdir()
-            except OSError:
-                pass
+        gone = _remove(tmp_path, unique_name, partition, pool)
     assert gone["rc"] == 0, gone["out"][-3000:]
     assert unique_name not in libvirt_rig.domains()
     assert _partition_dirs(partition) == []
