@@ -290,17 +290,6 @@ class PartitionError(Exception):
     """Bad input or a state the module will not change; nothing has been written."""
 
 
-class WriteError(Exception):
-    """A write failed half-way; ``writes`` says what was done, ``rolled_back`` what was undone."""
-
-    def __init__(self, message, writes, rolled_back=(), rollback_failures=()):
-        super().__init__(message)
-        self.message = message
-        self.writes = writes
-        self.rolled_back = list(rolled_back)
-        self.rollback_failures = list(rollback_failures)
-
-
 def get_argument_spec():
     return dict(
         name=dict(type="str", required=True),
@@ -488,15 +477,16 @@ def _refuse_moving_pinned_guests(mountpoint, pname, cpus):
     if not os.path.isdir(top):
         return
     pinned = {}
+    # os.walk is top-down: every directory's CPUs are read once and looked up again as its children's parent.
+    cpus_by_dir = {os.path.dirname(top): _cpus_of(os.path.dirname(top))}
     for current, dirs, _files in os.walk(top):
-        own = _cpus_of(current)
-        parent = _cpus_of(os.path.dirname(current))
-        guest = next((guest_of_cgroup(part) for part in os.path.relpath(current, mountpoint).split("/")
-                      if guest_of_cgroup(part)), None)
+        own = cpus_by_dir[current] = _cpus_of(current)
+        rel = os.path.relpath(current, mountpoint)
+        guest = next(filter(None, map(guest_of_cgroup, rel.split("/"))), None)
         if guest is None or own is None or own <= cpus:
             continue
-        if own != parent or not own & cpus:
-            pinned.setdefault(guest[0], []).append("%s on %s" % (os.path.relpath(current, mountpoint), format_cpulist(own)))
+        if own != cpus_by_dir[os.path.dirname(current)] or not own & cpus:
+            pinned.setdefault(guest[0], []).append("%s on %s" % (rel, format_cpulist(own)))
         if not own & cpus:
             dirs[:] = []
     if pinned:
@@ -857,7 +847,7 @@ def apply_cgroups(result, state):
             message += "; rolled back %d earlier change(s)" % len(restored)
         if failures:
             message += "; ROLLBACK INCOMPLETE: %s" % "; ".join(failures)
-        raise WriteError(message, list(writes), restored, failures) from None
+        raise ApplyError(message, list(writes), restored, failures) from None
     return writes
 
 
@@ -1097,7 +1087,7 @@ def _apply_systemd(module, gate, writes, pname, unit_file, current, new, was_act
         message = "%s: %s; %s" % (pname.slice, message,
                                   "unit change and slice start undone" if not failures else
                                   "ROLLBACK INCOMPLETE: %s" % "; ".join(failures))
-        raise WriteError(message, list(writes), restored, failures) from None
+        raise ApplyError(message, list(writes), restored, failures) from None
     return fs.read(pname.slice_path, _PARTITION_FILE)
 
 
@@ -1182,7 +1172,7 @@ def main():
         result = run(module, Host())
     except (PartitionError, PlanError, CgroupDiscoveryError, LockTimeout) as exc:
         module.fail_json(msg=str(exc), changed=False)
-    except WriteError as exc:
+    except ApplyError as exc:
         module.fail_json(msg=exc.message, changed=bool(exc.rollback_failures),
                          writes=[{"file": f, "value": v} for f, v in exc.writes],
                          rolled_back=exc.rolled_back, rollback_failures=exc.rollback_failures)
