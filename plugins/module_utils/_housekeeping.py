@@ -125,10 +125,11 @@ def plan_layout(realtime, online, partitions, emulator_cpus=None, narrow_machine
         name = entry["name"]
         cpus = entry.get("cpus") or (realtime | shared)
         if narrow_machine and (name == "/machine" or name.startswith("/machine/")):
-            errors.append("partition %s is %s /machine, which is kept on the housekeeping CPUs %s: a cpuset cannot "
+            errors.append("partition %s is %s, which is kept on the housekeeping CPUs %s: a cpuset cannot "
                           "hold CPUs its parent lacks; put it beside /machine (e.g. /%s)" % (
-                              name, "" if name == "/machine" else "below", format_cpulist(machine_cpus),
-                              name.rstrip("/").rsplit("/", 1)[-1] if name != "/machine" else "rt"))
+                              name, "/machine itself" if name == "/machine" else "below /machine",
+                              format_cpulist(machine_cpus),
+                              "rt" if name == "/machine" else name.rsplit("/", 1)[-1]))
             continue
         if not cpus & realtime:
             errors.append("partition %s (CPUs %s) holds none of the realtime CPUs %s" % (

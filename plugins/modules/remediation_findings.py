@@ -283,7 +283,8 @@ def main():
     cpuset = {}
     cpuset_h = next((h for h in hierarchies if "cpuset" in h.controllers and h.version == 1), None)
     if cpuset_h is not None:
-        for path in _walk(cpuset_h.mountpoint, tops):
+        # cpuset is never optional, so its tree was walked above.
+        for path in present.get(cpuset_h.key) or _walk(cpuset_h.mountpoint, tops):
             full = os.path.join(cpuset_h.mountpoint, path)
             cpuset[path] = {"cpus": _read(os.path.join(full, "cpuset.cpus")) or "",
                             "mems": _read(os.path.join(full, "cpuset.mems")) or ""}
