@@ -125,3 +125,11 @@ def missing_from_running(cmdline, params, absent=()):
         if key in running:
             differ.append(key)
     return differ
+
+
+def plan_edit(text, name, params, absent, running_cmdline):
+    """What editing ``text`` for ``params``/``absent`` means: (changed, new text, parameters the running
+    kernel lacks).  Raises CmdlineParseError for a file it cannot edit safely."""
+    _index, words = parse(text, name)
+    new = render(text, name, apply(words, params, absent))
+    return new != text, new, missing_from_running(running_cmdline, params, absent)

@@ -923,8 +923,15 @@ def _check_cmdline(violations, cmdline, asked, kernel_isolated, kernel_nohz_text
             })
 
 
-def _irq_changeable(sys_root, number):
-    """False for managed or per-CPU IRQs when debugfs tells; None when it cannot tell."""
+def irq_changeable(proc_root, sys_root, number):
+    """False for IRQs the kernel will not move: a read-only smp_affinity (the kernel creates it without write
+    permission when user space may not set the affinity, e.g. managed IRQs) or, where debugfs is mounted, a
+    managed, per-CPU or no-balancing IRQ. None when it cannot tell."""
+    try:
+        if not os.stat(os.path.join(proc_root, "irq", str(number), "smp_affinity")).st_mode & 0o200:
+            return False
+    except OSError:
+        pass
     text = _read_text(os.path.join(sys_root, "kernel", "debug", "irq", "irqs", str(number)))
     if text is None:
         return None
@@ -970,7 +977,7 @@ def _read_irqs(ctx, proc_root, sys_root, isolated, violations):
             "effective": _fmt(effective),
             "in_use": bool(actions),
         })
-        changeable = _irq_changeable(sys_root, number)
+        changeable = irq_changeable(proc_root, sys_root, number)
         irqs[-1]["changeable"] = changeable
         inside = affinity & isolated
         if inside:

@@ -111,10 +111,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cmdline import (
     CmdlineParseError,
-    apply,
     missing_from_running,
     parse,
-    render,
+    plan_edit,
 )
 
 
@@ -145,12 +144,10 @@ def main():
     with open(p["path"]) as handle:
         old = handle.read()
     try:
-        _index, words = parse(old, p["variable"])
-        new_words = apply(words, wanted, p["absent"])
-        new = render(old, p["variable"], new_words)
+        changed, new, _pending = plan_edit(old, p["variable"], wanted, p["absent"], running)
+        _index, new_words = parse(new, p["variable"])
     except CmdlineParseError as exc:
         module.fail_json(msg="cannot edit %s safely, nothing written: %s" % (p["path"], exc))
-    changed = new != old
     result = dict(changed=changed, bootloader="grub", cmdline=" ".join(new_words),
                   reboot_required=bool(pending), pending=pending)
     if module._diff:

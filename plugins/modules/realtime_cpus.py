@@ -133,19 +133,11 @@ emulator_mode:
   sample: shared
 """
 
-import os
-import re
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError, format_cpulist, parse_cpulist
-from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import (
-    RealtimeCpusError,
-    choose,
-    plan_layout,
-    validate,
-)
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import RealtimeCpusError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import plan_host
 
 
 def get_argument_spec():
@@ -159,84 +151,10 @@ def get_argument_spec():
     )
 
 
-def _read(path):
-    try:
-        with open(path) as handle:
-            return handle.read().strip()
-    except OSError:
-        return None
-
-
-def read_topology(sys_root):
-    cpu_dir = os.path.join(sys_root, "devices/system/cpu")
-    online_text = _read(os.path.join(cpu_dir, "online"))
-    if online_text is None:
-        raise RealtimeCpusError("cannot read %s/online: is sysfs mounted at %s?" % (cpu_dir, sys_root))
-    online = parse_cpulist(online_text, what="online CPUs")
-    present_text = _read(os.path.join(cpu_dir, "present"))
-    present = parse_cpulist(present_text, what="present CPUs") if present_text is not None else online
-    nodes = {}
-    node_dir = os.path.join(sys_root, "devices/system/node")
-    if os.path.isdir(node_dir):
-        for entry in os.listdir(node_dir):
-            match = re.fullmatch(r"node(\d+)", entry)
-            if match:
-                text = _read(os.path.join(node_dir, entry, "cpulist"))
-                if text is not None:
-                    nodes[int(match.group(1))] = parse_cpulist(text, what="%s cpulist" % entry)
-    siblings = {}
-    for cpu in online:
-        text = _read(os.path.join(cpu_dir, "cpu%d" % cpu, "topology/thread_siblings_list"))
-        if text:
-            siblings[cpu] = parse_cpulist(text, what="cpu%d thread_siblings_list" % cpu)
-    return online, present, nodes, siblings
-
-
-def run(params):
-    online, present, nodes, siblings = read_topology(params["sys_root"])
-    if params["cpus"]:
-        realtime = parse_cpulist(params["cpus"], what="cpus")
-        source = "given"
-    else:
-        realtime, _hk = choose(online, nodes, siblings, params["housekeeping_cores_per_node"])
-        source = "automatic"
-    warnings = validate(realtime, online, nodes, siblings, present=present)
-    errors = []
-    requested = []
-    for entry in params["partitions"]:
-        name = entry.get("name")
-        try:
-            parse_name(name)
-        except PartitionNameError as exc:
-            errors.append(str(exc))
-            continue
-        cpus = entry.get("cpus")
-        requested.append(dict(entry, cpus=parse_cpulist(str(cpus), what="cpus of partition %s" % name)
-                              if cpus else None))
-    if errors:
-        raise RealtimeCpusError("; ".join(errors))
-    emulator = parse_cpulist(params["emulator_cpus"], what="emulator_cpus") if params["emulator_cpus"] else None
-    layout, layout_warnings = plan_layout(realtime, online, requested, emulator, params["narrow_machine"])
-    warnings.extend(layout_warnings)
-    partitions = [dict(p, cpus=format_cpulist(p["cpus"])) for p in layout["partitions"]]
-    return dict(
-        changed=False,
-        realtime_cpus=format_cpulist(realtime),
-        housekeeping_cpus=format_cpulist(online - realtime),
-        online_cpus=format_cpulist(online),
-        source=source,
-        numa_nodes=[{"node": n, "cpus": format_cpulist(c & online)} for n, c in sorted(nodes.items())],
-        partitions=partitions,
-        machine_cpus=format_cpulist(layout["machine_cpus"]),
-        emulator_cpus=format_cpulist(layout["emulator_cpus"]),
-        emulator_mode=layout["emulator_mode"],
-    ), warnings
-
-
 def main():
     module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
     try:
-        result, warnings = run(module.params)
+        result, warnings = plan_host(module.params)
     except (RealtimeCpusError, CpuListError) as exc:
         module.fail_json(msg="realtime CPUs: %s" % exc)
     for warning in warnings:

@@ -1,0 +1,406 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) rtvirt.kvm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Does the host already look the way a host_prep run would leave it?  One read-only pass.
+
+Every module task costs a fresh Python process on the target (a quarter of a second here), so a
+re-converge that asks each task in turn whether it has something to do costs seconds even when
+nothing changes.  ``check_areas`` asks all of them at once and names, per area of the role (one task
+file each), what differs.  The role then runs only the areas with a difference, through the same
+modules as always, so this code never writes and never has to be as complete as those modules:
+it must only never call an area converged that its tasks would still change.  Where it cannot tell
+cheaply (an unparsable file, an IRQ whose changeability is unknown), the area is reported as
+pending and the modules decide.
+
+Each ``check_*`` function returns a list of reasons (empty: converged); roots are parameters so
+unit tests can point them at fake trees.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import re
+import stat
+
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import discover_layout
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cmdline import CmdlineParseError, plan_edit
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
+    CpuListError,
+    format_cpulist,
+    parse_cpulist,
+    parse_cpumask,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import kernel_at_least
+from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import (
+    RealtimeCpusError,
+    choose,
+    plan_layout,
+    validate,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import irq_changeable
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
+    DROP_IN_NAME,
+    PartitionNameError,
+    libvirt_hierarchies,
+    parse_name,
+    parse_proc_cgroups,
+    parse_qemu_conf_controllers,
+    render_slice_dropin,
+    render_slice_unit,
+)
+
+# The regexp roles/host_prep/tasks/irqs.yml gives lineinfile: the last matching line is the one it edits.
+_IRQBALANCE_LINE = re.compile(r"^#?\s*IRQBALANCE_BANNED_CPULIST=")
+AREAS = ("cmdline", "libvirt", "hook", "partitions", "irqs", "sysctl")
+
+
+def _read(path):
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def _read_line(path):
+    text = _read(path)
+    return None if text is None else text.strip()
+
+
+def _mode(path):
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+
+
+def _file_differs(path, content, mode):
+    """What ansible.builtin.copy/template with this content and mode would change, in words (None: nothing)."""
+    current = _read(path)
+    if current is None:
+        return "%s is missing" % path
+    if current != content:
+        return "%s differs from what the role writes" % path
+    if mode is not None and _mode(path) != mode:
+        return "%s has mode %04o, not %04o" % (path, _mode(path), mode)
+    return None
+
+
+def _dir_differs(path, mode):
+    if not os.path.isdir(path):
+        return "directory %s is missing" % path
+    if mode is not None and _mode(path) != mode:
+        return "%s has mode %04o, not %04o" % (path, _mode(path), mode)
+    return None
+
+
+def read_topology(sys_root):
+    cpu_dir = os.path.join(sys_root, "devices/system/cpu")
+    online_text = _read_line(os.path.join(cpu_dir, "online"))
+    if online_text is None:
+        raise RealtimeCpusError("cannot read %s/online: is sysfs mounted at %s?" % (cpu_dir, sys_root))
+    online = parse_cpulist(online_text, what="online CPUs")
+    present_text = _read_line(os.path.join(cpu_dir, "present"))
+    present = parse_cpulist(present_text, what="present CPUs") if present_text is not None else online
+    nodes = {}
+    node_dir = os.path.join(sys_root, "devices/system/node")
+    if os.path.isdir(node_dir):
+        for entry in os.listdir(node_dir):
+            match = re.fullmatch(r"node(\d+)", entry)
+            if match:
+                text = _read_line(os.path.join(node_dir, entry, "cpulist"))
+                if text is not None:
+                    nodes[int(match.group(1))] = parse_cpulist(text, what="%s cpulist" % entry)
+    siblings = {}
+    for cpu in online:
+        text = _read_line(os.path.join(cpu_dir, "cpu%d" % cpu, "topology/thread_siblings_list"))
+        if text:
+            siblings[cpu] = parse_cpulist(text, what="cpu%d thread_siblings_list" % cpu)
+    return online, present, nodes, siblings
+
+
+def plan_host(params):
+    """realtime_cpus' planning: the realtime set (given or chosen), validated, and the cgroup layout.
+    ``params``: realtime_cpus' options. Returns (result, warnings)."""
+    online, present, nodes, siblings = read_topology(params["sys_root"])
+    if params["cpus"]:
+        realtime = parse_cpulist(params["cpus"], what="cpus")
+        source = "given"
+    else:
+        realtime, _hk = choose(online, nodes, siblings, params["housekeeping_cores_per_node"])
+        source = "automatic"
+    warnings = validate(realtime, online, nodes, siblings, present=present)
+    errors = []
+    requested = []
+    for entry in params["partitions"]:
+        name = entry.get("name")
+        try:
+            parse_name(name)
+        except PartitionNameError as exc:
+            errors.append(str(exc))
+            continue
+        cpus = entry.get("cpus")
+        requested.append(dict(entry, cpus=parse_cpulist(str(cpus), what="cpus of partition %s" % name)
+                              if cpus else None))
+    if errors:
+        raise RealtimeCpusError("; ".join(errors))
+    emulator = parse_cpulist(params["emulator_cpus"], what="emulator_cpus") if params["emulator_cpus"] else None
+    layout, layout_warnings = plan_layout(realtime, online, requested, emulator, params["narrow_machine"])
+    warnings.extend(layout_warnings)
+    partitions = [dict(p, cpus=format_cpulist(p["cpus"])) for p in layout["partitions"]]
+    return dict(
+        changed=False,
+        realtime_cpus=format_cpulist(realtime),
+        housekeeping_cpus=format_cpulist(online - realtime),
+        online_cpus=format_cpulist(online),
+        source=source,
+        numa_nodes=[{"node": n, "cpus": format_cpulist(c & online)} for n, c in sorted(nodes.items())],
+        partitions=partitions,
+        machine_cpus=format_cpulist(layout["machine_cpus"]),
+        emulator_cpus=format_cpulist(layout["emulator_cpus"]),
+        emulator_mode=layout["emulator_mode"],
+    ), warnings
+
+
+def cmdline_params(realtime, housekeeping, isolcpus_flags):
+    """The kernel parameters host_prep sets (one definition: the cmdline tasks take them from here)."""
+    return {
+        "isolcpus": (isolcpus_flags + "," if isolcpus_flags else "") + realtime,
+        "nohz_full": realtime,
+        "rcu_nocbs": realtime,
+        "irqaffinity": housekeeping,
+    }
+
+
+def check_cmdline(path, params, proc_cmdline="/proc/cmdline", variable="GRUB_CMDLINE_LINUX"):
+    """Returns (reasons, reboot_required)."""
+    text = _read(path)
+    if text is None:
+        return [], False            # not a GRUB host: the task only says so
+    try:
+        changed, _new, pending = plan_edit(text, variable, params, (), _read(proc_cmdline) or "")
+    except CmdlineParseError as exc:
+        return ["%s cannot be edited safely (%s)" % (path, exc)], False
+    reasons = []
+    if changed:
+        reasons.append("%s of %s lacks %s" % (variable, path, ", ".join(sorted(params))))
+    if pending:
+        reasons.append("the running kernel lacks %s (reboot required)" % ", ".join(pending))
+    return reasons, bool(pending)
+
+
+def installed_packages(status_path="/var/lib/dpkg/status"):
+    """Names dpkg lists as installed, or None without dpkg."""
+    text = _read(status_path)
+    if text is None:
+        return None
+    names = set()
+    for stanza in text.split("\n\n"):
+        name = installed = None
+        for line in stanza.splitlines():
+            if line.startswith("Package: "):
+                name = line[9:].strip()
+            elif line.startswith("Status: "):
+                installed = line.split()[-1] == "installed"
+        if name and installed:
+            names.add(name)
+    return names
+
+
+def running_commands(proc_root="/proc"):
+    """The command names (comm) of every process, as pgrep -x matches them."""
+    names = set()
+    for entry in os.listdir(proc_root):
+        if entry.isdigit():
+            comm = _read(os.path.join(proc_root, entry, "comm"))
+            if comm:
+                names.add(comm.strip())
+    return names
+
+
+def check_libvirt(packages, installed, systemd_units, starter=None, proc_root="/proc", log_dir="/var/log/libvirt"):
+    """``installed``: installed_packages() (None: no dpkg, the role installs nothing); ``systemd_units``: the
+    states of libvirtd from systemctl ({"active": ..., "enabled": ...}) or None without systemd; ``starter``:
+    {"path", "content"} of the daemon starter on hosts without systemd."""
+    reasons = []
+    if installed is not None:
+        missing = [p for p in packages if p not in installed]
+        if missing:
+            reasons.append("package(s) not installed: %s" % ", ".join(missing))
+    try:
+        group = grp.getgrnam("libvirt-qemu")
+    except KeyError:
+        reasons.append("group libvirt-qemu does not exist")
+        group = None
+    try:
+        user = pwd.getpwnam("libvirt-qemu")
+    except KeyError:
+        reasons.append("user libvirt-qemu does not exist")
+    else:
+        if group is not None and user.pw_gid != group.gr_gid:
+            reasons.append("user libvirt-qemu's primary group is not libvirt-qemu")
+        if user.pw_shell != "/usr/sbin/nologin":
+            reasons.append("user libvirt-qemu's shell is %s" % user.pw_shell)
+    reasons.extend(r for r in [_dir_differs(log_dir, 0o755)] if r)
+    if systemd_units is not None:
+        if systemd_units.get("active") != "active":
+            reasons.append("libvirtd is %s" % systemd_units.get("active"))
+        if systemd_units.get("enabled") != "enabled":
+            reasons.append("libvirtd is %s at boot" % systemd_units.get("enabled"))
+    else:
+        if starter:
+            reasons.extend(r for r in [_file_differs(starter["path"], starter["content"], 0o755)] if r)
+        running = running_commands(proc_root)
+        reasons.extend("%s is not running" % d for d in ("virtlogd", "libvirtd") if d not in running)
+    return reasons
+
+
+def check_hook(path, content, layout_path, layout):
+    reasons = [r for r in (_dir_differs(os.path.dirname(path), 0o755), _file_differs(path, content, 0o755)) if r]
+    text = _read(layout_path)
+    try:
+        current = json.loads(text) if text is not None else None
+    except ValueError:
+        current = "unparsable"
+    if current != layout:
+        reasons.append("%s %s" % (layout_path, "is missing" if text is None else "does not describe this layout"))
+    elif _mode(layout_path) != 0o644:
+        reasons.append("%s has mode %04o, not 0644" % (layout_path, _mode(layout_path)))
+    return reasons
+
+
+def _first_word(text):
+    return (text or "").split()[0] if (text or "").split() else None
+
+
+def check_partitions(wanted, systemd, kernel_release, proc_root="/proc", qemu_conf="/etc/libvirt/qemu.conf",
+                     unit_dir="/etc/systemd/system", slice_states=None):
+    """``wanted``: [{"name", "cpus", "mems" (optional), "exclusive" (bool or None: left alone)}], /machine included
+    when host_prep narrows it.  ``slice_states``: {slice: systemctl is-active} on systemd hosts."""
+    reasons = []
+    subsystems = parse_proc_cgroups(_read(os.path.join(proc_root, "cgroups")) or "")
+    layout = discover_layout(os.path.join(proc_root, "self", "mountinfo"))
+    conf = _read(qemu_conf)
+    hierarchies = libvirt_hierarchies(layout.mounts, parse_qemu_conf_controllers(conf) if conf else None)
+    kind = "isolated" if kernel_at_least(kernel_release, (5, 15)) else "root"
+    for entry in wanted:
+        pname = parse_name(entry["name"], subsystems)
+        cpus = parse_cpulist(entry["cpus"], what="cpus of %s" % entry["name"])
+        mems = parse_cpulist(entry["mems"], what="mems of %s" % entry["name"]) if entry.get("mems") else None
+        exclusive = entry.get("exclusive")
+        if systemd:
+            if pname.is_default:
+                unit = os.path.join(unit_dir, pname.slice + ".d", DROP_IN_NAME)
+                text = render_slice_dropin(pname, cpus, mems)
+            else:
+                unit = os.path.join(unit_dir, pname.slice)
+                text = render_slice_unit(pname, cpus, mems)
+            if _read(unit) != text:
+                reasons.append("%s: %s differs from what libvirt_partition writes" % (entry["name"], unit))
+            if (slice_states or {}).get(pname.slice) != "active":
+                reasons.append("%s: %s is not active" % (entry["name"], pname.slice))
+            unified = layout.unified
+            if unified is not None and "cpuset" in (_read(os.path.join(unified.mountpoint, "cgroup.controllers"))
+                                                    or "").split():
+                directory = os.path.join(unified.mountpoint, pname.slice_path)
+                if os.path.isdir(directory):
+                    reasons.extend("%s: %s" % (entry["name"], r) for r in
+                                   _cpuset_differs(directory, 2, cpus, mems, exclusive, kind))
+            continue
+        for hierarchy in hierarchies:
+            directory = os.path.join(hierarchy.mountpoint, pname.cgroup_path)
+            if not os.path.isdir(directory):
+                reasons.append("%s: %s is missing" % (entry["name"], directory))
+            elif "cpuset" in hierarchy.controllers:
+                reasons.extend("%s: %s" % (entry["name"], r) for r in
+                               _cpuset_differs(directory, hierarchy.version, cpus, mems, exclusive, kind))
+    return reasons
+
+
+def _cpuset_differs(directory, version, cpus, mems, exclusive, kind):
+    reasons = []
+    try:
+        have = parse_cpulist((_read(os.path.join(directory, "cpuset.cpus")) or "").strip())
+        have_mems = parse_cpulist((_read(os.path.join(directory, "cpuset.mems")) or "").strip())
+    except CpuListError as exc:
+        return ["%s: %s" % (directory, exc)]
+    if have != cpus:
+        reasons.append("%s/cpuset.cpus is %s, not %s" % (directory, format_cpulist(have) or "empty",
+                                                          format_cpulist(cpus)))
+    if mems is not None and have_mems != mems:
+        reasons.append("%s/cpuset.mems is %s, not %s" % (directory, format_cpulist(have_mems) or "empty",
+                                                          format_cpulist(mems)))
+    elif mems is None and not have_mems and version == 1:
+        reasons.append("%s/cpuset.mems is empty" % directory)
+    if exclusive is not None:
+        if version == 1:
+            flag = (_read(os.path.join(directory, "cpuset.cpu_exclusive")) or "").strip()
+            if flag != ("1" if exclusive else "0"):
+                reasons.append("%s/cpuset.cpu_exclusive is %s" % (directory, flag or "unreadable"))
+        else:
+            state = _first_word(_read(os.path.join(directory, "cpuset.cpus.partition")))
+            if state != (kind if exclusive else "member"):
+                reasons.append("%s/cpuset.cpus.partition is %s" % (directory, state or "unreadable"))
+    return reasons
+
+
+def check_irqs(cpus, irqbalance_file, banned, proc_root="/proc", sys_root="/sys"):
+    """IRQs the irq_affinity module would move (those the kernel lets user space move: an IRQ outside ``cpus``
+    whose changeability cannot be told counts as pending) and the irqbalance line."""
+    reasons = []
+    irq_dir = os.path.join(proc_root, "irq")
+    default = _read(os.path.join(irq_dir, "default_smp_affinity"))
+    if default is None or parse_cpumask(default.strip(), what="default_smp_affinity") != cpus:
+        reasons.append("default_smp_affinity is not %s" % format_cpulist(cpus))
+    outside = []
+    for entry in os.listdir(irq_dir):
+        if not entry.isdigit():
+            continue
+        text = _read(os.path.join(irq_dir, entry, "smp_affinity_list"))
+        try:
+            current = parse_cpulist(text.strip()) if text is not None else None
+        except CpuListError:
+            continue
+        if current is None or current <= cpus:
+            continue
+        if irq_changeable(proc_root, sys_root, entry) is False:
+            continue                # the kernel refuses to move it; irq_affinity reports it as unmovable
+        outside.append(int(entry))
+    if outside:
+        reasons.append("IRQ(s) %s allowed outside %s" % (", ".join(map(str, sorted(outside))), format_cpulist(cpus)))
+    text = _read(irqbalance_file)
+    if text is not None:
+        line = "IRQBALANCE_BANNED_CPULIST=%s" % banned
+        matching = [row for row in text.splitlines() if _IRQBALANCE_LINE.match(row)]
+        if not matching or matching[-1] != line:
+            reasons.append("%s does not ban %s" % (irqbalance_file, banned))
+    return reasons
+
+
+def check_sysctl(path, content, value, proc_root="/proc"):
+    reasons = [r for r in [_file_differs(path, content, 0o644)] if r]
+    current = (_read(os.path.join(proc_root, "sys", "kernel", "sched_rt_runtime_us")) or "").strip()
+    if current != str(value):
+        reasons.append("kernel.sched_rt_runtime_us is %s, not %s" % (current or "unreadable", value))
+    return reasons
+
+
+def partition_targets(plan, narrow_machine):
+    """What host_prep's partition tasks ask libvirt_partition for, in the order they ask it."""
+    targets = []
+    if narrow_machine:
+        targets.append({"name": "/machine", "cpus": plan["machine_cpus"], "exclusive": None})
+    for partition in plan["partitions"]:
+        targets.append({"name": partition["name"], "cpus": partition["cpus"], "mems": partition.get("mems"),
+                        # The role only ever switches exclusivity on (see tasks/partitions.yml).
+                        "exclusive": True if partition["exclusive"] else None})
+    return targets
+
+
+def hook_layout(plan, narrow_machine):
+    """What the qemu hook re-creates at a guest's prepare (the JSON file it reads)."""
+    return {"partitions": {p["name"]: p for p in plan["partitions"]},
+            "machine": {"cpus": plan["machine_cpus"]} if narrow_machine else {}}

@@ -1,0 +1,280 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) rtvirt.kvm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: host_prep_state
+short_description: Plan a host's realtime layout and report, in one pass, what host_prep would still change
+version_added: "0.2.0"
+description:
+  - The first task of the C(rtvirt.kvm.host_prep) role. It plans the realtime CPUs and the cgroup layout exactly
+    like M(rtvirt.kvm.realtime_cpus) (same options, same results, same errors before any change) and then reads,
+    in the same process, every part of the host the role manages. RV(pending) names each area of the role that
+    differs from the plan, with the reasons; the role runs only those areas, through the same modules as always.
+  - Why one pass. Every module task costs a new Python process on the target; asking a dozen tasks whether they
+    have anything to do costs seconds on a host where nothing changed. A realtime host is re-converged often
+    (CI, remediation, fleets in serial), and a converge that reads instead of writes is also what keeps the
+    kernel from rebuilding scheduling domains under running guests.
+  - An area is reported pending whenever this module cannot prove its tasks would change nothing (an unparsable
+    GRUB file, an IRQ outside the housekeeping CPUs whose changeability debugfs does not tell). It never reports
+    converged what the area's tasks would change; the unit tests hold it to the same inputs as those tasks.
+  - With O(verify=true) it also returns RV(ansible_facts.cpu_isolation), the facts of
+    M(rtvirt.kvm.cpu_isolation_facts) gathered for the planned realtime CPUs and partitions.
+  - The module never changes anything.
+author:
+  - rtvirt.kvm contributors (@rtvirt-kvm)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+options:
+  cpus:
+    description: As M(rtvirt.kvm.realtime_cpus)'s O(rtvirt.kvm.realtime_cpus#module:cpus).
+    type: str
+  housekeeping_cores_per_node:
+    description: As M(rtvirt.kvm.realtime_cpus)'s option of that name.
+    type: int
+    default: 1
+  partitions:
+    description: As M(rtvirt.kvm.realtime_cpus)'s option of that name.
+    type: list
+    elements: dict
+    default: []
+  emulator_cpus:
+    description: As M(rtvirt.kvm.realtime_cpus)'s option of that name.
+    type: str
+    default: ""
+  narrow_machine:
+    description: As M(rtvirt.kvm.realtime_cpus)'s option of that name.
+    type: bool
+    default: true
+  cmdline:
+    description:
+      - "Check the kernel command line in a GRUB defaults file: C(path) and C(isolcpus_flags). Omit when the role
+        does not manage it."
+    type: dict
+  libvirt:
+    description:
+      - "Check that libvirt is installed and running: C(packages) (checked in dpkg's status where dpkg exists),
+        C(starter) (the content of the daemon starter for hosts without systemd) and C(starter_path)."
+    type: dict
+  hook:
+    description:
+      - "Check the libvirt qemu hook: C(path), C(content) (the rendered script) and C(layout_path) (the JSON file
+        the hook reads the layout from; its content is RV(hook_layout))."
+    type: dict
+  irqs:
+    description:
+      - "Check IRQ affinities (against RV(irq_cpus)) and irqbalance's banned CPUs: C(irqbalance_file)."
+    type: dict
+  sysctl:
+    description:
+      - "Check the RT budget: C(path), C(content) (the sysctl.d file) and C(value) (kernel.sched_rt_runtime_us)."
+    type: dict
+  verify:
+    description: Return RV(ansible_facts.cpu_isolation) for the planned realtime CPUs and partitions.
+    type: bool
+    default: false
+  sys_root:
+    description: Where sysfs is mounted (the CPU topology). For tests against a recorded tree.
+    type: path
+    default: /sys
+attributes:
+  check_mode:
+    support: full
+    details: The module never changes anything.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+    details: Linux hosts with sysfs and procfs.
+seealso:
+  - module: rtvirt.kvm.realtime_cpus
+  - module: rtvirt.kvm.cpu_isolation_facts
+"""
+
+EXAMPLES = r"""
+- name: Plan, and see what a host_prep run would change
+  rtvirt.kvm.host_prep_state:
+    partitions:
+      - name: /rt
+    sysctl:
+      path: /etc/sysctl.d/90-rtvirt-kvm.conf
+      content: "kernel.sched_rt_runtime_us = -1\n"
+      value: -1
+  register: plan
+
+- name: Show the areas with a difference
+  ansible.builtin.debug:
+    var: plan.pending
+"""
+
+RETURN = r"""
+realtime_cpus:
+  description: As M(rtvirt.kvm.realtime_cpus) returns it; so are housekeeping_cpus, online_cpus, source,
+    numa_nodes, partitions, machine_cpus, emulator_cpus and emulator_mode.
+  returned: success
+  type: str
+  sample: "2-7"
+pending:
+  description: Each checked area that differs from the plan, with the reasons in words. Empty when converged.
+  returned: success
+  type: dict
+  sample: {partitions: ["/rt: /sys/fs/cgroup/cpuset/rt.partition is missing"]}
+systemd:
+  description: Whether systemd is the service manager (C(/run/systemd/system) exists).
+  returned: success
+  type: bool
+  sample: false
+package_manager:
+  description: V(apt) where dpkg keeps its status file, else null (the role installs no packages).
+  returned: success
+  type: str
+  sample: apt
+reboot_required:
+  description: The running kernel lacks kernel parameters the GRUB file asks for (only with O(cmdline)).
+  returned: success
+  type: bool
+  sample: false
+cmdline_params:
+  description: The kernel parameters for the plan (C(isolcpus), C(nohz_full), C(rcu_nocbs), C(irqaffinity)).
+  returned: success
+  type: dict
+  sample: {isolcpus: "managed_irq,domain,2-7", nohz_full: "2-7", rcu_nocbs: "2-7", irqaffinity: "0-1"}
+hook_layout:
+  description: What the qemu hook re-creates, C(partitions) (name to cpus/exclusive) and C(machine).
+  returned: success
+  type: dict
+  sample: {partitions: {"/rt": {name: /rt, cpus: "0-7", exclusive: false}}, machine: {cpus: "0-1"}}
+irq_cpus:
+  description: Where IRQs and default_smp_affinity go (the housekeeping CPUs; with dedicated emulator CPUs,
+    the CPUs of /machine).
+  returned: success
+  type: str
+  sample: "0-1"
+ansible_facts:
+  description: With O(verify=true), C(cpu_isolation) as M(rtvirt.kvm.cpu_isolation_facts) returns it.
+  returned: when verify is true
+  type: dict
+"""
+
+import os
+import subprocess
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError, parse_cpulist
+from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import RealtimeCpusError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import (
+    check_cmdline,
+    check_hook,
+    check_irqs,
+    check_libvirt,
+    check_partitions,
+    check_sysctl,
+    cmdline_params,
+    hook_layout,
+    installed_packages,
+    partition_targets,
+    plan_host,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import IsolationError, gather
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
+
+SYSTEMD_DIR = "/run/systemd/system"
+
+
+def get_argument_spec():
+    return dict(
+        cpus=dict(type="str"),
+        housekeeping_cores_per_node=dict(type="int", default=1),
+        partitions=dict(type="list", elements="dict", default=[]),
+        emulator_cpus=dict(type="str", default=""),
+        narrow_machine=dict(type="bool", default=True),
+        cmdline=dict(type="dict"),
+        libvirt=dict(type="dict"),
+        hook=dict(type="dict"),
+        irqs=dict(type="dict"),
+        sysctl=dict(type="dict"),
+        verify=dict(type="bool", default=False),
+        sys_root=dict(type="path", default="/sys"),
+    )
+
+
+def _systemctl_states(verb, units):
+    """``systemctl is-active|is-enabled`` for several units in one call: {unit: state}."""
+    proc = subprocess.run(["systemctl", verb] + list(units), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          universal_newlines=True, check=False)
+    return dict(zip(units, proc.stdout.split()))
+
+
+def check(params, plan):
+    """The areas asked for that differ from ``plan``: {area: [reasons]}, plus what the tasks need."""
+    systemd = os.path.isdir(SYSTEMD_DIR)
+    pending = {}
+    extra = dict(systemd=systemd, reboot_required=False,
+                 package_manager="apt" if installed_packages() is not None else None,
+                 cmdline_params=cmdline_params(plan["realtime_cpus"], plan["housekeeping_cpus"],
+                                               (params["cmdline"] or {}).get("isolcpus_flags") or ""),
+                 hook_layout=hook_layout(plan, params["narrow_machine"]),
+                 irq_cpus=plan["machine_cpus"] if plan["emulator_mode"] == "dedicated" else plan["housekeeping_cpus"])
+    targets = partition_targets(plan, params["narrow_machine"])
+    active = {}
+    if systemd:
+        slices = [parse_name(t["name"]).slice for t in targets]
+        active = _systemctl_states("is-active", slices + ["libvirtd.service"])
+    if params["cmdline"] is not None:
+        reasons, extra["reboot_required"] = check_cmdline(params["cmdline"]["path"], extra["cmdline_params"])
+        pending["cmdline"] = reasons
+    if params["libvirt"] is not None:
+        lv = params["libvirt"]
+        units = None
+        if systemd:
+            units = {"active": active.get("libvirtd.service"),
+                     "enabled": _systemctl_states("is-enabled", ["libvirtd.service"]).get("libvirtd.service")}
+        starter = {"path": lv.get("starter_path"), "content": lv.get("starter")} if lv.get("starter") else None
+        pending["libvirt"] = check_libvirt(lv.get("packages") or [], installed_packages(), units, starter)
+    if params["hook"] is not None:
+        hook = params["hook"]
+        pending["hook"] = check_hook(hook["path"], hook["content"], hook["layout_path"], extra["hook_layout"])
+    pending["partitions"] = check_partitions(targets, systemd, os.uname().release, slice_states=active)
+    if params["irqs"] is not None:
+        pending["irqs"] = check_irqs(parse_cpulist(extra["irq_cpus"]), params["irqs"]["irqbalance_file"],
+                                     plan["realtime_cpus"])
+    if params["sysctl"] is not None:
+        sysctl = params["sysctl"]
+        pending["sysctl"] = check_sysctl(sysctl["path"], sysctl["content"], sysctl["value"])
+    extra["pending"] = {area: reasons for area, reasons in pending.items() if reasons}
+    return extra
+
+
+def main():
+    module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
+    params = module.params
+    try:
+        plan, warnings = plan_host(params)
+    except (RealtimeCpusError, CpuListError) as exc:
+        module.fail_json(msg="realtime CPUs: %s" % exc)
+    for warning in warnings:
+        module.warn(warning)
+    try:
+        plan.update(check(params, plan))
+    except (CgroupDiscoveryError, CpuListError, PartitionNameError, OSError, KeyError) as exc:
+        module.fail_json(msg="cannot read the host's state: %s" % exc, **plan)
+    if params["verify"]:
+        try:
+            facts = gather(isolated_cpus=plan["realtime_cpus"],
+                           realtime_partitions=[p["name"] for p in plan["partitions"]])
+        except (IsolationError, CpuListError) as exc:
+            module.fail_json(msg="cannot gather CPU isolation facts: %s" % exc, **plan)
+        for warning in facts["warnings"]:
+            module.warn(warning)
+        plan["ansible_facts"] = {"cpu_isolation": facts}
+    module.exit_json(**plan)
+
+
+if __name__ == "__main__":
+    main()

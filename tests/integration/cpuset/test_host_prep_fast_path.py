@@ -1,0 +1,132 @@
+"""host_prep's fast path on the real kernel: a converged host costs one module call; drift is found and repaired.
+
+The role runs through ansible-playbook on this machine with a throwaway realtime partition
+(``/rtvirt-fp-<hex>``, beside /machine, which is left alone: ``host_prep_narrow_machine: false``), the
+sysctl.d file in the test's temporary directory and kernel.sched_rt_runtime_us at the value the host
+already has, so the only thing the test changes on the host is its own partition, removed at the end.
+A test callback (tests/support/callback_plugins) records which tasks really ran.
+"""
+import json
+import pathlib
+import re
+import subprocess
+import uuid
+
+import pytest
+
+from tests.support.ansible_runner import REPO, ansible_env
+
+RECAP = re.compile(r"^localhost\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+# Tasks that run on the controller only (no module process on the host).
+CONTROLLER_ACTIONS = {"ansible.builtin.set_fact", "ansible.builtin.debug", "ansible.builtin.assert",
+                      "ansible.builtin.include_tasks", "ansible.builtin.validate_argument_spec",
+                      "ansible.builtin.meta", "set_fact", "debug", "assert", "include_tasks",
+                      "validate_argument_spec", "meta"}
+SYSCTL = pathlib.Path("/proc/sys/kernel/sched_rt_runtime_us")
+
+
+def _cpuset_dir(name):
+    return pathlib.Path("/sys/fs/cgroup/cpuset") / (name.lstrip("/") + ".partition")
+
+
+@pytest.fixture
+def partition():
+    name = "/rtvirt-fp-%s" % uuid.uuid4().hex[:8]
+    yield name
+    subprocess.run([str(REPO / ".venv" / "bin" / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
+                    "-e", "ansible_python_interpreter=%s" % ansible_env()["RTVIRT_PYTHON_INTERPRETER"],
+                    "-m", "rtvirt.kvm.libvirt_partition", "-a", json.dumps({"name": name, "state": "absent"})],
+                   env=ansible_env(), capture_output=True, check=False, timeout=300)
+    assert not _cpuset_dir(name).exists()
+
+
+def _play(tmp_path, partition, check=False, extra=None):
+    role_vars = {
+        "host_prep_partitions": [{"name": partition}],
+        "host_prep_narrow_machine": False,
+        "host_prep_manage_cmdline": False,
+        "host_prep_install_libvirt": False,
+        "host_prep_install_hook": False,
+        "host_prep_manage_irqs": False,
+        "host_prep_sysctl_file": str(tmp_path / "90-rtvirt-test.conf"),
+        "host_prep_sched_rt_runtime_us": int(SYSCTL.read_text()),
+        "host_prep_verify_kinds": ["cgroup_cpuset"],
+    }
+    role_vars.update(extra or {})
+    play = [{"hosts": "localhost", "gather_facts": False,
+             "roles": [{"role": "rtvirt.kvm.host_prep", "vars": role_vars}]}]
+    path = tmp_path / "play.yml"
+    path.write_text(json.dumps(play))
+    log = tmp_path / "tasks.jsonl"
+    if log.exists():
+        log.unlink()
+    env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
+                       "ANSIBLE_CALLBACK_PLUGINS": str(REPO / "tests" / "support" / "callback_plugins"),
+                       "ANSIBLE_CALLBACKS_ENABLED": "rtvirt_task_log", "RTVIRT_TASK_LOG": str(log)})
+    argv = [str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+            "-e", "ansible_python_interpreter=%s" % env["RTVIRT_PYTHON_INTERPRETER"], str(path)]
+    if check:
+        argv.append("--check")
+    proc = subprocess.run(argv, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=600, check=False)
+    match = RECAP.search(proc.stdout)
+    assert match, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tasks = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return dict(changed=int(match.group(2)), failed=int(match.group(4)), rc=proc.returncode,
+                out=proc.stdout + proc.stderr, tasks=tasks)
+
+
+def _modules_run(run):
+    return [t["action"] for t in run["tasks"] if t["status"] != "skipped" and t["action"] not in CONTROLLER_ACTIONS]
+
+
+def test_converged_host_costs_one_module_call_and_drift_is_repaired(tmp_path, partition):
+    first = _play(tmp_path, partition)
+    assert first["rc"] == 0, first["out"][-4000:]
+    assert first["changed"] > 0
+    cpuset = _cpuset_dir(partition)
+    wanted = (cpuset / "cpuset.cpus").read_text().strip()
+    assert wanted == pathlib.Path("/sys/devices/system/cpu/online").read_text().strip()
+
+    again = _play(tmp_path, partition)
+    assert again["rc"] == 0 and again["changed"] == 0, again["out"][-4000:]
+    assert _modules_run(again) == ["rtvirt.kvm.host_prep_state"], again["tasks"]
+    assert "the host matches the plan" in again["out"]
+
+    # Drift: a hand-narrowed partition and an edited sysctl.d file. Check mode names both and writes nothing.
+    (cpuset / "cpuset.cpus").write_text("1")
+    sysctl_file = tmp_path / "90-rtvirt-test.conf"
+    sysctl_file.write_text("# edited by hand\n")
+    dry = _play(tmp_path, partition, check=True)
+    assert dry["rc"] == 0 and dry["changed"] > 0, dry["out"][-4000:]
+    assert "cpuset.cpus is 1, not %s" % wanted in dry["out"], dry["out"][-4000:]
+    assert "90-rtvirt-test.conf differs" in dry["out"]
+    assert (cpuset / "cpuset.cpus").read_text().strip() == "1"
+    assert sysctl_file.read_text() == "# edited by hand\n"
+
+    repaired = _play(tmp_path, partition)
+    assert repaired["rc"] == 0 and repaired["changed"] > 0, repaired["out"][-4000:]
+    ran = _modules_run(repaired)
+    assert "rtvirt.kvm.libvirt_partition" in ran and "ansible.builtin.copy" in ran, ran
+    assert "rtvirt.kvm.irq_affinity" not in ran    # an area without a difference stays skipped
+    assert (cpuset / "cpuset.cpus").read_text().strip() == wanted
+    assert "kernel.sched_rt_runtime_us" in sysctl_file.read_text()
+
+    settled = _play(tmp_path, partition)
+    assert settled["changed"] == 0 and _modules_run(settled) == ["rtvirt.kvm.host_prep_state"], settled["out"][-3000:]
+
+
+def test_full_path_on_request_changes_nothing_on_a_converged_host(tmp_path, partition):
+    assert _play(tmp_path, partition)["rc"] == 0
+    full = _play(tmp_path, partition, extra={"host_prep_fast_path": False})
+    assert full["rc"] == 0 and full["changed"] == 0, full["out"][-4000:]
+    assert "rtvirt.kvm.libvirt_partition" in _modules_run(full)
+
+
+def test_bad_input_fails_in_the_plan_task_before_any_change(tmp_path, partition):
+    online = pathlib.Path("/sys/devices/system/cpu/online").read_text().strip()
+    bad = _play(tmp_path, partition, extra={"host_prep_realtime_cpus": online})
+    assert bad["rc"] != 0 and bad["failed"] == 1
+    assert "housekeeping" in bad["out"], bad["out"][-3000:]
+    assert _modules_run(bad) == ["rtvirt.kvm.host_prep_state"]
+    assert not _cpuset_dir(partition).exists()
+    assert not (tmp_path / "90-rtvirt-test.conf").exists()
