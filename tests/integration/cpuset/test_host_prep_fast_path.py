@@ -130,3 +130,21 @@ def test_bad_input_fails_in_the_plan_task_before_any_change(tmp_path, partition)
     assert _modules_run(bad) == ["rtvirt.kvm.host_prep_state"]
     assert not _cpuset_dir(partition).exists()
     assert not (tmp_path / "90-rtvirt-test.conf").exists()
+
+
+def test_read_only_smp_affinity_means_the_kernel_refuses_the_move():
+    """The fast path skips IRQs whose smp_affinity the kernel made read-only; prove on this kernel that such an
+    IRQ really cannot be moved (writing its own current value back is refused, so nothing changes either way)."""
+    from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import irq_changeable
+    read_only = []
+    for entry in sorted(pathlib.Path("/proc/irq").iterdir()):
+        if entry.name.isdigit() and not (entry / "smp_affinity").stat().st_mode & 0o200:
+            read_only.append(entry)
+    for entry in read_only:
+        assert irq_changeable("/proc", "/sys", entry.name) is False
+        current = (entry / "smp_affinity_list").read_text().strip()
+        with pytest.raises(OSError):
+            (entry / "smp_affinity_list").write_text(current)
+        assert (entry / "smp_affinity_list").read_text().strip() == current
+    # These machines have such IRQs (virtio's managed queue interrupts); without any the proof above is empty.
+    assert read_only, "no IRQ with a read-only smp_affinity on this host: nothing was proven"

@@ -1,0 +1,202 @@
+# -*- coding: utf-8 -*-
+"""_host_state: the one-pass checks behind host_prep's fast path, held to what the writing modules would do.
+
+The rule under test: an area the checks call converged must be one its module leaves unchanged. Where a
+module exists (kernel_cmdline, irq_affinity), both run on the same fake tree and must agree.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from _module_runner import run_module
+from ansible_collections.rtvirt.kvm.plugins.module_utils import _host_state as hs
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import parse_name, render_slice_unit
+from ansible_collections.rtvirt.kvm.plugins.modules import irq_affinity, kernel_cmdline
+
+
+def write(path, text, mode=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write(text)
+    if mode is not None:
+        os.chmod(path, mode)
+
+
+PARAMS = hs.cmdline_params("2-3", "0-1", "managed_irq,domain")
+
+
+@pytest.mark.parametrize("grub, running", [
+    ('GRUB_CMDLINE_LINUX="quiet"\n', "quiet"),
+    ('GRUB_CMDLINE_LINUX="quiet isolcpus=managed_irq,domain,2-3 nohz_full=2-3 rcu_nocbs=2-3 irqaffinity=0-1"\n',
+     "quiet"),
+    ('GRUB_CMDLINE_LINUX="isolcpus=managed_irq,domain,2-3 nohz_full=2-3 rcu_nocbs=2-3 irqaffinity=0-1"\n',
+     "BOOT_IMAGE=/vmlinuz isolcpus=managed_irq,domain,2-3 nohz_full=2-3 rcu_nocbs=2-3 irqaffinity=0-1"),
+    ('GRUB_CMDLINE_LINUX="nohz_full=1 isolcpus=managed_irq,domain,2-3 rcu_nocbs=2-3 irqaffinity=0-1"\n',
+     "nohz_full=1 isolcpus=managed_irq,domain,2-3 rcu_nocbs=2-3 irqaffinity=0-1"),
+    ('GRUB_DEFAULT=0\n', "quiet"),
+])
+def test_cmdline_agrees_with_kernel_cmdline(tmp_path, grub, running):
+    path, proc = str(tmp_path / "grub"), str(tmp_path / "cmdline")
+    write(path, grub)
+    write(proc, running + "\n")
+    reasons, reboot = hs.check_cmdline(path, PARAMS, proc_cmdline=proc)
+    module = run_module(kernel_cmdline, {"path": path, "params": PARAMS, "proc_cmdline": proc, "update_command": []},
+                        check_mode=True)
+    assert bool(reasons) == (module["changed"] or module["reboot_required"]), (reasons, module)
+    assert reboot == module["reboot_required"]
+
+
+def test_cmdline_unparsable_is_pending_and_no_grub_is_not(tmp_path):
+    path = str(tmp_path / "grub")
+    write(path, 'GRUB_CMDLINE_LINUX="quiet $EXTRA"\n')
+    reasons, _reboot = hs.check_cmdline(path, PARAMS, proc_cmdline=str(tmp_path / "none"))
+    assert reasons and "cannot be edited safely" in reasons[0]
+    assert hs.check_cmdline(str(tmp_path / "absent"), PARAMS) == ([], False)
+
+
+@pytest.fixture
+def irqs(tmp_path):
+    proc, sys_root = str(tmp_path / "proc"), str(tmp_path / "sys")
+    write(proc + "/irq/default_smp_affinity", "1\n")
+    write(proc + "/irq/10/smp_affinity_list", "0\n")
+    write(proc + "/irq/10/smp_affinity", "1\n", 0o644)
+    os.makedirs(sys_root)
+    return proc, sys_root
+
+
+def test_irqs_pending_exactly_when_irq_affinity_would_move(irqs, tmp_path):
+    proc, sys_root = irqs
+    assert hs.check_irqs(frozenset([0]), str(tmp_path / "none"), "1", proc_root=proc, sys_root=sys_root) == []
+    assert not run_module(irq_affinity, {"cpus": "0", "proc_root": proc})["changed"]
+    write(proc + "/irq/10/smp_affinity_list", "0-1\n")
+    write(proc + "/irq/default_smp_affinity", "3\n")
+    reasons = hs.check_irqs(frozenset([0]), str(tmp_path / "none"), "1", proc_root=proc, sys_root=sys_root)
+    assert any("default_smp_affinity" in r for r in reasons) and any("IRQ(s) 10 " in r for r in reasons)
+    result = run_module(irq_affinity, {"cpus": "0", "proc_root": proc})
+    assert result["changed"] and [m["irq"] for m in result["moved"]] == [10]
+    assert hs.check_irqs(frozenset([0]), str(tmp_path / "none"), "1", proc_root=proc, sys_root=sys_root) == []
+
+
+def test_irqs_the_kernel_will_not_move_are_not_pending(irqs, tmp_path):
+    proc, sys_root = irqs
+    # A managed IRQ: the kernel creates its smp_affinity read-only (the real kernel refusing the write is
+    # proven in tests/integration/cpuset/test_host_prep_fast_path.py); debugfs flags say the same where mounted.
+    write(proc + "/irq/11/smp_affinity_list", "1\n")
+    write(proc + "/irq/11/smp_affinity", "2\n", 0o444)
+    write(proc + "/irq/12/smp_affinity_list", "1\n")
+    write(proc + "/irq/12/smp_affinity", "2\n", 0o644)
+    write(sys_root + "/kernel/debug/irq/irqs/12", "handler: handle_edge_irq\nflags: 0x0\n IRQD_AFFINITY_MANAGED\n")
+    assert hs.check_irqs(frozenset([0]), str(tmp_path / "none"), "1", proc_root=proc, sys_root=sys_root) == []
+    write(sys_root + "/kernel/debug/irq/irqs/12", "handler: handle_edge_irq\n")
+    assert hs.check_irqs(frozenset([0]), str(tmp_path / "none"), "1", proc_root=proc,
+                         sys_root=sys_root) == ["IRQ(s) 12 allowed outside 0"]
+
+
+@pytest.mark.parametrize("text, pending", [
+    ("IRQBALANCE_BANNED_CPULIST=2-3\n", False),
+    ("#IRQBALANCE_BANNED_CPULIST=\nIRQBALANCE_BANNED_CPULIST=2-3\n", False),
+    ("IRQBALANCE_BANNED_CPULIST=2-3\n# IRQBALANCE_BANNED_CPULIST=\n", True),   # lineinfile edits the last match
+    ("#IRQBALANCE_BANNED_CPULIST=\n", True),
+    ("IRQBALANCE_ONESHOT=1\n", True),
+])
+def test_irqbalance_follows_lineinfile(irqs, tmp_path, text, pending):
+    proc, sys_root = irqs
+    write(str(tmp_path / "irqbalance"), text)
+    reasons = hs.check_irqs(frozenset([0]), str(tmp_path / "irqbalance"), "2-3", proc_root=proc, sys_root=sys_root)
+    assert bool(reasons) == pending, reasons
+
+
+def test_sysctl(tmp_path):
+    proc = str(tmp_path / "proc")
+    write(proc + "/sys/kernel/sched_rt_runtime_us", "-1\n")
+    path = str(tmp_path / "90.conf")
+    assert hs.check_sysctl(path, "x = 1\n", -1, proc_root=proc) == ["%s is missing" % path]
+    write(path, "x = 1\n", 0o644)
+    assert hs.check_sysctl(path, "x = 1\n", -1, proc_root=proc) == []
+    os.chmod(path, 0o600)
+    assert "mode 0600" in hs.check_sysctl(path, "x = 1\n", -1, proc_root=proc)[0]
+    os.chmod(path, 0o644)
+    write(proc + "/sys/kernel/sched_rt_runtime_us", "950000\n")
+    assert hs.check_sysctl(path, "x = 1\n", -1, proc_root=proc) == ["kernel.sched_rt_runtime_us is 950000, not -1"]
+
+
+def test_hook_layout_is_compared_as_data(tmp_path):
+    hook = str(tmp_path / "hooks" / "qemu")
+    layout_path = str(tmp_path / "hooks" / "layout.json")
+    os.makedirs(os.path.dirname(hook), mode=0o755)
+    os.chmod(os.path.dirname(hook), 0o755)
+    layout = {"partitions": {"/rt": {"name": "/rt", "cpus": "0-3", "exclusive": False}}, "machine": {"cpus": "0-1"}}
+    assert set(hs.check_hook(hook, "#!x\n", layout_path, layout)) == {
+        "%s is missing" % hook, "%s is missing" % layout_path}
+    write(hook, "#!x\n", 0o755)
+    write(layout_path, json.dumps(layout, indent=4, sort_keys=True) + "\n", 0o644)
+    assert hs.check_hook(hook, "#!x\n", layout_path, layout) == []
+    changed = dict(layout, machine={"cpus": "0"})
+    assert hs.check_hook(hook, "#!x\n", layout_path, changed) == ["%s does not describe this layout" % layout_path]
+    assert hs.check_hook(hook, "#!y\n", layout_path, layout) == ["%s differs from what the role writes" % hook]
+
+
+def test_dpkg_status_and_commands(tmp_path):
+    status = str(tmp_path / "status")
+    write(status, "Package: a\nStatus: install ok installed\n\nPackage: b\nStatus: deinstall ok config-files\n")
+    assert hs.installed_packages(status) == {"a"}
+    assert hs.installed_packages(str(tmp_path / "none")) is None
+    write(str(tmp_path / "proc" / "42" / "comm"), "libvirtd\n")
+    write(str(tmp_path / "proc" / "self" / "comm"), "python\n")
+    assert hs.running_commands(str(tmp_path / "proc")) == {"libvirtd"}
+
+
+def _v1_host(tmp_path, cpus="0-3", mems="0", exclusive="0"):
+    """A fake v1 host: cpuset and cpu hierarchies with /rt.partition in both."""
+    root = tmp_path / "cg"
+    mountinfo = ("30 25 0:26 / %s/cpuset rw - cgroup cgroup rw,cpuset\n"
+                 "31 25 0:27 / %s/cpu rw - cgroup cgroup rw,cpu\n") % (root, root)
+    write(str(tmp_path / "proc" / "self" / "mountinfo"), mountinfo)
+    write(str(tmp_path / "proc" / "cgroups"), "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t1\t1\t1\n")
+    part = root / "cpuset" / "rt.partition"
+    write(str(part / "cpuset.cpus"), cpus + "\n")
+    write(str(part / "cpuset.mems"), mems + "\n")
+    write(str(part / "cpuset.cpu_exclusive"), exclusive + "\n")
+    os.makedirs(str(root / "cpu" / "rt.partition"))
+    return str(tmp_path / "proc"), part
+
+
+@pytest.mark.parametrize("target, host, pending", [
+    ({"cpus": "0-3"}, {}, []),
+    ({"cpus": "0-3", "exclusive": True}, {}, ["cpuset.cpu_exclusive is 0"]),
+    ({"cpus": "0-3", "exclusive": True}, {"exclusive": "1"}, []),
+    ({"cpus": "2-3"}, {}, ["cpuset.cpus is 0-3, not 2-3"]),
+    ({"cpus": "0-3"}, {"mems": ""}, ["cpuset.mems is empty"]),
+    ({"cpus": "0-3", "mems": "1"}, {}, ["cpuset.mems is 0, not 1"]),
+])
+def test_partitions_v1(tmp_path, target, host, pending):
+    proc, _part = _v1_host(tmp_path, **host)
+    reasons = hs.check_partitions([dict({"name": "/rt"}, **target)], False, "6.1.0", proc_root=proc,
+                                  qemu_conf=str(tmp_path / "none"))
+    assert len(reasons) == len(pending) and all(p in r for p, r in zip(pending, reasons)), reasons
+
+
+def test_partition_missing_in_one_hierarchy(tmp_path):
+    proc, _part = _v1_host(tmp_path)
+    os.rmdir(str(tmp_path / "cg" / "cpu" / "rt.partition"))
+    reasons = hs.check_partitions([{"name": "/rt", "cpus": "0-3"}], False, "6.1.0", proc_root=proc,
+                                  qemu_conf=str(tmp_path / "none"))
+    assert reasons == ["/rt: %s is missing" % (tmp_path / "cg" / "cpu" / "rt.partition")]
+
+
+def test_partition_systemd_unit_and_slice(tmp_path):
+    proc, _part = _v1_host(tmp_path)
+    unit_dir = str(tmp_path / "units")
+    pname = parse_name("/rt")
+    write(os.path.join(unit_dir, pname.slice), render_slice_unit(pname, frozenset(range(4))))
+    ok = hs.check_partitions([{"name": "/rt", "cpus": "0-3"}], True, "6.1.0", proc_root=proc,
+                             qemu_conf=str(tmp_path / "none"), unit_dir=unit_dir, slice_states={"rt.slice": "active"})
+    assert ok == []
+    stale = hs.check_partitions([{"name": "/rt", "cpus": "2-3"}], True, "6.1.0", proc_root=proc,
+                                qemu_conf=str(tmp_path / "none"), unit_dir=unit_dir,
+                                slice_states={"rt.slice": "inactive"})
+    assert any("differs from what libvirt_partition writes" in r for r in stale)
+    assert any("rt.slice is not active" in r for r in stale)
