@@ -50,6 +50,54 @@ def cgroup_mounts():
     return mounts
 
 
+class HostState:
+    """What site.yml changes on this machine besides the benchmark's own guests: /machine's CPUs, the realtime
+    partitions and the inventory's realtime guests. Recorded before the case; given back afterwards (only what
+    the case created is removed)."""
+
+    def __init__(self):
+        self.machine_cpus = _read_cpus("machine")
+        self.partitions = {name for name in os.listdir(common.CPUSET_ROOT) if name.endswith(".partition")}
+        self.domains = set(_virsh("list", "--all", "--name").split())
+
+    def restore(self):
+        notes = []
+        for name in sorted(set(_virsh("list", "--all", "--name").split()) - self.domains):
+            if name.startswith("rtvb-"):
+                continue    # the benchmark's own guests: its ExitStack stops them
+            _virsh("destroy", name)
+            _virsh("undefine", name)
+            notes.append("undefined %s (site.yml's realtime_vm defined it)" % name)
+        for entry in sorted(set(os.listdir(common.CPUSET_ROOT)) - self.partitions):
+            if entry.endswith(".partition"):
+                name = "/" + entry[:-len(".partition")]
+                _module("rtvirt.kvm.libvirt_partition", {"name": name, "state": "absent"})
+                notes.append("removed partition %s" % name)
+        if self.machine_cpus and _read_cpus("machine") != self.machine_cpus:
+            _module("rtvirt.kvm.libvirt_partition", {"name": "/machine", "cpus": self.machine_cpus})
+            notes.append("gave /machine its CPUs %s back" % self.machine_cpus)
+        return notes
+
+
+def _read_cpus(cgroup):
+    try:
+        with open(os.path.join(common.CPUSET_ROOT, cgroup, "cpuset.cpus")) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _virsh(*args):
+    proc = common.run(["virsh", "-c", "qemu:///system"] + list(args), check=False, timeout=300)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def _module(name, args):
+    common.run([str(common.VENV / "bin" / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
+                "-e", "ansible_python_interpreter=%s" % common.PYTHON, "-m", name, "-a", json.dumps(args)],
+               env=common.ansible_env(), check=False, timeout=600)
+
+
 class Partitions:
     """machine/<name>.partition in every cgroup hierarchy; removes only what it created."""
 
@@ -174,9 +222,11 @@ def run(ctx):
     tag = uuid.uuid4().hex[:6]
     rig = None
     failed = {}
+    host_state = None
     try:
         rig_lib.ensure_installed()
         rig = rig_lib.start(state_dir, holder_pid=os.getpid())
+        host_state = HostState()
         with contextlib.ExitStack() as guests_stack:
             guests = []
             for size in ctx.guest_counts:
@@ -235,6 +285,8 @@ def run(ctx):
     finally:
         for side, why in failed.items():
             section["not_run"].append("%s: FAILED, %s" % (side, why))
+        if host_state is not None:
+            section["notes"].extend(host_state.restore())
         left = partitions.remove()
         if left:
             section["notes"].append("could not remove: %s" % ", ".join(left))
