@@ -306,7 +306,7 @@ ansible_facts:
           sample: [{"name": "rt1", "xml": "<domain type='kvm'>...</domain>"}]
         realtime_partitions:
           description:
-            - Each O(realtime_partitions) entry as it stands in every cgroup hierarchy libvirt uses on this host:
+            - Each O(realtime_partitions) entry as it stands in every cgroup hierarchy libvirt uses on this host, with
               C(name), C(cgroup_path), C(cpus) and C(mems) (its C(cpuset.cpus) and C(cpuset.mems) as written) and
               C(missing), what M(rtvirt.kvm.libvirt_partition) would still create or enable (a level's directory,
               a v2 controller not enabled above it, a v1 cpuset level without CPUs or memory nodes).

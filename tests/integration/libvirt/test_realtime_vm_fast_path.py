@@ -99,8 +99,8 @@ def _virsh(*args):
                           timeout=120).stdout
 
 
-def test_steady_state_takes_the_fast_path_and_a_hand_change_the_full_one(libvirt_rig, unique_name, tmp_path,
-                                                                          fifo_allowed):
+def test_steady_state_takes_the_fast_path_and_a_hand_change_the_full_one(
+        libvirt_rig, unique_name, tmp_path, fifo_allowed):
     cpus = _online_cpus()
     assert len(cpus) >= 2, "needs a housekeeping CPU and a realtime CPU"
     pool, housekeeping = str(cpus[-1]), str(cpus[0])
