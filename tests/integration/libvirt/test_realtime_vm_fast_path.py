@@ -34,7 +34,7 @@ def _online_cpus():
 
 def _module_calls(tasks):
     """(action, task name) of every result that was a module run on the host."""
-    return [(t["action"], t["name"]) for t in tasks
+    return [(t["action"], t["name"].split(" : ", 1)[-1]) for t in tasks
             if t["status"] != "skipped" and t["action"].rsplit(".", 1)[-1] not in CONTROLLER_ACTIONS]
 
 
