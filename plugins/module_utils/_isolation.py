@@ -651,11 +651,37 @@ def _read_guests(ctx, run_root, proc_root):
     return guests
 
 
+# The parts of a persistent definition the realtime_vm role compares (_domain_xml.owned_view) and the pCPU planner
+# reads (_pcpu.guest_pins_from_domain_xml); the rest (devices, with graphics passwords and the like) stays out of
+# the facts.
+_DEFINITION_PARTS = ("name", "uuid", "memory", "currentMemory", "vcpu", "vcpus", "cputune", "numatune", "resource")
+_PCPU_METADATA = "{urn:rtvirt:kvm:pcpu:1}pcpu"
+
+
+def definition_parts(xml_text):
+    """A domain XML cut down to the parts in _DEFINITION_PARTS and its ``<rtvirt:pcpu>`` metadata element.
+
+    Raise ``ET.ParseError`` when the text is not XML.
+    """
+    root = ET.fromstring(xml_text)
+    kept = ET.Element(root.tag, {k: v for k, v in root.attrib.items() if k == "type"})
+    for child in root:
+        if child.tag in _DEFINITION_PARTS:
+            kept.append(child)
+        elif child.tag == "metadata":
+            pcpu = child.find(_PCPU_METADATA)
+            if pcpu is not None:
+                ET.SubElement(kept, "metadata").append(pcpu)
+    return ET.tostring(kept, encoding="unicode")
+
+
 def read_domain_definitions(config_dir):
     """libvirt's persistent domain definitions, ``[{"name", "xml"}]`` sorted by name, read from the files
-    libvirtd keeps them in (``<config_dir>/<name>.xml``, ``/etc/libvirt/qemu`` for qemu:///system).
+    libvirtd keeps them in (``<config_dir>/<name>.xml``, ``/etc/libvirt/qemu`` for qemu:///system); ``xml``
+    holds only the parts :func:`definition_parts` keeps.
 
-    A missing directory means no domain is defined (``[]``); an unreadable one or file gives None (unknown).
+    A missing directory means no domain is defined (``[]``); an unreadable one, or a file that cannot be read
+    or parsed, gives None (unknown).
     """
     try:
         entries = os.listdir(config_dir)
@@ -672,8 +698,8 @@ def read_domain_definitions(config_dir):
             continue
         try:
             with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except (OSError, UnicodeDecodeError):
+                text = definition_parts(handle.read())
+        except (OSError, UnicodeDecodeError, ET.ParseError):
             return None
         domains.append({"name": entry[:-len(".xml")], "xml": text})
     return domains

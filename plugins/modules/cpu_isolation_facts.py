@@ -299,7 +299,10 @@ ansible_facts:
           description:
             - The persistent definition of every libvirt domain of C(qemu:///system), C(name) and C(xml), read from
               C(<libvirt_config_dir>/qemu/<name>.xml) (no libvirt connection). Empty when the directory does not
-              exist; null when it cannot be read.
+              exist; null when it or a file in it cannot be read or parsed.
+            - C(xml) holds only the parts the C(rtvirt.kvm.realtime_vm) role compares and M(rtvirt.kvm.pcpu_allocation)
+              reads (C(name), C(uuid), C(memory), C(currentMemory), C(vcpu), C(vcpus), C(cputune), C(numatune),
+              C(resource) and the C(<rtvirt:pcpu>) metadata element); devices, with their passwords, stay out.
           returned: always
           type: list
           elements: dict

@@ -117,6 +117,21 @@ def test_facts_carry_topology_definitions_and_partitions(host):
                                              "cpus": "0-3,6-7", "mems": "0-1", "missing": []}]
 
 
+def test_facts_hold_only_the_parts_compared(host):
+    _edit(host, "rt1", "<devices>", "<devices><graphics type=\"vnc\" passwd=\"s3cret\" />")
+    facts = _facts(host)
+    xml = facts["domains"][0]["xml"]
+    assert "s3cret" not in xml and "<devices" not in xml and "<cputune>" in xml and "rtvirt:pcpu" in xml
+    assert _reasons(host, facts=facts) == []
+
+
+def test_unparsable_definition_is_unknown(host):
+    (host / "etc/libvirt/qemu/broken.xml").write_text("<domain")
+    facts = _facts(host)
+    assert facts["domains"] is None and any("cannot read the domain definitions" in w for w in facts["warnings"])
+    assert "the facts hold no domains" in _reasons(host, facts=facts)[0]
+
+
 def test_converged_host_is_steady(host):
     assert _reasons(host) == []
     # the filter is the same function
