@@ -1,13 +1,15 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) rtvirt.kvm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters of the realtime_vm role: guest list checks, the CPU map (text and HTML), the placement check."""
+"""Filters of the realtime_vm role: guest list checks, the CPU map (text and HTML), the placement check, and
+whether the role has anything to do (its steady state)."""
 
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import allocation_requests, guest_list_problems
+from ansible_collections.rtvirt.kvm.plugins.module_utils._steady import SYSTEM_URI, changes_needed
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpumap import (
     build_map,
     placement_problems,
@@ -43,6 +45,15 @@ def realtime_allocation_requests(guests, smt_policy, emulator_cpus):
     return allocation_requests(list(guests or ()), smt_policy, emulator_cpus)
 
 
+def realtime_vm_changes(cpu_isolation, guests, pool="", isolated_cpus="", emulator_cpus="", partition="/rt",
+                        manage_partitions=True, smt_policy="prefer", memory_mib=128, fifo_priority=1, verify=True,
+                        uri=SYSTEM_URI):
+    return changes_needed(_facts(cpu_isolation, "realtime_vm_changes"), list(guests or ()), pool=pool or "",
+                          isolated_cpus=isolated_cpus or "", emulator_cpus=emulator_cpus or "", partition=partition,
+                          manage_partitions=manage_partitions, smt_policy=smt_policy, memory_mib=memory_mib,
+                          fifo_priority=fifo_priority, verify=verify, uri=uri)
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -51,4 +62,5 @@ class FilterModule:
             "realtime_placement_problems": realtime_placement_problems,
             "realtime_guest_problems": realtime_guest_problems,
             "realtime_allocation_requests": realtime_allocation_requests,
+            "realtime_vm_changes": realtime_vm_changes,
         }

@@ -41,7 +41,16 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     parse_cpulist,
     parse_cpumask,
 )
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
+    V2_DOMAIN_CONTROLLERS,
+    V2_NAMES,
+    PartitionNameError,
+    libvirt_hierarchies,
+    parse_name,
+    parse_proc_cgroups,
+    parse_qemu_conf_controllers,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import TopologyError, read_topology
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import (
     CgroupDiscoveryError,
     cgroup_paths_of,
@@ -642,6 +651,124 @@ def _read_guests(ctx, run_root, proc_root):
     return guests
 
 
+# The parts of a persistent definition the realtime_vm role compares (_domain_xml.owned_view) and the pCPU planner
+# reads (_pcpu.guest_pins_from_domain_xml); the rest (devices, with graphics passwords and the like) stays out of
+# the facts.
+_DEFINITION_PARTS = ("name", "uuid", "memory", "currentMemory", "vcpu", "vcpus", "cputune", "numatune", "resource")
+_PCPU_METADATA = "{urn:rtvirt:kvm:pcpu:1}pcpu"
+
+
+def definition_parts(xml_text):
+    """A domain XML cut down to the parts in _DEFINITION_PARTS and its ``<rtvirt:pcpu>`` metadata element.
+
+    Raise ``ET.ParseError`` when the text is not XML.
+    """
+    root = ET.fromstring(xml_text)
+    kept = ET.Element(root.tag, {k: v for k, v in root.attrib.items() if k == "type"})
+    for child in root:
+        if child.tag in _DEFINITION_PARTS:
+            kept.append(child)
+        elif child.tag == "metadata":
+            pcpu = child.find(_PCPU_METADATA)
+            if pcpu is not None:
+                ET.SubElement(kept, "metadata").append(pcpu)
+    return ET.tostring(kept, encoding="unicode")
+
+
+def read_domain_definitions(config_dir):
+    """libvirt's persistent domain definitions, ``[{"name", "xml"}]`` sorted by name, read from the files
+    libvirtd keeps them in (``<config_dir>/<name>.xml``, ``/etc/libvirt/qemu`` for qemu:///system); ``xml``
+    holds only the parts :func:`definition_parts` keeps.
+
+    A missing directory means no domain is defined (``[]``); an unreadable one, or a file that cannot be read
+    or parsed, gives None (unknown).
+    """
+    try:
+        entries = os.listdir(config_dir)
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return None
+    domains = []
+    for entry in sorted(entries):
+        if not entry.endswith(".xml"):
+            continue
+        path = os.path.join(config_dir, entry)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = definition_parts(handle.read())
+        except (OSError, UnicodeDecodeError, ET.ParseError):
+            return None
+        domains.append({"name": entry[:-len(".xml")], "xml": text})
+    return domains
+
+
+def partition_state(name, layout, sys_root, subsystems=(), controllers=None, systemd=False):
+    """How a libvirt resource partition stands in every cgroup hierarchy libvirt uses (hosts without systemd).
+
+    Returns ``{"name", "cgroup_path", "cpus", "mems", "missing"}``: ``cpus``/``mems`` are the partition's
+    ``cpuset.cpus``/``cpuset.mems`` as written (None when unreadable); ``missing`` lists everything
+    M(rtvirt.kvm.libvirt_partition) would still create or enable for a partition given only its CPUs: a level's
+    directory in a hierarchy, a v2 controller not enabled above it, a v1 cpuset level without CPUs or memory
+    nodes; on systemd hosts, or where the hierarchies cannot be told, a sentence saying why nothing was read.
+    """
+    record = {"name": name, "cgroup_path": None, "cpus": None, "mems": None, "missing": []}
+    missing = record["missing"]
+    try:
+        pname = parse_name(name, subsystems)
+    except PartitionNameError as exc:
+        missing.append(str(exc))
+        return record
+    record["cgroup_path"] = pname.cgroup_path
+    if systemd:
+        missing.append("systemd host: the slice %s is not read by the facts" % pname.slice)
+        return record
+    if layout is None:
+        missing.append("the cgroup layout is unknown")
+        return record
+    hierarchies = libvirt_hierarchies(layout.mounts, controllers)
+    if not hierarchies:
+        missing.append("none of libvirt's controllers is mounted")
+        return record
+    cpuset_h = next((h for h in hierarchies if "cpuset" in h.controllers), None)
+    for hierarchy in hierarchies:
+        mount = next((m for m in layout.mounts if m.mountpoint == hierarchy.mountpoint), None)
+        if mount is None or mount.root != "/":
+            missing.append("%s is not mounted from its root" % hierarchy.mountpoint)
+            continue
+        top = _rebase(sys_root, hierarchy.mountpoint)
+        for level in pname.levels:
+            if not os.path.isdir(os.path.join(top, level)):
+                missing.append("%s/%s" % (hierarchy.mountpoint, level))
+        if hierarchy.version == 2:
+            offered = (_read_text(os.path.join(top, "cgroup.controllers")) or "").split()
+            enable = [V2_NAMES.get(c, c) for c in hierarchy.controllers]
+            enable = [c for c in V2_DOMAIN_CONTROLLERS if c in enable and c in offered]
+            if hierarchy is cpuset_h:
+                enable.append("cpuset")
+            for level in [""] + pname.levels[:-1]:
+                current = (_read_text(os.path.join(top, level, "cgroup.subtree_control")) or "").split()
+                for controller in enable:
+                    if controller not in current:
+                        missing.append("+%s in %s/cgroup.subtree_control" % (
+                            controller, os.path.join(hierarchy.mountpoint, level).rstrip("/")))
+    if cpuset_h is None:
+        missing.append("libvirt uses no cpuset controller here")
+        return record
+    top = _rebase(sys_root, cpuset_h.mountpoint)
+    leaf = os.path.join(top, pname.cgroup_path)
+    record["cpus"] = _read_text(os.path.join(leaf, "cpuset.cpus"))
+    record["mems"] = _read_text(os.path.join(leaf, "cpuset.mems"))
+    if cpuset_h.version == 1:
+        for level in pname.levels:
+            for knob in ("cpuset.cpus", "cpuset.mems"):
+                if os.path.isdir(os.path.join(top, level)) and not _read_text(os.path.join(top, level, knob)):
+                    missing.append("%s in %s/%s" % (knob, cpuset_h.mountpoint, level))
+    return record
+
+
 class _Cgroups(object):
     """The cpuset hierarchy as the facts see it: thread → cgroup path → cpuset files (cached)."""
 
@@ -687,12 +814,15 @@ class _Cgroups(object):
 
 
 def gather(proc_root="/proc", sys_root="/sys", run_root="/run/libvirt/qemu", layout=None,
-           isolated_cpus=None, realtime_partitions=(), gather_threads=True):
+           isolated_cpus=None, realtime_partitions=(), gather_threads=True, libvirt_config_dir="/etc/libvirt",
+           systemd_run_dir="/run/systemd/system"):
     """Return the ``cpu_isolation`` facts dict (see the module's RETURN for every key).
 
     ``layout`` is a :class:`CgroupLayout`; None discovers it from ``<proc_root>/self/mountinfo``.
     Cgroup mountpoints under ``/sys`` are read below ``sys_root``.  ``isolated_cpus`` (a list
-    string or an iterable of ints) is added to what the kernel reports.
+    string or an iterable of ints) is added to what the kernel reports.  ``libvirt_config_dir`` holds
+    ``qemu.conf`` and the persistent domain definitions (``qemu/<name>.xml``); ``systemd_run_dir``
+    tells a systemd host.
     """
     cpu_dir = os.path.join(sys_root, "devices", "system", "cpu")
     possible = _read_text(os.path.join(cpu_dir, "possible"))
@@ -854,6 +984,24 @@ def gather(proc_root="/proc", sys_root="/sys", run_root="/run/libvirt/qemu", lay
     # -- cgroups ------------------------------------------------------------------------------
     _cgroup_violations(ctx, cgroups, isolated, partition_paths, given, violations)
 
+    # -- what the realtime_vm role plans with: topology, definitions, partitions ---------------
+    try:
+        topology = read_topology(sys_root).as_dict()
+    except TopologyError as exc:
+        ctx.warnings.append("CPU topology unknown: %s" % exc)
+        topology = None
+    domains = read_domain_definitions(os.path.join(libvirt_config_dir, "qemu"))
+    if domains is None:
+        ctx.warnings.append("cannot read the domain definitions in %s/qemu" % libvirt_config_dir)
+    rt_partitions = []
+    if realtime_partitions:
+        subsystems = parse_proc_cgroups(_read_text(os.path.join(proc_root, "cgroups")) or "")
+        qemu_conf = _read_text(os.path.join(libvirt_config_dir, "qemu.conf"))
+        controllers = parse_qemu_conf_controllers(qemu_conf) if qemu_conf else None
+        systemd = os.path.isdir(systemd_run_dir)
+        for partition in sorted(set(realtime_partitions)):
+            rt_partitions.append(partition_state(partition, layout, sys_root, subsystems, controllers, systemd))
+
     return {
         "cgroup": layout.as_dict() if layout is not None else None,
         "cpus": {name: _fmt(value) for name, value in cpus.items()},
@@ -884,6 +1032,9 @@ def gather(proc_root="/proc", sys_root="/sys", run_root="/run/libvirt/qemu", lay
         "threads_scanned": scan.count if scan is not None else None,
         "threads_on_isolated": threads_on_isolated,
         "violations": violations,
+        "topology": topology,
+        "domains": domains,
+        "realtime_partitions": rt_partitions,
         "warnings": ctx.warnings,
     }
 

@@ -37,6 +37,9 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import format_
 LIBVIRT_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "net_cls",
                        "perf_event")
 V2_NAMES = {"blkio": "io"}
+# The v2 controllers libvirt_partition enables top-down in cgroup.subtree_control above a partition (when libvirt
+# uses them and the root offers them), so that the partition's guests get them.
+V2_DOMAIN_CONTROLLERS = ("cpu", "memory", "io", "perf_event")
 # A mkdir failure in these is ignored by libvirt (virCgroupV1MakeGroup): the partition may lack them.
 OPTIONAL_CONTROLLERS = ("blkio",)
 # libvirt's fixed first levels (no .partition suffix).  /machine is libvirt's default partition;

@@ -147,6 +147,27 @@ class Topology:
     def has_smt(self):
         return any(len(group) > 1 for group in self._siblings.values())
 
+    def as_dict(self):
+        """A JSON-friendly form (CPU numbers as strings) that :meth:`from_dict` turns back into an equal Topology."""
+        cpus = sorted(self.cpus)
+        return {
+            "node_of": {str(c): self._node_of[c] for c in cpus},
+            "siblings": {str(c): format_cpulist(self._siblings[c]) for c in cpus},
+            "core_id": {str(c): self._core_id[c] for c in cpus},
+            "package_id": {str(c): self._package_id[c] for c in cpus},
+        }
+
+    @classmethod
+    def from_dict(cls, data):
+        """The Topology :meth:`as_dict` described; raise TopologyError for anything else."""
+        try:
+            return cls({int(c): int(n) for c, n in data["node_of"].items()},
+                       {int(c): parse_cpulist(s) for c, s in data["siblings"].items()},
+                       {int(c): int(i) for c, i in data["core_id"].items()},
+                       {int(c): int(i) for c, i in data["package_id"].items()})
+        except (KeyError, TypeError, ValueError, AttributeError, CpuListError) as exc:
+            raise TopologyError("not a topology as Topology.as_dict writes it: %s" % (exc,)) from exc
+
     def __eq__(self, other):
         return isinstance(other, Topology) and (self._node_of, self._siblings) == (other._node_of, other._siblings)
 
@@ -604,6 +625,38 @@ def allocate(topology, pool, holdings, request):
         kept = _kept_pins(ctx, vcpus, warnings)
         pins, spare = _choose(ctx, vcpus, kept, warnings)
     return _finish(ctx, pins, spare, warnings)
+
+
+def ordered_pcpus(elements):
+    """Expand each element (a CPU or a range) in ascending order, keeping the elements' order."""
+    result = []
+    for element in elements:
+        result.extend(sorted(parse_cpulist(element, what="pcpus element")))
+    return tuple(result)
+
+
+def requests_from_entries(entries, defaults):
+    """pcpu_allocation's ``guests`` entries as ``Request`` objects plus the emulator CPUs by guest name.
+
+    ``defaults`` holds ``state``, ``vcpus``, ``smt_policy``, ``numa_node`` and ``pcpus`` for the keys an
+    entry leaves out (or sets to None).  The module and the realtime_vm role's steady-state check both
+    build their requests here, so both plan the same guests.
+    """
+    requests, emulators = [], {}
+    for entry in entries:
+        def pick(key):
+            return entry[key] if entry.get(key) is not None else defaults.get(key)
+        pcpus = pick("pcpus")
+        state = pick("state")
+        if state == "present" and pick("vcpus") is None and pcpus is None:
+            raise PcpuError("guest %r: give vcpus or pcpus" % entry["name"])
+        requests.append(Request(name=entry["name"], vcpus=pick("vcpus"), smt_policy=pick("smt_policy"),
+                                numa_node=pick("numa_node"), state=state,
+                                pcpus=ordered_pcpus(pcpus) if pcpus is not None else None))
+        if entry.get("emulator_cpus"):
+            emulators[entry["name"]] = parse_cpulist(entry["emulator_cpus"],
+                                                     what="emulator_cpus of guest %r" % entry["name"])
+    return requests, emulators
 
 
 def allocate_all(topology, pool, holdings, requests, emulators=None):

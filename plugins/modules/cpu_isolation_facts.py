@@ -15,8 +15,10 @@ description:
     command line asks (C(isolcpus=) with its flags, C(nohz_full=), C(rcu_nocbs=), C(irqaffinity=)), what the
     kernel reports (C(/sys/devices/system/cpu/isolated), C(/sys/devices/system/cpu/nohz_full), the cgroup v2
     root's C(cpuset.cpus.isolated) and v2 partitions), the housekeeping CPUs, C(kernel.sched_rt_runtime_us),
-    the IRQ affinities, every libvirt guest's threads and a list of violations.
-  - Everything is read from C(/proc), C(/sys) and libvirt's run directory. No libvirt connection is needed,
+    the IRQ affinities, every libvirt guest's threads and a list of violations; also what the
+    C(rtvirt.kvm.realtime_vm) role decides its steady state with (the pCPU topology, the persistent domain
+    definitions and the state of the O(realtime_partitions)).
+  - Everything is read from C(/proc), C(/sys), libvirt's run directory and its configuration directory. No libvirt connection is needed,
     so the facts also work while libvirtd is stopped.
   - "Isolated CPUs are the union of: C(isolcpus=) when it has the C(domain) flag or no flag, C(nohz_full=),
     C(/sys/devices/system/cpu/isolated), C(/sys/devices/system/cpu/nohz_full), the v2 root's
@@ -82,6 +84,12 @@ options:
         of each running guest.
     type: path
     default: /run/libvirt/qemu
+  libvirt_config_dir:
+    description:
+      - libvirt's configuration directory, holding C(qemu.conf) and the persistent domain definitions
+        C(qemu/<name>.xml) of C(qemu:///system).
+    type: path
+    default: /etc/libvirt
 attributes:
   check_mode:
     support: full
@@ -279,6 +287,37 @@ ansible_facts:
                                 /machine/qemu-3-rt1.libvirt-qemu/vcpu1 holds 3-4, the thread may run on 3-4",
                     "guest": "rt1", "role": "vcpu", "id": 1, "tid": 4251, "xml": "3",
                     "cgroup": "/machine/qemu-3-rt1.libvirt-qemu/vcpu1", "cpuset": "3-4", "affinity": "3-4"}]
+        topology:
+          description:
+            - The CPU topology M(rtvirt.kvm.pcpu_allocation) plans with, as its C(Topology.as_dict()) writes it
+              (CPU numbers as strings). Null when it cannot be read.
+          returned: always
+          type: dict
+          sample: {"node_of": {"0": 0, "1": 0}, "siblings": {"0": "0", "1": "1"}, "core_id": {"0": 0, "1": 1},
+                   "package_id": {"0": 0, "1": 0}}
+        domains:
+          description:
+            - The persistent definition of every libvirt domain of C(qemu:///system), C(name) and C(xml), read from
+              C(<libvirt_config_dir>/qemu/<name>.xml) (no libvirt connection). Empty when the directory does not
+              exist; null when it or a file in it cannot be read or parsed.
+            - C(xml) holds only the parts the C(rtvirt.kvm.realtime_vm) role compares and M(rtvirt.kvm.pcpu_allocation)
+              reads (C(name), C(uuid), C(memory), C(currentMemory), C(vcpu), C(vcpus), C(cputune), C(numatune),
+              C(resource) and the C(<rtvirt:pcpu>) metadata element); devices, with their passwords, stay out.
+          returned: always
+          type: list
+          elements: dict
+          sample: [{"name": "rt1", "xml": "<domain type='kvm'>...</domain>"}]
+        realtime_partitions:
+          description:
+            - Each O(realtime_partitions) entry as it stands in every cgroup hierarchy libvirt uses on this host, with
+              C(name), C(cgroup_path), C(cpus) and C(mems) (its C(cpuset.cpus) and C(cpuset.mems) as written) and
+              C(missing), what M(rtvirt.kvm.libvirt_partition) would still create or enable (a level's directory,
+              a v2 controller not enabled above it, a v1 cpuset level without CPUs or memory nodes).
+            - On systemd hosts C(missing) says that the slice is not read.
+          returned: always
+          type: list
+          elements: dict
+          sample: [{"name": "/rt", "cgroup_path": "rt.partition", "cpus": "0-1", "mems": "0", "missing": []}]
         warnings:
           description: What could not be read or parsed (also issued as module warnings).
           returned: always
@@ -301,6 +340,7 @@ def get_argument_spec():
         proc_root=dict(type="path", default="/proc"),
         sys_root=dict(type="path", default="/sys"),
         libvirt_run_dir=dict(type="path", default="/run/libvirt/qemu"),
+        libvirt_config_dir=dict(type="path", default="/etc/libvirt"),
     )
 
 
@@ -315,6 +355,7 @@ def main():
             isolated_cpus=params["isolated_cpus"],
             realtime_partitions=params["realtime_partitions"],
             gather_threads=params["gather_threads"],
+            libvirt_config_dir=params["libvirt_config_dir"],
         )
     except (IsolationError, CpuListError) as exc:
         module.fail_json(msg="cannot gather CPU isolation facts: %s" % exc)

@@ -257,6 +257,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import Pla
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     DROP_IN_NAME,
     LIBVIRT_CONTROLLERS,
+    V2_DOMAIN_CONTROLLERS,
     V2_NAMES,
     PartitionNameError,
     Tunables,
@@ -614,7 +615,6 @@ def _parent_cpus(cpuset_fs, pname):
     return "", frozenset(cpuset_fs.online_cpus()), frozenset(cpuset_fs.memory_nodes())
 
 
-_V2_DOMAIN_CONTROLLERS = ("cpu", "memory", "io", "perf_event")
 _PARTITION_FILE = "cpuset.cpus.partition"
 _DEFAULT_NOT_EXCLUSIVE = ("exclusive: %s is libvirt's default partition, where every guest without a <partition> "
                           "runs: it cannot be a cpuset partition of its own; give it the housekeeping CPUs and make "
@@ -752,7 +752,7 @@ def plan_cgroups(host, layout, pname, params, cpus, mems, tunables):
             # itself only below the partition).  cpuset is the engine's (above).
             root_controllers = (_read(os.path.join(hierarchy.mountpoint, "cgroup.controllers")) or "").split()
             enable = [V2_NAMES.get(c, c) for c in hierarchy.controllers]
-            enable = [c for c in _V2_DOMAIN_CONTROLLERS if c in enable and c in root_controllers]
+            enable = [c for c in V2_DOMAIN_CONTROLLERS if c in enable and c in root_controllers]
             for level in [""] + pname.levels[:-1]:
                 directory = os.path.join(hierarchy.mountpoint, level) if level else hierarchy.mountpoint
                 current = (_read(os.path.join(directory, "cgroup.subtree_control")) or "").split()

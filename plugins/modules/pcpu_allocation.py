@@ -306,7 +306,9 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
     allocate,
     allocate_all,
     holdings_from_domain_xml,
+    ordered_pcpus,
     read_topology,
+    requests_from_entries,
 )
 
 
@@ -331,14 +333,6 @@ def get_argument_spec():
         domains_xml=dict(type="list", elements="str"),
         sysfs_root=dict(type="path", default="/sys"),
     )
-
-
-def _ordered_pcpus(elements):
-    """Expand each element (a CPU or a range) in ascending order, keeping the elements' order."""
-    result = []
-    for element in elements:
-        result.extend(sorted(parse_cpulist(element, what="pcpus element")))
-    return tuple(result)
 
 
 def _read_domains():
@@ -377,24 +371,10 @@ def _result(plan):
 def _requests(params):
     """One Request per entry of guests (the top-level options are the defaults), or the single one."""
     if params["guests"] is None:
-        pcpus = _ordered_pcpus(params["pcpus"]) if params["pcpus"] is not None else None
+        pcpus = ordered_pcpus(params["pcpus"]) if params["pcpus"] is not None else None
         return [Request(name=params["name"], vcpus=params["vcpus"], smt_policy=params["smt_policy"],
                         numa_node=params["numa_node"], pcpus=pcpus, state=params["state"])], {}
-    requests, emulators = [], {}
-    for entry in params["guests"]:
-        def pick(key):
-            return entry[key] if entry.get(key) is not None else params[key]
-        pcpus = pick("pcpus")
-        state = pick("state")
-        if state == "present" and pick("vcpus") is None and pcpus is None:
-            raise PcpuError("guest %r: give vcpus or pcpus" % entry["name"])
-        requests.append(Request(name=entry["name"], vcpus=pick("vcpus"), smt_policy=pick("smt_policy"),
-                                numa_node=pick("numa_node"), state=state,
-                                pcpus=_ordered_pcpus(pcpus) if pcpus is not None else None))
-        if entry.get("emulator_cpus"):
-            emulators[entry["name"]] = parse_cpulist(entry["emulator_cpus"],
-                                                     what="emulator_cpus of guest %r" % entry["name"])
-    return requests, emulators
+    return requests_from_entries(params["guests"], params)
 
 
 def main():
