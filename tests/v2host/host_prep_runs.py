@@ -49,8 +49,8 @@ def converge(host, tmp_path, extra_vars, check=False, name="converge", post_task
                           stdin=subprocess.DEVNULL, check=False)
     out = proc.stdout
     recap = _RECAP.search(out)
-    assert recap, "no PLAY RECAP (rc=%d)\n--- stdout\n%s\n--- stderr\n%s" % (proc.returncode, out[-6000:],
-                                                                            proc.stderr[-3000:])
+    assert recap, "no PLAY RECAP (rc=%d)\n--- stdout\n%s\n--- stderr\n%s" % (
+        proc.returncode, out[-6000:], proc.stderr[-3000:])
     assert recap.group("unreachable") == "0", out[-6000:]
     result = {"rc": proc.returncode, "changed": int(recap.group("changed")), "failed": int(recap.group("failed")),
               "stdout": out, "stderr": proc.stderr, "fatal": None, "fatal_task": None, "debug": []}

@@ -372,3 +372,36 @@ def test_exclusive_false_on_a_shared_partition_writes_nothing(host):
     run({"name": "/rt", "cpus": "0-3"})
     result = run({"name": "/rt", "cpus": "0-3", "exclusive": False})
     assert result["changed"] is False and result["writes"] == [], result
+
+
+def test_systemd_exclusive_false_dissolves_the_partition_before_the_unit_changes(systemd_host):
+    """Dedicated -> shared on a systemd host: rt.slice is an isolated partition on 1-3 and is to become a member
+    on 0-3. The partition is dissolved while it still has 1-3, then systemd gets AllowedCPUs=0-3."""
+    host, fake = systemd_host
+    unified = host / "cg" / "unified"
+    _files(unified, {"cgroup.controllers": "cpuset cpu memory", "cgroup.subtree_control": "cpuset cpu memory",
+                     "cpuset.cpus.effective": "0-3", "cpuset.mems.effective": "0"})
+    _files(unified / "machine.slice", {"cpuset.cpus": "0", "cpuset.cpus.effective": "0", "cpuset.mems": "",
+                                       "cpuset.mems.effective": "0", "cpuset.cpus.partition": "member",
+                                       "cgroup.controllers": "cpuset cpu memory", "cgroup.subtree_control": ""})
+    _files(unified / "rt.slice", {"cpuset.cpus": "1-3", "cpuset.cpus.effective": "1-3", "cpuset.mems": "",
+                                  "cpuset.mems.effective": "0", "cpuset.cpus.partition": "isolated",
+                                  "cgroup.controllers": "cpuset cpu memory", "cgroup.subtree_control": ""})
+    unit = host / "etc-systemd" / "rt.slice"
+    unit.parent.mkdir(parents=True)
+    fake.active.add("rt.slice")
+    # The unit a dedicated run wrote (on a fake tree the module only checks, it does not need systemd's cgroup).
+    dedicated = run({"name": "/rt", "cpus": "1-3"})
+    assert not dedicated.get("failed") and "AllowedCPUs=1-3" in unit.read_text(), dedicated
+    args = {"name": "/rt", "cpus": "0-3", "exclusive": False}
+    checked = run(args, check=True)
+    assert not checked.get("failed"), checked.get("msg")
+    assert checked["planned"][0].startswith("write 'member' to rt.slice/cpuset.cpus.partition"), checked["planned"]
+    assert checked["planned"][1:] == ["write %s" % unit, "systemctl daemon-reload"], checked["planned"]
+    assert (unified / "rt.slice" / "cpuset.cpus.partition").read_text().strip() == "isolated"
+    result = run(args)
+    assert not result.get("failed"), result.get("msg")
+    assert [w["file"] for w in result["writes"]] == [
+        str(unified / "rt.slice" / "cpuset.cpus.partition"), str(unit), "systemctl daemon-reload"], result["writes"]
+    assert result["writes"][0]["value"] == "member" and result["partition"] == "member"
+    assert "AllowedCPUs=0-3" in unit.read_text()
