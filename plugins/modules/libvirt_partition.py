@@ -84,6 +84,10 @@ options:
         systemd remove and re-create the cgroup, which comes back as a C(member). The next run of this module
         (and host_prep's qemu hook before a guest starts) detects that and writes it again, saying so in RV(notes).
       - V(false) turns a partition back into a member (v2) or clears the flag (v1); omitted leaves it as it is.
+        Clearing comes before any CPU change in the same call (v1 C(cpu_exclusive=0) before the CPUs widen; on
+        systemd hosts C(member) is written before systemd gets the new C(AllowedCPUs=)), so a partition can widen
+        onto CPUs a sibling holds in one call. On a systemd host without cpuset on the unified hierarchy, where
+        no slice can be a partition, V(false) does nothing.
       - Refused for C(/machine) on cgroup v2, where every guest without a C(<partition>) runs.
     type: bool
   cpu_shares:
@@ -930,6 +934,10 @@ def run_systemd(module, host, layout, pname, params, cpus, mems, tunables):
     cpuset_fs = None
     if unified is not None and "cpuset" in (_read(os.path.join(unified.mountpoint, "cgroup.controllers")) or "").split():
         cpuset_fs = _PartitionCpusetFs(unified.mountpoint, 2)
+    if exclusive is False and cpuset_fs is None:
+        # No cpuset on the unified hierarchy (a systemd host with v1 controllers): the slice cannot be a v2
+        # partition, so there is nothing to dissolve.
+        exclusive = None
     if exclusive is not None and params["state"] == "present":
         if exclusive and pname.is_default:
             raise PartitionError(_DEFAULT_NOT_EXCLUSIVE % pname.name)

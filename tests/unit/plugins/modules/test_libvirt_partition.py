@@ -275,6 +275,16 @@ def test_systemd_exclusive_needs_cpuset_on_the_unified_hierarchy(systemd_host):
     assert not (host / "etc-systemd").exists()
 
 
+def test_systemd_exclusive_false_without_cpuset_on_the_unified_hierarchy_is_a_no_op(systemd_host):
+    """host_prep passes exclusive: false for every shared partition; a systemd host with v1 controllers has no
+    v2 partition to dissolve, so that must not fail."""
+    host, _fake = systemd_host
+    result = run({"name": "/rt", "cpus": "2-3", "exclusive": False})
+    assert not result.get("failed"), result.get("msg")
+    assert "AllowedCPUs=2-3" in (host / "etc-systemd" / "rt.slice").read_text()
+    assert "partition" not in result
+
+
 def test_systemd_machine_cannot_be_exclusive(systemd_host):
     result = run({"name": "/machine", "cpus": "0", "exclusive": True}, check=True)
     assert result["failed"] and "libvirt's default partition" in result["msg"], result
