@@ -201,7 +201,8 @@ class CpusetFs:
         target = self.real_path(path, name)
         # An empty write(2) never reaches the kernel's handler; a bare newline means "empty".
         data = (value + "\n").encode()
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT if self._is_fake() else os.O_WRONLY)
+        # A fake tree's plain file must be truncated, or a shorter value leaves the old one's tail behind.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC if self._is_fake() else os.O_WRONLY)
         try:
             os.write(fd, data)
         finally:

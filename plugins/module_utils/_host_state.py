@@ -89,6 +89,11 @@ def _file_differs(path, content, mode):
     return None
 
 
+def check_file(path, content, mode):
+    """[reason] when the file at ``path`` is not ``content`` with ``mode``, else []."""
+    return [r for r in [_file_differs(path, content, mode)] if r]
+
+
 def _dir_differs(path, mode):
     if not os.path.isdir(path):
         return "directory %s is missing" % path
@@ -394,9 +399,9 @@ def partition_targets(plan, narrow_machine):
     if narrow_machine:
         targets.append({"name": "/machine", "cpus": plan["machine_cpus"], "exclusive": None})
     for partition in plan["partitions"]:
+        # The role asks for exclusivity either way: a shared partition drops what a dedicated mode left.
         targets.append({"name": partition["name"], "cpus": partition["cpus"], "mems": partition.get("mems"),
-                        # The role only ever switches exclusivity on (see tasks/partitions.yml).
-                        "exclusive": True if partition["exclusive"] else None})
+                        "exclusive": bool(partition["exclusive"])})
     return targets
 
 

@@ -63,7 +63,8 @@ options:
   hook:
     description:
       - "Check the libvirt qemu hook: C(path), C(content) (the rendered script) and C(layout_path) (the JSON file
-        the hook reads the layout from; its content is RV(hook_layout))."
+        the hook reads the layout from; its content is RV(hook_layout)); on hosts without systemd also the daemon
+        helper its reload handler uses, C(starter) and C(starter_path)."
     type: dict
   irqs:
     description:
@@ -170,6 +171,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuList
 from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import RealtimeCpusError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import (
     check_cmdline,
+    check_file,
     check_hook,
     check_irqs,
     check_libvirt,
@@ -215,12 +217,13 @@ def check(params, plan):
     """The areas asked for that differ from ``plan``: {area: [reasons]}, plus what the tasks need."""
     systemd = os.path.isdir(SYSTEMD_DIR)
     pending = {}
-    extra = dict(systemd=systemd, reboot_required=False,
+    # Dedicated emulator CPUs sit in the exclusive partition (v2: an isolated one), so IRQs stay off them too.
+    irq_cpus = plan["machine_cpus"] if plan["emulator_mode"] == "dedicated" else plan["housekeeping_cpus"]
+    extra = dict(systemd=systemd, reboot_required=False, irq_cpus=irq_cpus,
                  package_manager="apt" if installed_packages() is not None else None,
-                 cmdline_params=cmdline_params(plan["realtime_cpus"], plan["housekeeping_cpus"],
+                 cmdline_params=cmdline_params(plan["realtime_cpus"], irq_cpus,
                                                (params["cmdline"] or {}).get("isolcpus_flags") or ""),
-                 hook_layout=hook_layout(plan, params["narrow_machine"]),
-                 irq_cpus=plan["machine_cpus"] if plan["emulator_mode"] == "dedicated" else plan["housekeeping_cpus"])
+                 hook_layout=hook_layout(plan, params["narrow_machine"]))
     targets = partition_targets(plan, params["narrow_machine"])
     active = {}
     if systemd:
@@ -240,6 +243,9 @@ def check(params, plan):
     if params["hook"] is not None:
         hook = params["hook"]
         pending["hook"] = check_hook(hook["path"], hook["content"], hook["layout_path"], extra["hook_layout"])
+        if not systemd and hook.get("starter"):
+            # The reload handler's helper, installed with the hook on hosts without a service manager.
+            pending["hook"].extend(check_file(hook["starter_path"], hook["starter"], 0o755))
     pending["partitions"] = check_partitions(targets, systemd, os.uname().release, slice_states=active)
     if params["irqs"] is not None:
         pending["irqs"] = check_irqs(parse_cpulist(extra["irq_cpus"]), params["irqs"]["irqbalance_file"],

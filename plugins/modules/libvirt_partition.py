@@ -84,6 +84,10 @@ options:
         systemd remove and re-create the cgroup, which comes back as a C(member). The next run of this module
         (and host_prep's qemu hook before a guest starts) detects that and writes it again, saying so in RV(notes).
       - V(false) turns a partition back into a member (v2) or clears the flag (v1); omitted leaves it as it is.
+        Clearing comes before any CPU change in the same call (v1 C(cpu_exclusive=0) before the CPUs widen; on
+        systemd hosts C(member) is written before systemd gets the new C(AllowedCPUs=)), so a partition can widen
+        onto CPUs a sibling holds in one call. On a systemd host without cpuset on the unified hierarchy, where
+        no slice can be a partition, V(false) does nothing.
       - Refused for C(/machine) on cgroup v2, where every guest without a C(<partition>) runs.
     type: bool
   cpu_shares:
@@ -339,7 +343,8 @@ class Gate:
         self.writes.append((path, "<rmdir>"))
 
     def write(self, path, value):
-        fd = os.open(path, os.O_WRONLY | (os.O_CREAT if _is_fake_dir(os.path.dirname(path)) else 0))
+        # A fake tree's plain file must be truncated, or a shorter value leaves the old one's tail behind.
+        fd = os.open(path, os.O_WRONLY | (os.O_CREAT | os.O_TRUNC if _is_fake_dir(os.path.dirname(path)) else 0))
         try:
             os.write(fd, (value + "\n").encode())
         finally:
@@ -929,6 +934,10 @@ def run_systemd(module, host, layout, pname, params, cpus, mems, tunables):
     cpuset_fs = None
     if unified is not None and "cpuset" in (_read(os.path.join(unified.mountpoint, "cgroup.controllers")) or "").split():
         cpuset_fs = _PartitionCpusetFs(unified.mountpoint, 2)
+    if exclusive is False and cpuset_fs is None:
+        # No cpuset on the unified hierarchy (a systemd host with v1 controllers): the slice cannot be a v2
+        # partition, so there is nothing to dissolve.
+        exclusive = None
     if exclusive is not None and params["state"] == "present":
         if exclusive and pname.is_default:
             raise PartitionError(_DEFAULT_NOT_EXCLUSIVE % pname.name)
@@ -1020,8 +1029,12 @@ def run_systemd(module, host, layout, pname, params, cpus, mems, tunables):
                              [Request(path=pname.slice_path, partition=kind)])
             partition_state = cpuset_fs.read(pname.slice_path, _PARTITION_FILE)
             if predicted.changed:
-                planned.extend("%s (in %s; systemd has no property for it)" % (op.describe(2), cpuset_fs.mountpoint)
-                               for op in predicted.ops)
+                partition_ops = ["%s (in %s; systemd has no property for it)" % (op.describe(2), cpuset_fs.mountpoint)
+                                 for op in predicted.ops]
+                # A partition is dissolved before systemd changes the slice's CPUs (AllowedCPUs= growing onto a
+                # sibling's CPUs while this slice is still a partition would be refused or invalidate it), and
+                # formed after them.
+                planned[:0 if kind == "member" else len(planned)] = partition_ops
                 if new == current and rc == 0 and partition_state is not None:
                     notes.append(
                         "%s reads %r: systemd creates a slice's cgroup afresh (a member) whenever the slice is "
@@ -1046,8 +1059,26 @@ def run_systemd(module, host, layout, pname, params, cpus, mems, tunables):
 def _apply_systemd(module, gate, writes, pname, unit_file, current, new, was_active, cpuset_fs, kind):
     """Unit file, daemon-reload and start through systemd; then the partition file on the slice's cgroup
     (planned again on what systemd really left).  A partition the kernel refuses or marks invalid undoes
-    the partition write and the unit change.  Returns cpuset.cpus.partition as read back."""
+    the partition write and the unit change.  Returns cpuset.cpus.partition as read back.
+
+    ``kind == "member"`` (exclusive: false) goes the other way round: the running slice's partition is
+    dissolved first, while its CPUs are still the ones the partition was formed with, and only then does
+    systemd get the new unit."""
     unit_changed = new != current
+    if kind == "member" and was_active == 0:
+        fs = _PartitionCpusetFs(cpuset_fs.mountpoint, 2)
+        try:
+            engine_plan = plan(fs, [Request(path=pname.slice_path, partition=kind)])
+            if engine_plan.changed:
+                execute(fs, engine_plan.ops, before=engine_plan.before)
+        except PlanError as exc:
+            raise ApplyError("%s: %s; nothing was changed" % (pname.slice, exc), list(writes), [], []) from None
+        finally:
+            writes.extend(fs.writes)
+        kind = None
+        member_state = fs.read(pname.slice_path, _PARTITION_FILE)
+    else:
+        member_state = None
     if unit_changed:
         gate.write_file(unit_file, new)
         _systemctl(module, "daemon-reload")
@@ -1056,7 +1087,7 @@ def _apply_systemd(module, gate, writes, pname, unit_file, current, new, was_act
         _systemctl(module, "start", pname.slice)
         writes.append(("systemctl start %s" % pname.slice, "<run>"))
     if kind is None:
-        return None
+        return member_state
     fs = _PartitionCpusetFs(cpuset_fs.mountpoint, 2)
     try:
         try:

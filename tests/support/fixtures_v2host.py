@@ -3,6 +3,9 @@
 - ``v2host``: session-scoped, parametrized over the kernels ``"6.1"`` and ``"6.12"``; pytest runs all
   tests of one kernel before booting the other, so one guest runs at a time.
 - ``v2host_61`` / ``v2host_612``: one kernel for tests that need exactly that one.
+- ``v1host``: module-scoped, the same image on 6.1 in the CI machines' shape (``init="v1"``: no systemd as
+  PID 1, one cgroup v1 hierarchy per controller, cgroup2 at /sys/fs/cgroup/unified), with 4 CPUs. It is
+  powered off when the module that used it ends (its tests may reboot it).
 
 All three share one pool: a kernel's guest boots once (about 30 s under TCG) and is powered off when
 the last fixture holding it is torn down (``systemctl poweroff``, then QEMU by its PID). Console
@@ -36,25 +39,27 @@ class _V2HostPool:
         self._hosts = {}
         self._holders = {}
 
-    def acquire(self, kernel):
-        if kernel not in self._hosts:
+    def acquire(self, kernel, init="systemd"):
+        key = (kernel, init)
+        if key not in self._hosts:
             reason = _prerequisites_missing()
             if reason:
                 pytest.skip(reason)
             if self._cache_dir is None:
                 self._cache_dir = ensure_built()
-            state_dir = self._tmp.mktemp("v2host-%s" % kernel.replace(".", ""))
-            host = V2Host(kernel, state_dir=state_dir, cache_dir=self._cache_dir)
+            state_dir = self._tmp.mktemp("v2host-%s%s" % (kernel.replace(".", ""), "" if init == "systemd" else "-" + init))
+            host = V2Host(kernel, state_dir=state_dir, cache_dir=self._cache_dir, init=init)
             host.boot()
-            self._hosts[kernel] = host
-            self._holders[kernel] = 0
-        self._holders[kernel] += 1
-        return self._hosts[kernel]
+            self._hosts[key] = host
+            self._holders[key] = 0
+        self._holders[key] += 1
+        return self._hosts[key]
 
-    def release(self, kernel):
-        self._holders[kernel] -= 1
-        if self._holders[kernel] == 0:
-            self._hosts.pop(kernel).shutdown()
+    def release(self, kernel, init="systemd"):
+        key = (kernel, init)
+        self._holders[key] -= 1
+        if self._holders[key] == 0:
+            self._hosts.pop(key).shutdown()
 
     def close(self):
         for kernel in list(self._hosts):
@@ -68,12 +73,12 @@ def v2host_pool(tmp_path_factory):
     pool.close()
 
 
-def _hold(pool, kernel):
-    host = pool.acquire(kernel)
+def _hold(pool, kernel, init="systemd"):
+    host = pool.acquire(kernel, init)
     try:
         yield host
     finally:
-        pool.release(kernel)
+        pool.release(kernel, init)
 
 
 @pytest.fixture(scope="session", params=sorted(KERNELS, key=lambda k: tuple(map(int, k.split(".")))))
@@ -92,3 +97,9 @@ def v2host_61(v2host_pool):
 def v2host_612(v2host_pool):
     """The test host on the 6.12 backports kernel (cpuset.cpus.exclusive, cpuset.cpus.isolated)."""
     yield from _hold(v2host_pool, "6.12")
+
+
+@pytest.fixture(scope="module")
+def v1host(v2host_pool):
+    """The test host on 6.1 in the CI machines' shape: no systemd, cgroup v1 per controller (init="v1")."""
+    yield from _hold(v2host_pool, "6.1", "v1")

@@ -9,10 +9,15 @@ Library::
         host.inventory_path                # <state_dir>/inventory.yml, host "v2host"
     # always powered off here: `systemctl poweroff` over SSH, bounded wait, then the QEMU PID
 
+    with V2Host("6.1", init="v1") as host:  # the CI machines' shape: no systemd, cgroup v1 per controller
+        host.reboot()                      # a real reboot: same disk, fresh kernel and cgroupfs
+
 CLI (for debugging by hand)::
 
     boot.py build                                   # prints the cache dir
     boot.py boot --kernel 6.1|6.12 --state-dir D    # starts QEMU, waits for SSH, writes D/inventory.yml
+                 [--init v1]                        # no systemd, cgroup v1 hierarchies (the CI host's shape)
+    boot.py reboot --state-dir D                    # power off and boot again from the same disk
     boot.py ssh --state-dir D -- CMD...             # runs CMD in the guest
     boot.py shutdown --state-dir D                  # powers it off
 
@@ -39,6 +44,14 @@ BUILD_SH = HERE / "build.sh"
 #: kernel series -> which QEMU boots it under TCG. 6.12 needs QEMU >= 8 (see README.md), so it uses
 #: the bookworm-backports QEMU that build.sh unpacks into the cache dir; 6.1 uses the host's QEMU 7.2.
 KERNELS = {"6.1": "host", "6.12": "backports"}
+
+#: How the guest starts. "systemd": systemd as PID 1 on pure cgroup v2. "v1": the CI machines' shape,
+#: /usr/local/sbin/rtvirt-init-v1 (build.sh) as PID 1: no systemd, one cgroup v1 hierarchy per controller
+#: under /sys/fs/cgroup plus name=systemd, cgroup2 at /sys/fs/cgroup/unified.
+INITS = {
+    "systemd": {"append": "systemd.unified_cgroup_hierarchy=1", "poweroff": "systemctl --no-block poweroff"},
+    "v1": {"append": "init=/usr/local/sbin/rtvirt-init-v1", "poweroff": "kill -TERM 1"},
+}
 
 HOST_QEMU = "qemu-system-x86_64"
 SSH_OPTIONS = [
@@ -102,10 +115,13 @@ class V2Host:
     """One booted test host. Use as a context manager, or call boot() and shutdown() yourself."""
 
     def __init__(self, kernel="6.1", state_dir=None, memory_mib=2048, smp=4, append="",
-                 qemu=None, boot_timeout=600, cache_dir=None):
+                 qemu=None, boot_timeout=600, cache_dir=None, init="systemd"):
         if kernel not in KERNELS:
             raise ValueError("kernel must be one of %s, not %r" % (sorted(KERNELS), kernel))
+        if init not in INITS:
+            raise ValueError("init must be one of %s, not %r" % (sorted(INITS), init))
         self.kernel = kernel
+        self.init = init
         self._own_state_dir = state_dir is None
         self.state_dir = pathlib.Path(state_dir or tempfile.mkdtemp(prefix="rtvirt-v2host-")).resolve()
         self.memory_mib = memory_mib
@@ -154,8 +170,8 @@ class V2Host:
     def qemu_command(self, port):
         """The QEMU argv and extra environment for this kernel."""
         kdir = self.cache_dir / ("kernel-%s" % self.kernel)
-        append = ("root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 "
-                  "panic=-1 " + self.append).strip()
+        append = ("root=/dev/vda rw console=ttyS0 %s panic=-1 %s"
+                  % (INITS[self.init]["append"], self.append)).strip()
         env = {}
         if self.qemu == "backports":
             qroot = self.cache_dir / "qemu"
@@ -193,7 +209,8 @@ class V2Host:
         ]
         return argv, env
 
-    def boot(self):
+    def boot(self, fresh_disk=True):
+        """Start QEMU and wait for SSH. ``fresh_disk=False`` keeps the overlay (what reboot() uses)."""
         if self.cache_dir is None:
             self.cache_dir = ensure_built()
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -203,11 +220,20 @@ class V2Host:
                 raise V2HostError("a test host from %s is still running (pid %d); shut it down first"
                                   % (self.state_dir, old))
             self.pidfile.unlink()
-        for stale in (self.overlay, self.console_log, self.inventory_path, self.state_file):
-            if stale.exists():
-                stale.unlink()
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.cache_dir / "base.raw"),
-                        "-F", "raw", str(self.overlay)], check=True, capture_output=True, text=True)
+        stale = [self.console_log, self.inventory_path, self.state_file]
+        if fresh_disk:
+            stale.append(self.overlay)
+        elif not self.overlay.exists():
+            raise V2HostError("no disk to boot again from: %s is gone" % self.overlay)
+        if self.console_log.exists() and not fresh_disk:
+            # Keep the previous boot's console: the reboot tests may need it.
+            self.console_log.rename(self.state_dir / ("console.%d.log" % time.time_ns()))
+        for path in stale:
+            if path.exists():
+                path.unlink()
+        if fresh_disk:
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.cache_dir / "base.raw"),
+                            "-F", "raw", str(self.overlay)], check=True, capture_output=True, text=True)
         started = time.monotonic()
         last_error = ""
         for _attempt in range(5):
@@ -225,6 +251,7 @@ class V2Host:
             raise V2HostError("QEMU could not forward a loopback port: %s" % last_error)
         self.port = port
         self.pid = int(self.pidfile.read_text().strip())
+        self._kernel_release = None
         self._write_state(argv, env)
         try:
             self._wait_for_ssh(started)
@@ -272,11 +299,13 @@ class V2Host:
             "      ansible_python_interpreter: /usr/bin/python3\n"
             "      ansible_ssh_common_args: %s\n"
             "      rtvirt_v2host_kernel: %s\n"
-            % (self.port, json.dumps(str(self.key_path)), json.dumps(common), json.dumps(self.kernel)))
+            "      rtvirt_v2host_init: %s\n"
+            % (self.port, json.dumps(str(self.key_path)), json.dumps(common), json.dumps(self.kernel),
+               json.dumps(self.init)))
 
     def _write_state(self, argv, env):
         self.state_file.write_text(json.dumps({
-            "kernel": self.kernel, "qemu": self.qemu, "port": self.port, "pid": self.pid,
+            "kernel": self.kernel, "init": self.init, "qemu": self.qemu, "port": self.port, "pid": self.pid,
             "cache_dir": str(self.cache_dir), "argv": argv, "env": env,
             "boot_seconds": self.boot_seconds, "own_state_dir": self._own_state_dir,
         }, indent=2) + "\n")
@@ -286,7 +315,8 @@ class V2Host:
         """A V2Host for a guest booted earlier (e.g. by the CLI) from its state dir."""
         state_dir = pathlib.Path(state_dir).resolve()
         data = json.loads((state_dir / "state.json").read_text())
-        host = cls(data["kernel"], state_dir=state_dir, qemu=data["qemu"], cache_dir=data["cache_dir"])
+        host = cls(data["kernel"], state_dir=state_dir, qemu=data["qemu"], cache_dir=data["cache_dir"],
+                   init=data.get("init", "systemd"))
         host._own_state_dir = data.get("own_state_dir", False)
         host.port, host.pid, host.boot_seconds = data["port"], data["pid"], data["boot_seconds"]
         return host
@@ -315,7 +345,14 @@ class V2Host:
         return self._kernel_release
 
     # --- shutdown ---
-    def shutdown(self, poweroff_timeout=120, term_timeout=20):
+    def reboot(self, poweroff_timeout=120):
+        """A real reboot: power the guest off (its disk is kept), start QEMU again from the same disk and
+        wait for SSH. The guest gets a fresh kernel, so cgroupfs and /run start empty. (QEMU runs with
+        -no-reboot, so the guest's own reboot would end QEMU; this is the same, done in two steps.)"""
+        self._stop(poweroff_timeout=poweroff_timeout)
+        return self.boot(fresh_disk=False)
+
+    def _stop(self, poweroff_timeout=120, term_timeout=20):
         """Power off over SSH, wait (bounded), then end our QEMU by PID if it is still there."""
         pid = self.pid
         if pid is None and self.pidfile.exists():
@@ -323,7 +360,7 @@ class V2Host:
         if pid and _alive(pid) and _is_ours(pid, self.pidfile):
             if self.port is not None:
                 try:
-                    self.ssh("systemctl --no-block poweroff", timeout=30, control=False,
+                    self.ssh(INITS[self.init]["poweroff"], timeout=30, control=False,
                              connect_timeout=10)
                 except subprocess.TimeoutExpired:
                     pass
@@ -335,6 +372,14 @@ class V2Host:
                     if _wait_gone(pid, wait):
                         break
         self._close_control()
+        if self.pidfile.exists():
+            self.pidfile.unlink()
+        self.port = None
+        self.pid = None
+
+    def shutdown(self, poweroff_timeout=120, term_timeout=20):
+        """Power off (see _stop) and remove the disk overlay; the state dir too when it was our own."""
+        self._stop(poweroff_timeout=poweroff_timeout, term_timeout=term_timeout)
         for path in (self.overlay, self.pidfile, self.inventory_path):
             if path.exists():
                 path.unlink()
@@ -381,6 +426,10 @@ def main(argv=None):
     p_boot.add_argument("--append", default="", help="extra kernel command line")
     p_boot.add_argument("--qemu", choices=["host", "backports"], help="override which QEMU runs it")
     p_boot.add_argument("--timeout", type=int, default=600, help="seconds to wait for SSH")
+    p_boot.add_argument("--init", choices=sorted(INITS), default="systemd",
+                        help="systemd (cgroup v2) or v1 (no systemd, cgroup v1 per controller: the CI host's shape)")
+    p_reboot = sub.add_parser("reboot", help="power a test host off and boot it again from the same disk")
+    p_reboot.add_argument("--state-dir", required=True)
     p_cmd = sub.add_parser("cmdline", help="print the QEMU command line for a kernel")
     p_cmd.add_argument("--kernel", choices=sorted(KERNELS), required=True)
     p_cmd.add_argument("--state-dir", required=True)
@@ -395,7 +444,7 @@ def main(argv=None):
         print(ensure_built())
     elif args.command == "boot":
         host = V2Host(args.kernel, state_dir=args.state_dir, memory_mib=args.memory, smp=args.smp,
-                      append=args.append, qemu=args.qemu, boot_timeout=args.timeout)
+                      append=args.append, qemu=args.qemu, boot_timeout=args.timeout, init=args.init)
         host.boot()
         print("v2host %s (%s) up in %.1f s: ssh port %d, QEMU pid %d, inventory %s"
               % (args.kernel, host.kernel_release, host.boot_seconds, host.port, host.pid,
@@ -410,6 +459,11 @@ def main(argv=None):
         proc = subprocess.run(host.ssh_argv() + ["--", shlex.join(cmd) if len(cmd) > 1 else " ".join(cmd)],
                               check=False)
         return proc.returncode
+    elif args.command == "reboot":
+        host = V2Host.attach(args.state_dir)
+        host.reboot()
+        print("v2host %s (%s) up again in %.1f s: ssh port %d, QEMU pid %d"
+              % (host.kernel, host.kernel_release, host.boot_seconds, host.port, host.pid))
     elif args.command == "shutdown":
         host = V2Host.attach(args.state_dir)
         host.shutdown()

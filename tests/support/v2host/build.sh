@@ -17,7 +17,9 @@ exec 3>&1 1>&2
 
 SUITE=bookworm
 BACKPORTS=bookworm-backports
-PACKAGES=systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,python3,iproute2,udev
+# procps: pgrep, which host_prep's daemon helper uses; grub2-common: update-grub for the kernel_cmdline tests
+# (QEMU boots the kernel with -kernel, so GRUB only regenerates /boot/grub/grub.cfg; it is never installed to a disk).
+PACKAGES=systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,python3,iproute2,udev,procps,grub2-common
 # QEMU >= 8 from backports, for the 6.12 kernel under TCG; unpacked only, never installed.
 QEMU_DEBS=(qemu-system-x86 qemu-system-common qemu-system-data seabios)
 
@@ -184,6 +186,110 @@ in_chroot systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.tim
 # A fresh machine id on every boot (the overlay is thrown away anyway).
 : >"$ROOT/etc/machine-id"
 rm -f "$ROOT/var/lib/dbus/machine-id"
+
+# The cgroup v1 shape (boot.py init="v1": kernel command line init=/usr/local/sbin/rtvirt-init-v1): no systemd
+# as PID 1 and the CI machines' hybrid layout, one v1 hierarchy per controller under /sys/fs/cgroup, a
+# name=systemd hierarchy, cgroup2 at /sys/fs/cgroup/unified. Python, so that PID 1 reaps orphans reliably.
+install -m 755 /dev/stdin "$ROOT/usr/local/sbin/rtvirt-init-v1" <<'INIT'
+#!/usr/bin/python3
+"""PID 1 of the test host in its cgroup v1 shape (tests/support/v2host/README.md).
+
+Mounts what initramfs-tools has not moved into the root already, the cgroup v1 hierarchies as the CI
+machines have them (cpu, cpuacct, cpuset, memory, devices, freezer, blkio, pids, name=systemd; cgroup2 at
+/sys/fs/cgroup/unified), loads virtio_net and gives the NIC QEMU user-net's static address, starts sshd and
+reaps orphans. SIGTERM (boot.py's shutdown: `kill -TERM 1`) syncs and powers off.
+"""
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+
+V1 = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
+
+
+def log(text):
+    sys.stderr.write("rtvirt-init-v1: %s\n" % text)
+    sys.stderr.flush()
+
+
+def run(*argv):
+    proc = subprocess.run(argv, check=False)
+    if proc.returncode:
+        log("failed (rc=%d): %s" % (proc.returncode, " ".join(argv)))
+    return proc.returncode == 0
+
+
+def mounted(target):
+    try:
+        with open("/proc/self/mounts") as handle:
+            return any(line.split()[1] == target for line in handle)
+    except OSError:
+        return False
+
+
+def mount(fstype, source, target, options=""):
+    if mounted(target):
+        return
+    os.makedirs(target, exist_ok=True)
+    run("mount", "-t", fstype, *(["-o", options] if options else []), source, target)
+
+
+def power_off(_signum, _frame):
+    log("powering off")
+    os.sync()
+    ctypes.CDLL(None, use_errno=True).reboot(0x4321FEDC)   # LINUX_REBOOT_CMD_POWER_OFF
+
+
+def main():
+    signal.signal(signal.SIGTERM, power_off)
+    mount("proc", "proc", "/proc")
+    mount("sysfs", "sysfs", "/sys")
+    mount("devtmpfs", "devtmpfs", "/dev", "mode=0755")
+    mount("devpts", "devpts", "/dev/pts", "gid=5,mode=620,ptmxmode=000")
+    mount("tmpfs", "tmpfs", "/dev/shm", "mode=1777")
+    mount("tmpfs", "tmpfs", "/run", "mode=0755")
+    run("mount", "-o", "remount,rw", "/")
+    mount("tmpfs", "cgroup_root", "/sys/fs/cgroup", "mode=0755")
+    for controller in V1:
+        mount("cgroup", "cgroup", "/sys/fs/cgroup/" + controller, controller)
+    mount("cgroup", "cgroup", "/sys/fs/cgroup/systemd", "none,name=systemd")
+    mount("cgroup2", "cgroup2", "/sys/fs/cgroup/unified")
+    for directory in ("/run/lock", "/run/sshd", "/tmp"):
+        os.makedirs(directory, exist_ok=True)
+    os.chmod("/tmp", 0o1777)
+    with open("/etc/hostname") as handle:
+        run("hostname", handle.read().strip())
+    run("modprobe", "virtio_net")
+    run("ip", "link", "set", "lo", "up")
+    nic = None
+    for _ in range(100):           # the driver binds asynchronously; give up after about 10 s
+        nics = sorted(n for n in os.listdir("/sys/class/net") if n != "lo")
+        if nics:
+            nic = nics[0]
+            break
+        time.sleep(0.1)
+    if nic:
+        run("ip", "link", "set", nic, "up")
+        run("ip", "address", "add", "10.0.2.15/24", "dev", nic)
+        run("ip", "route", "add", "default", "via", "10.0.2.2")
+    else:
+        log("no network interface")
+    run("/usr/sbin/sshd", "-E", "/var/log/sshd.log")
+    log("up: no systemd, cgroup v1 per controller, cgroup2 at /sys/fs/cgroup/unified, sshd on %s" % nic)
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            signal.pause()
+
+
+if __name__ == "__main__":
+    main()
+INIT
+# update-grub writes here; no boot loader is installed on the image (QEMU boots with -kernel).
+mkdir -p "$ROOT/boot/grub"
 
 # SSH: root by key only, host keys generated here, key pair in the cache dir.
 rm -f "$ROOT"/etc/ssh/ssh_host_*

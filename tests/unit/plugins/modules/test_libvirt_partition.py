@@ -275,6 +275,143 @@ def test_systemd_exclusive_needs_cpuset_on_the_unified_hierarchy(systemd_host):
     assert not (host / "etc-systemd").exists()
 
 
+def test_systemd_exclusive_false_without_cpuset_on_the_unified_hierarchy_is_a_no_op(systemd_host):
+    """host_prep passes exclusive: false for every shared partition; a systemd host with v1 controllers has no
+    v2 partition to dissolve, so that must not fail."""
+    host, _fake = systemd_host
+    result = run({"name": "/rt", "cpus": "2-3", "exclusive": False})
+    assert not result.get("failed"), result.get("msg")
+    assert "AllowedCPUs=2-3" in (host / "etc-systemd" / "rt.slice").read_text()
+    assert "partition" not in result
+
+
 def test_systemd_machine_cannot_be_exclusive(systemd_host):
     result = run({"name": "/machine", "cpus": "0", "exclusive": True}, check=True)
     assert result["failed"] and "libvirt's default partition" in result["msg"], result
+
+
+# --------------------------------------------------------------------------------------------
+# Switching host_prep's modes (issue 4): dedicated emulator CPU <-> shared, on a 4-CPU fake v1 host.
+# realtime 2-3, emulator 1, housekeeping 0. Dedicated: /machine 0, /rt 1-3 exclusive. Shared: /machine 0-1,
+# /rt 0-3 not exclusive.
+
+HOST_PREP_PARTITIONS = pathlib.Path(__file__).resolve().parents[4] / "roles" / "host_prep" / "tasks" / "partitions.yml"
+
+
+def _host_prep_steps():
+    """partitions.yml's libvirt_partition tasks in order: (which partitions, exclusive) or ("/machine", None)."""
+    import yaml
+    steps = []
+    for task in yaml.safe_load(HOST_PREP_PARTITIONS.read_text()):
+        args = task["rtvirt.kvm.libvirt_partition"]
+        if args["name"] == "/machine":
+            steps.append(("/machine", None))
+        else:
+            loop = task["loop"].replace(" ", "")
+            assert ("rejectattr('exclusive')" in loop) != ("selectattr('exclusive')" in loop), loop
+            steps.append(("selectattr" in loop, args["exclusive"]))
+    return steps
+
+
+def _converge_like_host_prep(dedicated):
+    """Run the module calls host_prep's partitions.yml makes, in its order, for one mode."""
+    rt = {"name": "/rt", "cpus": "1-3" if dedicated else "0-3"}
+    results = []
+    for selects_exclusive, exclusive in _host_prep_steps():
+        if selects_exclusive == "/machine":
+            results.append(run({"name": "/machine", "cpus": "0" if dedicated else "0-1"}))
+        elif selects_exclusive == dedicated:
+            assert exclusive is dedicated
+            results.append(run(dict(rt, exclusive=exclusive)))
+    assert [r.get("msg") for r in results if r.get("failed")] == []
+    return results
+
+
+def _rt_state(host):
+    cpuset = host / "cg" / "cpuset"
+    return {"rt": (cpuset / "rt.partition" / "cpuset.cpus").read_text().strip(),
+            "rt_exclusive": (cpuset / "rt.partition" / "cpuset.cpu_exclusive").read_text().strip(),
+            "machine": (cpuset / "machine" / "cpuset.cpus").read_text().strip()}
+
+
+def test_host_prep_order_drops_exclusive_before_machine_widens():
+    """The order partitions.yml has: not-exclusive partitions, /machine, exclusive partitions."""
+    assert _host_prep_steps() == [(False, False), ("/machine", None), (True, True)]
+
+
+def test_dedicated_to_shared_to_dedicated_in_host_prep_order(host):
+    _converge_like_host_prep(dedicated=True)
+    assert _rt_state(host) == {"rt": "1-3", "rt_exclusive": "1", "machine": "0"}
+    shared = _converge_like_host_prep(dedicated=False)
+    assert _rt_state(host) == {"rt": "0-3", "rt_exclusive": "0", "machine": "0-1"}
+    # /rt's own call: the flag goes first, then its CPUs widen onto /machine's CPU 0.
+    rt_cpuset = str(host / "cg" / "cpuset" / "rt.partition")
+    assert [w for w in shared[0]["writes"] if w["file"].startswith(rt_cpuset)] == [
+        {"file": rt_cpuset + "/cpuset.cpu_exclusive", "value": "0"},
+        {"file": rt_cpuset + "/cpuset.cpus", "value": "0-3"}]
+    assert [w["file"] for w in shared[1]["writes"]] == [str(host / "cg" / "cpuset" / "machine" / "cpuset.cpus")]
+    _converge_like_host_prep(dedicated=True)
+    assert _rt_state(host) == {"rt": "1-3", "rt_exclusive": "1", "machine": "0"}
+    assert [r["changed"] for r in _converge_like_host_prep(dedicated=True)] == [False, False]
+    # Going shared again and converging twice changes nothing the second time.
+    _converge_like_host_prep(dedicated=False)
+    assert [r["changed"] for r in _converge_like_host_prep(dedicated=False)] == [False, False]
+
+
+def test_machine_widening_while_rt_is_exclusive_is_refused_before_writing(host):
+    """The order this replaces (/machine first, exclusivity never dropped) fails, and writes nothing."""
+    _converge_like_host_prep(dedicated=True)
+    before = snapshot(host)
+    result = run({"name": "/machine", "cpus": "0-1"})
+    assert result.get("failed"), result
+    assert "overlap on 1" in result["msg"] and "cpu_exclusive" in result["msg"], result["msg"]
+    assert "'/machine'" in result["msg"] and "'/rt.partition'" in result["msg"], result["msg"]
+    assert snapshot(host) == before
+
+
+def test_exclusive_before_machine_narrows_is_refused_before_writing(host):
+    """And the other way round: /rt cannot become exclusive while /machine still holds its CPUs."""
+    _converge_like_host_prep(dedicated=False)
+    before = snapshot(host)
+    result = run({"name": "/rt", "cpus": "1-3", "exclusive": True})
+    assert result.get("failed") and "overlap on 1" in result["msg"], result.get("msg")
+    assert snapshot(host) == before
+
+
+def test_exclusive_false_on_a_shared_partition_writes_nothing(host):
+    run({"name": "/rt", "cpus": "0-3"})
+    result = run({"name": "/rt", "cpus": "0-3", "exclusive": False})
+    assert result["changed"] is False and result["writes"] == [], result
+
+
+def test_systemd_exclusive_false_dissolves_the_partition_before_the_unit_changes(systemd_host):
+    """Dedicated -> shared on a systemd host: rt.slice is an isolated partition on 1-3 and is to become a member
+    on 0-3. The partition is dissolved while it still has 1-3, then systemd gets AllowedCPUs=0-3."""
+    host, fake = systemd_host
+    unified = host / "cg" / "unified"
+    _files(unified, {"cgroup.controllers": "cpuset cpu memory", "cgroup.subtree_control": "cpuset cpu memory",
+                     "cpuset.cpus.effective": "0-3", "cpuset.mems.effective": "0"})
+    _files(unified / "machine.slice", {"cpuset.cpus": "0", "cpuset.cpus.effective": "0", "cpuset.mems": "",
+                                       "cpuset.mems.effective": "0", "cpuset.cpus.partition": "member",
+                                       "cgroup.controllers": "cpuset cpu memory", "cgroup.subtree_control": ""})
+    _files(unified / "rt.slice", {"cpuset.cpus": "1-3", "cpuset.cpus.effective": "1-3", "cpuset.mems": "",
+                                  "cpuset.mems.effective": "0", "cpuset.cpus.partition": "isolated",
+                                  "cgroup.controllers": "cpuset cpu memory", "cgroup.subtree_control": ""})
+    unit = host / "etc-systemd" / "rt.slice"
+    unit.parent.mkdir(parents=True)
+    fake.active.add("rt.slice")
+    # The unit a dedicated run wrote (on a fake tree the module only checks, it does not need systemd's cgroup).
+    dedicated = run({"name": "/rt", "cpus": "1-3"})
+    assert not dedicated.get("failed") and "AllowedCPUs=1-3" in unit.read_text(), dedicated
+    args = {"name": "/rt", "cpus": "0-3", "exclusive": False}
+    checked = run(args, check=True)
+    assert not checked.get("failed"), checked.get("msg")
+    assert checked["planned"][0].startswith("write 'member' to rt.slice/cpuset.cpus.partition"), checked["planned"]
+    assert checked["planned"][1:] == ["write %s" % unit, "systemctl daemon-reload"], checked["planned"]
+    assert (unified / "rt.slice" / "cpuset.cpus.partition").read_text().strip() == "isolated"
+    result = run(args)
+    assert not result.get("failed"), result.get("msg")
+    assert [w["file"] for w in result["writes"]] == [
+        str(unified / "rt.slice" / "cpuset.cpus.partition"), str(unit), "systemctl daemon-reload"], result["writes"]
+    assert result["writes"][0]["value"] == "member" and result["partition"] == "member"
+    assert "AllowedCPUs=0-3" in unit.read_text()
