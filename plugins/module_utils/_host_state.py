@@ -333,11 +333,11 @@ def _cpuset_differs(directory, version, cpus, mems, exclusive, kind):
     except CpuListError as exc:
         return ["%s: %s" % (directory, exc)]
     if have != cpus:
-        reasons.append("%s/cpuset.cpus is %s, not %s" % (directory, format_cpulist(have) or "empty",
-                                                          format_cpulist(cpus)))
+        reasons.append("%s/cpuset.cpus is %s, not %s" % (
+            directory, format_cpulist(have) or "empty", format_cpulist(cpus)))
     if mems is not None and have_mems != mems:
-        reasons.append("%s/cpuset.mems is %s, not %s" % (directory, format_cpulist(have_mems) or "empty",
-                                                          format_cpulist(mems)))
+        reasons.append("%s/cpuset.mems is %s, not %s" % (
+            directory, format_cpulist(have_mems) or "empty", format_cpulist(mems)))
     elif mems is None and not have_mems and version == 1:
         reasons.append("%s/cpuset.mems is empty" % directory)
     if exclusive is not None:

@@ -22,7 +22,7 @@ description:
   - An area is reported pending whenever this module cannot prove its tasks would change nothing (an unparsable
     GRUB file, an IRQ outside the housekeeping CPUs whose changeability debugfs does not tell). It never reports
     converged what the area's tasks would change; the unit tests hold it to the same inputs as those tasks.
-  - With O(verify=true) it also returns RV(ansible_facts.cpu_isolation), the facts of
+  - With O(verify=true) it also returns C(ansible_facts.cpu_isolation), the facts of
     M(rtvirt.kvm.cpu_isolation_facts) gathered for the planned realtime CPUs and partitions.
   - The module never changes anything.
 author:
@@ -75,7 +75,7 @@ options:
       - "Check the RT budget: C(path), C(content) (the sysctl.d file) and C(value) (kernel.sched_rt_runtime_us)."
     type: dict
   verify:
-    description: Return RV(ansible_facts.cpu_isolation) for the planned realtime CPUs and partitions.
+    description: Return C(ansible_facts.cpu_isolation) (see RV(ansible_facts)) for the planned realtime CPUs and partitions.
     type: bool
     default: false
   sys_root:
