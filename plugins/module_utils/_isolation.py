@@ -712,7 +712,7 @@ def partition_state(name, layout, sys_root, subsystems=(), controllers=None, sys
     ``cpuset.cpus``/``cpuset.mems`` as written (None when unreadable); ``missing`` lists everything
     M(rtvirt.kvm.libvirt_partition) would still create or enable for a partition given only its CPUs: a level's
     directory in a hierarchy, a v2 controller not enabled above it, a v1 cpuset level without CPUs or memory
-    nodes; on systemd hosts, or where the hierarchies cannot be told, a sentence saying why nothing was read.
+    nodes, a cgroup below it holding CPUs outside its own (it refuses then); on systemd hosts, or where the hierarchies cannot be told, a sentence saying why nothing was read.
     """
     record = {"name": name, "cgroup_path": None, "cpus": None, "mems": None, "missing": []}
     missing = record["missing"]
@@ -761,6 +761,22 @@ def partition_state(name, layout, sys_root, subsystems=(), controllers=None, sys
     leaf = os.path.join(top, pname.cgroup_path)
     record["cpus"] = _read_text(os.path.join(leaf, "cpuset.cpus"))
     record["mems"] = _read_text(os.path.join(leaf, "cpuset.mems"))
+    try:
+        own = parse_cpulist(record["cpus"]) if record["cpus"] else None
+    except CpuListError:
+        own = None
+    if own is not None and os.path.isdir(leaf):
+        # libvirt_partition refuses to keep a partition's CPUs while a guest below holds CPUs outside them (v2 lets
+        # a child write any CPUs; v1 never does).
+        for path in _walk_cgroups(leaf):
+            written = _read_text(os.path.join(path, "cpuset.cpus"))
+            try:
+                outside = parse_cpulist(written) - own if written else frozenset()
+            except CpuListError:
+                outside = frozenset([-1])
+            if outside:
+                missing.append("%s/%s holds CPUs outside the partition (%s)"
+                               % (cpuset_h.mountpoint, os.path.relpath(path, top), written))
     if cpuset_h.version == 1:
         for level in pname.levels:
             for knob in ("cpuset.cpus", "cpuset.mems"):

@@ -312,7 +312,8 @@ ansible_facts:
             - Each O(realtime_partitions) entry as it stands in every cgroup hierarchy libvirt uses on this host, with
               C(name), C(cgroup_path), C(cpus) and C(mems) (its C(cpuset.cpus) and C(cpuset.mems) as written) and
               C(missing), what M(rtvirt.kvm.libvirt_partition) would still create or enable (a level's directory,
-              a v2 controller not enabled above it, a v1 cpuset level without CPUs or memory nodes).
+              a v2 controller not enabled above it, a v1 cpuset level without CPUs or memory nodes), or what makes it
+              refuse (a cgroup below the partition holding CPUs outside the partition's).
             - On systemd hosts C(missing) says that the slice is not read.
           returned: always
           type: list

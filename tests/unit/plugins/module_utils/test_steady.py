@@ -225,6 +225,17 @@ def test_partition_without_memory_nodes(host):
     assert any("cpuset.mems" in r for r in _reasons(host))
 
 
+def test_cgroup_below_the_partition_outside_its_cpus(host):
+    # possible on cgroup v2, where libvirt_partition then refuses to keep the partition's CPUs
+    guest = host / "sys/fs/cgroup/cpuset/machine/rt.partition/qemu-9-x.libvirt-qemu"
+    guest.mkdir()
+    (guest / "cpuset.cpus").write_text("4-5\n")
+    (guest / "cpuset.mems").write_text("0\n")
+    reasons = _reasons(host)
+    assert reasons == ["partition /machine/rt lacks /sys/fs/cgroup/cpuset/machine/rt.partition/qemu-9-x.libvirt-qemu "
+                       "holds CPUs outside the partition (4-5)"], reasons
+
+
 def test_partitions_not_managed_are_not_checked(host):
     (host / "sys/fs/cgroup/cpuset/machine/rt.partition/cpuset.cpus").write_text("0-3,6\n")
     assert _reasons(host, manage_partitions=False) == []
