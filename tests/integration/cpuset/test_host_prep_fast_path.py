@@ -4,7 +4,7 @@ The role runs through ansible-playbook on this machine with a throwaway realtime
 (``/rtvirt-fp-<hex>``, beside /machine, which is left alone: ``host_prep_narrow_machine: false``), the
 sysctl.d file in the test's temporary directory and kernel.sched_rt_runtime_us at the value the host
 already has, so the only thing the test changes on the host is its own partition, removed at the end.
-A test callback (tests/support/callback_plugins) records which tasks really ran.
+A test callback (tests/support/callback/task_log.py) records which tasks really ran.
 """
 import json
 import pathlib
@@ -61,8 +61,8 @@ def _play(tmp_path, partition, check=False, extra=None):
     if log.exists():
         log.unlink()
     env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
-                       "ANSIBLE_CALLBACK_PLUGINS": str(REPO / "tests" / "support" / "callback_plugins"),
-                       "ANSIBLE_CALLBACKS_ENABLED": "rtvirt_task_log", "RTVIRT_TASK_LOG": str(log)})
+                       "ANSIBLE_CALLBACK_PLUGINS": str(REPO / "tests" / "support" / "callback"),
+                       "ANSIBLE_CALLBACKS_ENABLED": "task_log", "RTVIRT_TASK_LOG": str(log)})
     argv = [str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", "localhost,", "-c", "local",
             "-e", "ansible_python_interpreter=%s" % env["RTVIRT_PYTHON_INTERPRETER"], str(path)]
     if check:
