@@ -231,7 +231,8 @@ def test_qemu_hook_second_call_changes_nothing(v1_runs):
 
 
 # --------------------------------------------------------------------------------------------
-# The kernel command line through GRUB (issue 4, item 4), on the same guest after the steps above.
+# The kernel command line through GRUB (issue 4, item 4), on the same guest (after the steps above when the
+# whole module runs; on its own with -k grub).
 # The image has grub2-common (update-grub) but no boot loader on its disk: QEMU boots the kernel with -kernel.
 # /etc/default/grub is the file Debian's grub-pc installs (/usr/share/grub/default/grub).
 
@@ -248,7 +249,7 @@ grep -n '^GRUB_CMDLINE_LINUX=' /etc/default/grub
 echo "defaults $(sha256sum < /etc/default/grub | cut -c1-16)"
 if [ -e /boot/grub/grub.cfg ]; then
   echo "cfg $(sha256sum < /boot/grub/grub.cfg | cut -c1-16)"
-  grep -E '^\s*linux\s' /boot/grub/grub.cfg | sed 's/^\s*/linux /; s/root=UUID=[^ ]*/root=UUID/'
+  grep -E '^\s*linux\s' /boot/grub/grub.cfg | sed -E 's/^\s*linux\s+/linux /; s/root=UUID=[^ ]*/root=UUID/'
 else
   echo "cfg absent"
 fi
@@ -268,7 +269,7 @@ def reboot_required(result):
 
 
 @pytest.fixture(scope="module")
-def grub_runs(v1host, v1_runs, tmp_path_factory):
+def grub_runs(v1host, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("host_prep_v1_grub")
     sh(v1host, "cp /usr/share/grub/default/grub %s && rm -f %s" % (GRUB, GRUB_CFG))
     r = {"before": grub_state(v1host)}
