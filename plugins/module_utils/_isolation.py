@@ -712,7 +712,8 @@ def partition_state(name, layout, sys_root, subsystems=(), controllers=None, sys
     ``cpuset.cpus``/``cpuset.mems`` as written (None when unreadable); ``missing`` lists everything
     M(rtvirt.kvm.libvirt_partition) would still create or enable for a partition given only its CPUs: a level's
     directory in a hierarchy, a v2 controller not enabled above it, a v1 cpuset level without CPUs or memory
-    nodes, a cgroup below it holding CPUs outside its own (it refuses then); on systemd hosts, or where the hierarchies cannot be told, a sentence saying why nothing was read.
+    nodes, a cgroup below it holding CPUs outside its own (it refuses then); on systemd hosts, or where the
+    hierarchies cannot be told, a sentence saying why nothing was read.
     """
     record = {"name": name, "cgroup_path": None, "cpus": None, "mems": None, "missing": []}
     missing = record["missing"]
