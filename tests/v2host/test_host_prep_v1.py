@@ -167,8 +167,9 @@ def test_second_converge_changes_nothing(v1_runs):
 def test_bad_input_fails_in_validation_before_any_change(v1_runs):
     bad = v1_runs["bad"]
     assert bad["rc"] != 0 and bad["failed"] == 1
-    assert bad["fatal_task"] == "rtvirt.kvm.host_prep : Validate the realtime CPU set and partitions against the " \
-                                "host's topology", bad["fatal_task"]
+    # The role's first task: it plans and reads, and writes nothing.
+    assert bad["fatal_task"] == "rtvirt.kvm.host_prep : Plan the realtime CPUs and the layout, and read what the " \
+                                "host does not match yet (writes nothing)", bad["fatal_task"]
     assert "emulator CPUs 2 are realtime CPUs too" in bad["fatal"]["msg"], bad["fatal"]
     assert bad["changed"] == 0
     assert v1_runs["after_bad"] == v1_runs["dedicated"]
