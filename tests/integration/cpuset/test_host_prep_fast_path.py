@@ -1,9 +1,9 @@
 """host_prep's fast path on the real kernel: a converged host costs one module call; drift is found and repaired.
 
 The role runs through ansible-playbook on this machine with a throwaway realtime partition
-(``/rtvirt-fp-<hex>``, beside /machine, which is left alone: ``host_prep_narrow_machine: false``), the
-sysctl.d file in the test's temporary directory and kernel.sched_rt_runtime_us at the value the host
-already has, so the only thing the test changes on the host is its own partition, removed at the end.
+(``/rtvirt-fp-<hex>``, beside /machine), the sysctl.d file in the test's temporary directory and
+kernel.sched_rt_runtime_us at the value the host already has. Besides its own partition (removed at the
+end) it narrows /machine to the housekeeping CPUs, as the role does, and gives /machine its CPUs back.
 A test callback (tests/support/callback/task_log.py) records which tasks really ran.
 """
 import json
@@ -29,21 +29,29 @@ def _cpuset_dir(name):
     return pathlib.Path("/sys/fs/cgroup/cpuset") / (name.lstrip("/") + ".partition")
 
 
+def _partition_module(args):
+    subprocess.run([str(REPO / ".venv" / "bin" / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
+                    "-e", "ansible_python_interpreter=%s" % ansible_env()["RTVIRT_PYTHON_INTERPRETER"],
+                    "-m", "rtvirt.kvm.libvirt_partition", "-a", json.dumps(args)],
+                   env=ansible_env(), capture_output=True, check=False, timeout=300)
+
+
 @pytest.fixture
 def partition():
     name = "/rtvirt-fp-%s" % uuid.uuid4().hex[:8]
+    machine = pathlib.Path("/sys/fs/cgroup/cpuset/machine/cpuset.cpus")
+    machine_cpus = machine.read_text().strip() if machine.exists() else None
     yield name
-    subprocess.run([str(REPO / ".venv" / "bin" / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
-                    "-e", "ansible_python_interpreter=%s" % ansible_env()["RTVIRT_PYTHON_INTERPRETER"],
-                    "-m", "rtvirt.kvm.libvirt_partition", "-a", json.dumps({"name": name, "state": "absent"})],
-                   env=ansible_env(), capture_output=True, check=False, timeout=300)
+    _partition_module({"name": name, "state": "absent"})
     assert not _cpuset_dir(name).exists()
+    if machine_cpus:
+        _partition_module({"name": "/machine", "cpus": machine_cpus})
+        assert machine.read_text().strip() == machine_cpus
 
 
 def _play(tmp_path, partition, check=False, extra=None):
     role_vars = {
         "host_prep_partitions": [{"name": partition}],
-        "host_prep_narrow_machine": False,
         "host_prep_manage_cmdline": False,
         "host_prep_install_libvirt": False,
         "host_prep_install_hook": False,
