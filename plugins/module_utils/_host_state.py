@@ -34,16 +34,9 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     parse_cpumask,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import kernel_at_least
-from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import (
-    RealtimeCpusError,
-    choose,
-    plan_layout,
-    validate,
-)
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import irq_changeable
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     DROP_IN_NAME,
-    PartitionNameError,
     libvirt_hierarchies,
     parse_name,
     parse_proc_cgroups,
@@ -65,11 +58,6 @@ def _read(path):
         return None
 
 
-def _read_line(path):
-    text = _read(path)
-    return None if text is None else text.strip()
-
-
 def _mode(path):
     try:
         return stat.S_IMODE(os.stat(path).st_mode)
@@ -77,97 +65,25 @@ def _mode(path):
         return None
 
 
-def _file_differs(path, content, mode):
-    """What ansible.builtin.copy/template with this content and mode would change, in words (None: nothing)."""
+def check_file(path, content, mode):
+    """[reason] when ansible.builtin.copy with this content and mode would change ``path``, else []."""
     current = _read(path)
     if current is None:
-        return "%s is missing" % path
+        return ["%s is missing" % path]
     if current != content:
-        return "%s differs from what the role writes" % path
-    if mode is not None and _mode(path) != mode:
-        return "%s has mode %04o, not %04o" % (path, _mode(path), mode)
-    return None
+        return ["%s differs from what the role writes" % path]
+    if _mode(path) != mode:
+        return ["%s has mode %04o, not %04o" % (path, _mode(path), mode)]
+    return []
 
 
-def check_file(path, content, mode):
-    """[reason] when the file at ``path`` is not ``content`` with ``mode``, else []."""
-    return [r for r in [_file_differs(path, content, mode)] if r]
-
-
-def _dir_differs(path, mode):
+def _dir_check(path, mode):
+    """[reason] when ``path`` is not a directory with ``mode`` (what ansible.builtin.file would change), else []."""
     if not os.path.isdir(path):
-        return "directory %s is missing" % path
-    if mode is not None and _mode(path) != mode:
-        return "%s has mode %04o, not %04o" % (path, _mode(path), mode)
-    return None
-
-
-def read_topology(sys_root):
-    cpu_dir = os.path.join(sys_root, "devices/system/cpu")
-    online_text = _read_line(os.path.join(cpu_dir, "online"))
-    if online_text is None:
-        raise RealtimeCpusError("cannot read %s/online: is sysfs mounted at %s?" % (cpu_dir, sys_root))
-    online = parse_cpulist(online_text, what="online CPUs")
-    present_text = _read_line(os.path.join(cpu_dir, "present"))
-    present = parse_cpulist(present_text, what="present CPUs") if present_text is not None else online
-    nodes = {}
-    node_dir = os.path.join(sys_root, "devices/system/node")
-    if os.path.isdir(node_dir):
-        for entry in os.listdir(node_dir):
-            match = re.fullmatch(r"node(\d+)", entry)
-            if match:
-                text = _read_line(os.path.join(node_dir, entry, "cpulist"))
-                if text is not None:
-                    nodes[int(match.group(1))] = parse_cpulist(text, what="%s cpulist" % entry)
-    siblings = {}
-    for cpu in online:
-        text = _read_line(os.path.join(cpu_dir, "cpu%d" % cpu, "topology/thread_siblings_list"))
-        if text:
-            siblings[cpu] = parse_cpulist(text, what="cpu%d thread_siblings_list" % cpu)
-    return online, present, nodes, siblings
-
-
-def plan_host(params):
-    """realtime_cpus' planning: the realtime set (given or chosen), validated, and the cgroup layout.
-    ``params``: realtime_cpus' options. Returns (result, warnings)."""
-    online, present, nodes, siblings = read_topology(params["sys_root"])
-    if params["cpus"]:
-        realtime = parse_cpulist(params["cpus"], what="cpus")
-        source = "given"
-    else:
-        realtime, _hk = choose(online, nodes, siblings, params["housekeeping_cores_per_node"])
-        source = "automatic"
-    warnings = validate(realtime, online, nodes, siblings, present=present)
-    errors = []
-    requested = []
-    for entry in params["partitions"]:
-        name = entry.get("name")
-        try:
-            parse_name(name)
-        except PartitionNameError as exc:
-            errors.append(str(exc))
-            continue
-        cpus = entry.get("cpus")
-        requested.append(dict(entry, cpus=parse_cpulist(str(cpus), what="cpus of partition %s" % name)
-                              if cpus else None))
-    if errors:
-        raise RealtimeCpusError("; ".join(errors))
-    emulator = parse_cpulist(params["emulator_cpus"], what="emulator_cpus") if params["emulator_cpus"] else None
-    layout, layout_warnings = plan_layout(realtime, online, requested, emulator, params["narrow_machine"])
-    warnings.extend(layout_warnings)
-    partitions = [dict(p, cpus=format_cpulist(p["cpus"])) for p in layout["partitions"]]
-    return dict(
-        changed=False,
-        realtime_cpus=format_cpulist(realtime),
-        housekeeping_cpus=format_cpulist(online - realtime),
-        online_cpus=format_cpulist(online),
-        source=source,
-        numa_nodes=[{"node": n, "cpus": format_cpulist(c & online)} for n, c in sorted(nodes.items())],
-        partitions=partitions,
-        machine_cpus=format_cpulist(layout["machine_cpus"]),
-        emulator_cpus=format_cpulist(layout["emulator_cpus"]),
-        emulator_mode=layout["emulator_mode"],
-    ), warnings
+        return ["directory %s is missing" % path]
+    if _mode(path) != mode:
+        return ["%s has mode %04o, not %04o" % (path, _mode(path), mode)]
+    return []
 
 
 def cmdline_params(realtime, housekeeping, isolcpus_flags):
@@ -249,7 +165,7 @@ def check_libvirt(packages, installed, systemd_units, starter=None, proc_root="/
             reasons.append("user libvirt-qemu's primary group is not libvirt-qemu")
         if user.pw_shell != "/usr/sbin/nologin":
             reasons.append("user libvirt-qemu's shell is %s" % user.pw_shell)
-    reasons.extend(r for r in [_dir_differs(log_dir, 0o755)] if r)
+    reasons.extend(_dir_check(log_dir, 0o755))
     if systemd_units is not None:
         if systemd_units.get("active") != "active":
             reasons.append("libvirtd is %s" % systemd_units.get("active"))
@@ -257,14 +173,14 @@ def check_libvirt(packages, installed, systemd_units, starter=None, proc_root="/
             reasons.append("libvirtd is %s at boot" % systemd_units.get("enabled"))
     else:
         if starter:
-            reasons.extend(r for r in [_file_differs(starter["path"], starter["content"], 0o755)] if r)
+            reasons.extend(check_file(starter["path"], starter["content"], 0o755))
         running = running_commands(proc_root)
         reasons.extend("%s is not running" % d for d in ("virtlogd", "libvirtd") if d not in running)
     return reasons
 
 
 def check_hook(path, content, layout_path, layout):
-    reasons = [r for r in (_dir_differs(os.path.dirname(path), 0o755), _file_differs(path, content, 0o755)) if r]
+    reasons = _dir_check(os.path.dirname(path), 0o755) + check_file(path, content, 0o755)
     text = _read(layout_path)
     try:
         current = json.loads(text) if text is not None else None
@@ -386,7 +302,7 @@ def check_irqs(cpus, irqbalance_file, banned, proc_root="/proc", sys_root="/sys"
 
 
 def check_sysctl(path, content, value, proc_root="/proc"):
-    reasons = [r for r in [_file_differs(path, content, 0o644)] if r]
+    reasons = check_file(path, content, 0o644)
     current = (_read(os.path.join(proc_root, "sys", "kernel", "sched_rt_runtime_us")) or "").strip()
     if current != str(value):
         reasons.append("kernel.sched_rt_runtime_us is %s, not %s" % (current or "unreadable", value))

@@ -1,7 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) rtvirt.kvm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Choose and validate a host's realtime CPU set. Pure: the caller reads sysfs.
+"""Choose and validate a host's realtime CPU set, and plan the cgroup layout around it.
+
+Pure, except ``read_topology`` and ``plan_host`` at the end, which read sysfs (realtime_cpus and
+host_prep_state plan through ``plan_host``).
 
 Topology is given as plain data:
   online: frozenset of online CPUs; present: frozenset of present CPUs (None: same as online)
@@ -11,7 +14,11 @@ Topology is given as plain data:
 
 from __future__ import annotations
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import format_cpulist
+import os
+import re
+
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import format_cpulist, parse_cpulist
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
 
 
 class RealtimeCpusError(ValueError):
@@ -168,3 +175,91 @@ def plan_layout(realtime, online, partitions, emulator_cpus=None, narrow_machine
                 ", ".join(p["name"] for p in settled), format_cpulist(realtime)))
     return {"machine_cpus": machine_cpus, "emulator_cpus": shared, "emulator_mode": mode,
             "partitions": settled}, warnings
+
+
+def plan_argument_spec():
+    """The options ``plan_host`` reads: realtime_cpus' whole spec, and the first part of host_prep_state's."""
+    return dict(
+        cpus=dict(type="str"),
+        housekeeping_cores_per_node=dict(type="int", default=1),
+        partitions=dict(type="list", elements="dict", default=[]),
+        emulator_cpus=dict(type="str", default=""),
+        narrow_machine=dict(type="bool", default=True),
+        sys_root=dict(type="path", default="/sys"),
+    )
+
+
+def _read_line(path):
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def read_topology(sys_root):
+    cpu_dir = os.path.join(sys_root, "devices/system/cpu")
+    online_text = _read_line(os.path.join(cpu_dir, "online"))
+    if online_text is None:
+        raise RealtimeCpusError("cannot read %s/online: is sysfs mounted at %s?" % (cpu_dir, sys_root))
+    online = parse_cpulist(online_text, what="online CPUs")
+    present_text = _read_line(os.path.join(cpu_dir, "present"))
+    present = parse_cpulist(present_text, what="present CPUs") if present_text is not None else online
+    nodes = {}
+    node_dir = os.path.join(sys_root, "devices/system/node")
+    if os.path.isdir(node_dir):
+        for entry in os.listdir(node_dir):
+            match = re.fullmatch(r"node(\d+)", entry)
+            if match:
+                text = _read_line(os.path.join(node_dir, entry, "cpulist"))
+                if text is not None:
+                    nodes[int(match.group(1))] = parse_cpulist(text, what="%s cpulist" % entry)
+    siblings = {}
+    for cpu in online:
+        text = _read_line(os.path.join(cpu_dir, "cpu%d" % cpu, "topology/thread_siblings_list"))
+        if text:
+            siblings[cpu] = parse_cpulist(text, what="cpu%d thread_siblings_list" % cpu)
+    return online, present, nodes, siblings
+
+
+def plan_host(params):
+    """realtime_cpus' planning: the realtime set (given or chosen), validated, and the cgroup layout.
+    ``params``: realtime_cpus' options. Returns (result, warnings)."""
+    online, present, nodes, siblings = read_topology(params["sys_root"])
+    if params["cpus"]:
+        realtime = parse_cpulist(params["cpus"], what="cpus")
+        source = "given"
+    else:
+        realtime, _hk = choose(online, nodes, siblings, params["housekeeping_cores_per_node"])
+        source = "automatic"
+    warnings = validate(realtime, online, nodes, siblings, present=present)
+    errors = []
+    requested = []
+    for entry in params["partitions"]:
+        name = entry.get("name")
+        try:
+            parse_name(name)
+        except PartitionNameError as exc:
+            errors.append(str(exc))
+            continue
+        cpus = entry.get("cpus")
+        requested.append(dict(entry, cpus=parse_cpulist(str(cpus), what="cpus of partition %s" % name)
+                              if cpus else None))
+    if errors:
+        raise RealtimeCpusError("; ".join(errors))
+    emulator = parse_cpulist(params["emulator_cpus"], what="emulator_cpus") if params["emulator_cpus"] else None
+    layout, layout_warnings = plan_layout(realtime, online, requested, emulator, params["narrow_machine"])
+    warnings.extend(layout_warnings)
+    partitions = [dict(p, cpus=format_cpulist(p["cpus"])) for p in layout["partitions"]]
+    return dict(
+        changed=False,
+        realtime_cpus=format_cpulist(realtime),
+        housekeeping_cpus=format_cpulist(online - realtime),
+        online_cpus=format_cpulist(online),
+        source=source,
+        numa_nodes=[{"node": n, "cpus": format_cpulist(c & online)} for n, c in sorted(nodes.items())],
+        partitions=partitions,
+        machine_cpus=format_cpulist(layout["machine_cpus"]),
+        emulator_cpus=format_cpulist(layout["emulator_cpus"]),
+        emulator_mode=layout["emulator_mode"],
+    ), warnings

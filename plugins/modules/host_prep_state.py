@@ -168,7 +168,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError, parse_cpulist
-from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import RealtimeCpusError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import RealtimeCpusError, plan_argument_spec, plan_host
 from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import (
     check_cmdline,
     check_file,
@@ -181,7 +181,6 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import (
     hook_layout,
     installed_packages,
     partition_targets,
-    plan_host,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import IsolationError, gather
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
@@ -191,18 +190,13 @@ SYSTEMD_DIR = "/run/systemd/system"
 
 def get_argument_spec():
     return dict(
-        cpus=dict(type="str"),
-        housekeeping_cores_per_node=dict(type="int", default=1),
-        partitions=dict(type="list", elements="dict", default=[]),
-        emulator_cpus=dict(type="str", default=""),
-        narrow_machine=dict(type="bool", default=True),
+        plan_argument_spec(),
         cmdline=dict(type="dict"),
         libvirt=dict(type="dict"),
         hook=dict(type="dict"),
         irqs=dict(type="dict"),
         sysctl=dict(type="dict"),
         verify=dict(type="bool", default=False),
-        sys_root=dict(type="path", default="/sys"),
     )
 
 
@@ -219,8 +213,9 @@ def check(params, plan):
     pending = {}
     # Dedicated emulator CPUs sit in the exclusive partition (v2: an isolated one), so IRQs stay off them too.
     irq_cpus = plan["machine_cpus"] if plan["emulator_mode"] == "dedicated" else plan["housekeeping_cpus"]
+    installed = installed_packages()
     extra = dict(systemd=systemd, reboot_required=False, irq_cpus=irq_cpus,
-                 package_manager="apt" if installed_packages() is not None else None,
+                 package_manager="apt" if installed is not None else None,
                  cmdline_params=cmdline_params(plan["realtime_cpus"], irq_cpus,
                                                (params["cmdline"] or {}).get("isolcpus_flags") or ""),
                  hook_layout=hook_layout(plan, params["narrow_machine"]))
@@ -239,7 +234,7 @@ def check(params, plan):
             units = {"active": active.get("libvirtd.service"),
                      "enabled": _systemctl_states("is-enabled", ["libvirtd.service"]).get("libvirtd.service")}
         starter = {"path": lv.get("starter_path"), "content": lv.get("starter")} if lv.get("starter") else None
-        pending["libvirt"] = check_libvirt(lv.get("packages") or [], installed_packages(), units, starter)
+        pending["libvirt"] = check_libvirt(lv.get("packages") or [], installed, units, starter)
     if params["hook"] is not None:
         hook = params["hook"]
         pending["hook"] = check_hook(hook["path"], hook["content"], hook["layout_path"], extra["hook_layout"])

@@ -136,19 +136,11 @@ emulator_mode:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError
-from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import RealtimeCpusError
-from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import plan_host
+from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import RealtimeCpusError, plan_argument_spec, plan_host
 
 
 def get_argument_spec():
-    return dict(
-        cpus=dict(type="str"),
-        housekeeping_cores_per_node=dict(type="int", default=1),
-        partitions=dict(type="list", elements="dict", default=[]),
-        emulator_cpus=dict(type="str", default=""),
-        narrow_machine=dict(type="bool", default=True),
-        sys_root=dict(type="path", default="/sys"),
-    )
+    return plan_argument_spec()
 
 
 def main():

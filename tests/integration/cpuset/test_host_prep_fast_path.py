@@ -8,20 +8,14 @@ A test callback (tests/support/callback/task_log.py) records which tasks really 
 """
 import json
 import pathlib
-import re
 import subprocess
 import uuid
 
 import pytest
 
 from tests.support.ansible_runner import REPO, ansible_env
+from tests.support.playbook_runner import module_runs, run_playbook
 
-RECAP = re.compile(r"^localhost\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
-# Tasks that run on the controller only (no module process on the host).
-CONTROLLER_ACTIONS = {"ansible.builtin.set_fact", "ansible.builtin.debug", "ansible.builtin.assert",
-                      "ansible.builtin.include_tasks", "ansible.builtin.validate_argument_spec",
-                      "ansible.builtin.meta", "set_fact", "debug", "assert", "include_tasks",
-                      "validate_argument_spec", "meta"}
 SYSCTL = pathlib.Path("/proc/sys/kernel/sched_rt_runtime_us")
 
 
@@ -63,28 +57,11 @@ def _play(tmp_path, partition, check=False, extra=None):
     role_vars.update(extra or {})
     play = [{"hosts": "localhost", "gather_facts": False,
              "roles": [{"role": "rtvirt.kvm.host_prep", "vars": role_vars}]}]
-    path = tmp_path / "play.yml"
-    path.write_text(json.dumps(play))
-    log = tmp_path / "tasks.jsonl"
-    if log.exists():
-        log.unlink()
-    env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
-                       "ANSIBLE_CALLBACK_PLUGINS": str(REPO / "tests" / "support" / "callback"),
-                       "ANSIBLE_CALLBACKS_ENABLED": "task_log", "RTVIRT_TASK_LOG": str(log)})
-    argv = [str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-            "-e", "ansible_python_interpreter=%s" % env["RTVIRT_PYTHON_INTERPRETER"], str(path)]
-    if check:
-        argv.append("--check")
-    proc = subprocess.run(argv, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=600, check=False)
-    match = RECAP.search(proc.stdout)
-    assert match, proc.stdout[-3000:] + proc.stderr[-3000:]
-    tasks = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    return dict(changed=int(match.group(2)), failed=int(match.group(4)), rc=proc.returncode,
-                out=proc.stdout + proc.stderr, tasks=tasks)
+    return run_playbook(tmp_path, play, check=check, timeout=600)
 
 
 def _modules_run(run):
-    return [t["action"] for t in run["tasks"] if t["status"] != "skipped" and t["action"] not in CONTROLLER_ACTIONS]
+    return [t["action"] for t in module_runs(run["tasks"])]
 
 
 def test_converged_host_costs_one_module_call_and_drift_is_repaired(tmp_path, partition):

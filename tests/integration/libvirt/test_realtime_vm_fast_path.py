@@ -4,22 +4,18 @@ as soon as anything is to be done.
 Every run logs each task result (action, status) through tests/support/callback/task_log.py; a module call is
 a result whose action the controller does not run by itself. Nothing here is timed.
 """
-import json
 import pathlib
-import re
 import subprocess
 import time
 
 import pytest
 
-from tests.support.ansible_runner import REPO, ansible_env, run_module
+from tests.support.ansible_runner import REPO, run_module
+from tests.support.playbook_runner import module_runs, run_playbook
 
 pytestmark = pytest.mark.libvirt
 
-RECAP = re.compile(r"^localhost\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 SYSCTL = pathlib.Path("/proc/sys/kernel/sched_rt_runtime_us")
-CALLBACKS = REPO / "tests" / "support" / "callback"
-CONTROLLER_ACTIONS = {"set_fact", "debug", "assert", "include_tasks", "include_role", "validate_argument_spec", "meta"}
 FACTS = "rtvirt.kvm.cpu_isolation_facts"
 
 
@@ -34,33 +30,13 @@ def _online_cpus():
 
 def _module_calls(tasks):
     """(action, task name) of every result that was a module run on the host."""
-    return [(t["action"], t["name"].split(" : ", 1)[-1]) for t in tasks
-            if t["status"] != "skipped" and t["action"].rsplit(".", 1)[-1] not in CONTROLLER_ACTIONS]
+    return [(t["action"], t["name"].split(" : ", 1)[-1]) for t in module_runs(tasks)]
 
 
 def _run(tmp_path, plays, inventory=None, check=False):
-    path = tmp_path / "play.yml"
-    path.write_text(json.dumps(plays))
-    log = tmp_path / "tasks.jsonl"
-    if log.exists():
-        log.unlink()
-    env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default", "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS),
-                       "ANSIBLE_CALLBACKS_ENABLED": "task_log", "RTVIRT_TASK_LOG": str(log)})
-    argv = [str(REPO / ".venv" / "bin" / "ansible-playbook")]
-    if inventory is None:
-        argv += ["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % env["RTVIRT_PYTHON_INTERPRETER"]]
-    else:
-        argv += ["-i", str(inventory)]
-    argv += ["--check"] if check else []
-    proc = subprocess.run(argv + [str(path)], env=env, cwd=str(REPO), capture_output=True, text=True, timeout=900,
-                          check=False)
-    out = proc.stdout + proc.stderr
-    match = RECAP.search(proc.stdout)
-    assert match, out[-4000:]
-    tasks = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    role = [t for t in tasks if (t["role"] or "").endswith("realtime_vm")]
-    return dict(rc=proc.returncode, changed=int(match.group(2)), failed=int(match.group(4)), out=out,
-                calls=_module_calls(role), tasks=role)
+    run = run_playbook(tmp_path, plays, inventory=inventory, check=check)
+    role = [t for t in run["tasks"] if (t["role"] or "").endswith("realtime_vm")]
+    return dict(run, calls=_module_calls(role), tasks=role)
 
 
 def _role_play(role_vars, facts_first=None):
