@@ -232,3 +232,16 @@ def cgroup_paths_of(pid, proc_root="/proc"):
             for controller in controllers.split(","):
                 result[controller] = path
     return result
+
+
+def kernel_at_least(release, version):
+    """Whether a kernel release string such as ``6.12.95+deb12-amd64`` is at least ``version``."""
+    numbers = []
+    for part in release.split(".")[:2]:
+        digits = ""
+        for char in part:
+            if not char.isdigit():
+                break
+            digits += char
+        numbers.append(int(digits or 0))
+    return tuple(numbers) >= tuple(version)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import kernel_at_least
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import parse_cpulist
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import KNOBS, Node
 
@@ -245,19 +246,6 @@ def _read_at(name, dir_fd=None):
     finally:
         os.close(fd)
     return b"".join(chunks).decode().strip()
-
-
-def kernel_at_least(release, version):
-    """Whether a kernel release string such as ``6.12.95+deb12-amd64`` is at least ``version``."""
-    numbers = []
-    for part in release.split(".")[:2]:
-        digits = ""
-        for char in part:
-            if not char.isdigit():
-                break
-            digits += char
-        numbers.append(int(digits or 0))
-    return tuple(numbers) >= tuple(version)
 
 
 def _is_cgroup_mount(mountpoint):

@@ -33,7 +33,6 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     parse_cpulist,
     parse_cpumask,
 )
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import kernel_at_least
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import irq_changeable
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     DROP_IN_NAME,
@@ -41,6 +40,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     parse_name,
     parse_proc_cgroups,
     parse_qemu_conf_controllers,
+    partition_kind,
     render_slice_dropin,
     render_slice_unit,
 )
@@ -206,7 +206,7 @@ def check_partitions(wanted, systemd, kernel_release, proc_root="/proc", qemu_co
     layout = discover_layout(os.path.join(proc_root, "self", "mountinfo"))
     conf = _read(qemu_conf)
     hierarchies = libvirt_hierarchies(layout.mounts, parse_qemu_conf_controllers(conf) if conf else None)
-    kind = "isolated" if kernel_at_least(kernel_release, (5, 15)) else "root"
+    kind = partition_kind(kernel_release)
     for entry in wanted:
         pname = parse_name(entry["name"], subsystems)
         cpus = parse_cpulist(entry["cpus"], what="cpus of %s" % entry["name"])

@@ -3,8 +3,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Choose and validate a host's realtime CPU set, and plan the cgroup layout around it.
 
-Pure, except ``read_topology`` and ``plan_host`` at the end, which read sysfs (realtime_cpus and
-host_prep_state plan through ``plan_host``).
+Pure, except ``plan_host`` at the end, which reads sysfs through ``_topology.read_topology``
+(realtime_cpus and host_prep_state plan through ``plan_host``).
 
 Topology is given as plain data:
   online: frozenset of online CPUs; present: frozenset of present CPUs (None: same as online)
@@ -14,11 +14,9 @@ Topology is given as plain data:
 
 from __future__ import annotations
 
-import os
-import re
-
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import format_cpulist, parse_cpulist
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
+from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import TopologyError, read_topology
 
 
 class RealtimeCpusError(ValueError):
@@ -189,43 +187,16 @@ def plan_argument_spec():
     )
 
 
-def _read_line(path):
-    try:
-        with open(path) as handle:
-            return handle.read().strip()
-    except OSError:
-        return None
-
-
-def read_topology(sys_root):
-    cpu_dir = os.path.join(sys_root, "devices/system/cpu")
-    online_text = _read_line(os.path.join(cpu_dir, "online"))
-    if online_text is None:
-        raise RealtimeCpusError("cannot read %s/online: is sysfs mounted at %s?" % (cpu_dir, sys_root))
-    online = parse_cpulist(online_text, what="online CPUs")
-    present_text = _read_line(os.path.join(cpu_dir, "present"))
-    present = parse_cpulist(present_text, what="present CPUs") if present_text is not None else online
-    nodes = {}
-    node_dir = os.path.join(sys_root, "devices/system/node")
-    if os.path.isdir(node_dir):
-        for entry in os.listdir(node_dir):
-            match = re.fullmatch(r"node(\d+)", entry)
-            if match:
-                text = _read_line(os.path.join(node_dir, entry, "cpulist"))
-                if text is not None:
-                    nodes[int(match.group(1))] = parse_cpulist(text, what="%s cpulist" % entry)
-    siblings = {}
-    for cpu in online:
-        text = _read_line(os.path.join(cpu_dir, "cpu%d" % cpu, "topology/thread_siblings_list"))
-        if text:
-            siblings[cpu] = parse_cpulist(text, what="cpu%d thread_siblings_list" % cpu)
-    return online, present, nodes, siblings
-
-
 def plan_host(params):
     """realtime_cpus' planning: the realtime set (given or chosen), validated, and the cgroup layout.
     ``params``: realtime_cpus' options. Returns (result, warnings)."""
-    online, present, nodes, siblings = read_topology(params["sys_root"])
+    try:
+        topology = read_topology(params["sys_root"])
+    except TopologyError as exc:
+        raise RealtimeCpusError("%s (is sysfs mounted at %s?)" % (exc, params["sys_root"])) from exc
+    online, present = topology.cpus, topology.present
+    nodes = {node: topology.node_cpus(node) for node in topology.nodes}
+    siblings = {cpu: topology.siblings_of(cpu) for cpu in online}
     if params["cpus"]:
         realtime = parse_cpulist(params["cpus"], what="cpus")
         source = "given"

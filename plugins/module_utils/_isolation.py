@@ -50,7 +50,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     parse_proc_cgroups,
     parse_qemu_conf_controllers,
 )
-from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import TopologyError, read_topology
+from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import TopologyError, read_topology
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import (
     CgroupDiscoveryError,
     cgroup_paths_of,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import kernel_at_least
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import format_cpulist
 
 # libvirt's controllers, in its enum order (VIR_CGROUP_CONTROLLER_*), with their v2 names.
@@ -516,3 +517,9 @@ def render_slice_dropin(pname, cpus=None, mems=None, tunables=Tunables()):
 def removal_order(paths):
     """Deepest first, then by name: the only order rmdir accepts."""
     return sorted(paths, key=lambda p: (-(p.count("/") + 1 if p else 0), p))
+
+
+def partition_kind(release):
+    """The cgroup v2 partition type ``exclusive`` asks for: ``isolated`` (no load balancing, no scheduler
+    domain: Linux 5.15+), else ``root``."""
+    return "isolated" if kernel_at_least(release, (5, 15)) else "root"

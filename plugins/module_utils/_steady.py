@@ -38,12 +38,12 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
     PcpuError,
-    Topology,
     allocate_all,
     guest_pins_from_domain_xml,
     holdings_from_domain_xml,
     requests_from_entries,
 )
+from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import Topology, TopologyError
 
 SYSTEM_URI = "qemu:///system"
 # pcpu_allocation's top-level defaults, which the role leaves as they are.
@@ -112,7 +112,7 @@ def changes_needed(facts, guests, pool="", isolated_cpus="", emulator_cpus="", p
                         manage_partitions, smt_policy, memory_mib, fifo_priority, verify, uri)
     except _Unknown as exc:
         return [str(exc)]
-    except (PcpuError, DomainSpecError, CpuListError) as exc:
+    except (PcpuError, TopologyError, DomainSpecError, CpuListError) as exc:
         return ["the full path decides: %s" % exc]
 
 

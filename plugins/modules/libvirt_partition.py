@@ -255,7 +255,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import (
     rollback as _cpuset_rollback,
     execute,
 )
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import CpusetFs, kernel_at_least
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import CpusetFs
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import CpusetModel, Node, parent_of
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import PlanError, Request, plan
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
@@ -271,6 +271,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     parse_proc_cgroups,
     parse_qemu_conf_controllers,
     parse_size,
+    partition_kind,
     plan_tunables,
     removal_order,
     render_slice_dropin,
@@ -624,12 +625,6 @@ _PARTITION_FILE = "cpuset.cpus.partition"
 _DEFAULT_NOT_EXCLUSIVE = ("exclusive: %s is libvirt's default partition, where every guest without a <partition> "
                           "runs: it cannot be a cpuset partition of its own; give it the housekeeping CPUs and make "
                           "the realtime partition beside it exclusive")
-
-
-def partition_kind(release):
-    """The cgroup v2 partition type ``exclusive`` asks for: ``isolated`` (no load balancing, no scheduler
-    domain: Linux 5.15+), else ``root``."""
-    return "isolated" if kernel_at_least(release, (5, 15)) else "root"
 
 
 def _partition_request(exclusive, release):

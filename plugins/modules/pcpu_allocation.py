@@ -307,9 +307,9 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
     allocate_all,
     holdings_from_domain_xml,
     ordered_pcpus,
-    read_topology,
     requests_from_entries,
 )
+from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import TopologyError, read_topology
 
 
 def get_argument_spec():
@@ -400,7 +400,7 @@ def main():
             plans = allocate_all(topology, pool, holdings, requests, emulators)
     except LibvirtError as exc:
         module.fail_json(msg=str(exc), exception=exc.exception)
-    except (PcpuError, CpuListError) as exc:
+    except (PcpuError, TopologyError, CpuListError) as exc:
         module.fail_json(msg=str(exc), guest=params["name"], pool=params["pool"])
 
     for plan in plans:
