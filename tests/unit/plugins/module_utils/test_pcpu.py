@@ -117,6 +117,18 @@ def test_read_topology_offline_cpus(tmp_path):
     assert any("2,10 are not online" in w for w in plan.warnings)
 
 
+def test_read_topology_present_cpus(tmp_path):
+    # realtime_cpus tells an offline CPU ("bring it online") from a missing one by the present list.
+    root = write_sysfs(tmp_path, "0-1,3", {0: {0}, 1: {1}, 3: {3}}, {0: "0-3"})
+    (tmp_path / "devices" / "system" / "cpu" / "present").write_text("0-3\n")
+    assert read_topology(root).present == frozenset(range(4))
+
+
+def test_read_topology_present_defaults_to_online(tmp_path):
+    root = write_sysfs(tmp_path, "0-1", {0: {0}, 1: {1}}, {})
+    assert read_topology(root).present == frozenset({0, 1})
+
+
 def test_read_topology_without_numa_puts_all_on_node0(tmp_path):
     root = write_sysfs(tmp_path, "0-1", {0: {0}, 1: {1}}, {})
     assert read_topology(root).nodes == (0,)
