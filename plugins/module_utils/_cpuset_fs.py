@@ -14,13 +14,14 @@ import os
 import stat
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import parse_cpulist
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import KNOBS, Node
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import ABSENT, KNOBS, Node
 
 CGROUP_SUPER_MAGIC = 0x27E0EB
 CGROUP2_SUPER_MAGIC = 0x63677270
 SYS_CPU_ONLINE = "/sys/devices/system/cpu/online"
 # The Linux release that added a v2 cpuset file, for when no cgroup shows cpuset files to probe.
 FEATURE_SINCE = {"cpus_exclusive": (6, 7)}
+_READ_SIZE = 65536
 
 
 class CpusetPathError(ValueError):
@@ -69,11 +70,19 @@ class CpusetFs:
 
     def check_no_symlink(self, path):
         """Refuse a path whose existing components include a symlink (cgroupfs has none)."""
+        if not path:
+            return
+        parts = path.split("/")
         current = self.mountpoint
-        for part in path.split("/") if path else []:
-            current = os.path.join(current, part)
+        start = 0
+        parent = self.real_path(path.rsplit("/", 1)[0]) if len(parts) > 1 else None
+        if parent in self._plain_dirs:
+            # The parent of an earlier path (siblings share ancestors): only the last name is new.
+            current, start = parent, len(parts) - 1
+        for part in parts[start:]:
+            current = current + "/" + part
             if current in self._plain_dirs:
-                continue        # checked for an earlier path of this run (siblings share ancestors)
+                continue        # checked for an earlier path of this run
             try:
                 mode = os.lstat(current).st_mode
             except FileNotFoundError:
@@ -99,18 +108,18 @@ class CpusetFs:
         """The file's text without the trailing newline, or None when it does not exist."""
         return _read_at(self.real_path(path, name))
 
-    def read_node(self, path):
+    def read_node(self, path, known_false=()):
+        """The cgroup's knobs (``exists=False`` when there is no such cgroup); the v1 flags in
+        ``known_false`` are not read and come back False."""
         knobs = self.knobs
         # One directory fd and openat() per knob: the kernel resolves the cgroup's path once, not
-        # once per file (the planner reads five files per cgroup on v1).
+        # once per file; the open also answers whether the cgroup exists.
         try:
             dir_fd = os.open(self.real_path(path), os.O_RDONLY | os.O_DIRECTORY)
         except (FileNotFoundError, NotADirectoryError):
-            dir_fd = None
+            return ABSENT
 
         def read(key):
-            if dir_fd is None:
-                return None
             return _read_at(knobs[key], dir_fd)
 
         try:
@@ -118,8 +127,8 @@ class CpusetFs:
                 return Node(
                     cpus=parse_cpulist(read("cpus") or ""),
                     mems=parse_cpulist(read("mems") or ""),
-                    cpu_exclusive=read("cpu_exclusive") == "1",
-                    mem_exclusive=read("mem_exclusive") == "1",
+                    cpu_exclusive="cpu_exclusive" not in known_false and read("cpu_exclusive") == "1",
+                    mem_exclusive="mem_exclusive" not in known_false and read("mem_exclusive") == "1",
                     sched_load_balance=read("sched_load_balance") != "0",
                 )
             subtree = (read("subtree_control") or "").split()
@@ -131,8 +140,7 @@ class CpusetFs:
                 subtree_cpuset="cpuset" in (word.lstrip("+") for word in subtree),
             )
         finally:
-            if dir_fd is not None:
-                os.close(dir_fd)
+            os.close(dir_fd)
 
     def tasks(self, path):
         text = self.read(path, "tasks" if self.version == 1 else "cgroup.procs") or ""
@@ -236,12 +244,14 @@ def _read_at(name, dir_fd=None):
     except FileNotFoundError:
         return None
     try:
+        # A read that comes back short of the buffer has reached the end (kernfs' seq_file fills
+        # the whole buffer while it has data; so does a regular file): no second read(2) for EOF.
         chunks = []
         while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
+            chunk = os.read(fd, _READ_SIZE)
             chunks.append(chunk)
+            if len(chunk) < _READ_SIZE:
+                break
     finally:
         os.close(fd)
     return b"".join(chunks).decode().strip()
