@@ -62,6 +62,7 @@ class CpusetFs:
         self.writes = []          # (absolute file, value) in the order written
         self._fake = None
         self._plain_dirs = set()  # directories check_no_symlink has already seen to be plain
+        self._lists = {}          # knob text -> frozenset: a tree of guests repeats a few values
 
     # ---- source interface for CpusetModel ----------------------------------------------
     def real_path(self, path, name=None):
@@ -122,20 +123,27 @@ class CpusetFs:
         def read(key):
             return _read_at(knobs[key], dir_fd)
 
+        def read_list(key):
+            text = read(key) or ""
+            parsed = self._lists.get(text)
+            if parsed is None:
+                parsed = self._lists[text] = parse_cpulist(text)
+            return parsed
+
         try:
             if self.version == 1:
                 return Node(
-                    cpus=parse_cpulist(read("cpus") or ""),
-                    mems=parse_cpulist(read("mems") or ""),
+                    cpus=read_list("cpus"),
+                    mems=read_list("mems"),
                     cpu_exclusive="cpu_exclusive" not in known_false and read("cpu_exclusive") == "1",
                     mem_exclusive="mem_exclusive" not in known_false and read("mem_exclusive") == "1",
                     sched_load_balance=read("sched_load_balance") != "0",
                 )
             subtree = (read("subtree_control") or "").split()
             return Node(
-                cpus=parse_cpulist(read("cpus") or ""),
-                mems=parse_cpulist(read("mems") or ""),
-                cpus_exclusive=parse_cpulist(read("cpus_exclusive") or ""),
+                cpus=read_list("cpus"),
+                mems=read_list("mems"),
+                cpus_exclusive=read_list("cpus_exclusive"),
                 partition=read("partition") or "member",
                 subtree_cpuset="cpuset" in (word.lstrip("+") for word in subtree),
             )
