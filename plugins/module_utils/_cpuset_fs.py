@@ -15,13 +15,14 @@ import stat
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import kernel_at_least
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import parse_cpulist
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import KNOBS, Node
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import ABSENT, KNOBS, Node
 
 CGROUP_SUPER_MAGIC = 0x27E0EB
 CGROUP2_SUPER_MAGIC = 0x63677270
 SYS_CPU_ONLINE = "/sys/devices/system/cpu/online"
 # The Linux release that added a v2 cpuset file, for when no cgroup shows cpuset files to probe.
 FEATURE_SINCE = {"cpus_exclusive": (6, 7)}
+_READ_SIZE = 65536
 
 
 class CpusetPathError(ValueError):
@@ -62,6 +63,7 @@ class CpusetFs:
         self.writes = []          # (absolute file, value) in the order written
         self._fake = None
         self._plain_dirs = set()  # directories check_no_symlink has already seen to be plain
+        self._lists = {}          # knob text -> frozenset: a tree of guests repeats a few values
 
     # ---- source interface for CpusetModel ----------------------------------------------
     def real_path(self, path, name=None):
@@ -70,11 +72,19 @@ class CpusetFs:
 
     def check_no_symlink(self, path):
         """Refuse a path whose existing components include a symlink (cgroupfs has none)."""
+        if not path:
+            return
+        parts = path.split("/")
         current = self.mountpoint
-        for part in path.split("/") if path else []:
-            current = os.path.join(current, part)
+        start = 0
+        parent = self.real_path(path.rsplit("/", 1)[0]) if len(parts) > 1 else None
+        if parent in self._plain_dirs:
+            # The parent of an earlier path (siblings share ancestors): only the last name is new.
+            current, start = parent, len(parts) - 1
+        for part in parts[start:]:
+            current = current + "/" + part
             if current in self._plain_dirs:
-                continue        # checked for an earlier path of this run (siblings share ancestors)
+                continue        # checked for an earlier path of this run
             try:
                 mode = os.lstat(current).st_mode
             except FileNotFoundError:
@@ -100,40 +110,46 @@ class CpusetFs:
         """The file's text without the trailing newline, or None when it does not exist."""
         return _read_at(self.real_path(path, name))
 
-    def read_node(self, path):
+    def read_node(self, path, known_false=()):
+        """The cgroup's knobs (``exists=False`` when there is no such cgroup); the v1 flags in
+        ``known_false`` are not read and come back False."""
         knobs = self.knobs
         # One directory fd and openat() per knob: the kernel resolves the cgroup's path once, not
-        # once per file (the planner reads five files per cgroup on v1).
+        # once per file; the open also answers whether the cgroup exists.
         try:
             dir_fd = os.open(self.real_path(path), os.O_RDONLY | os.O_DIRECTORY)
         except (FileNotFoundError, NotADirectoryError):
-            dir_fd = None
+            return ABSENT
 
         def read(key):
-            if dir_fd is None:
-                return None
             return _read_at(knobs[key], dir_fd)
+
+        def read_list(key):
+            text = read(key) or ""
+            parsed = self._lists.get(text)
+            if parsed is None:
+                parsed = self._lists[text] = parse_cpulist(text)
+            return parsed
 
         try:
             if self.version == 1:
                 return Node(
-                    cpus=parse_cpulist(read("cpus") or ""),
-                    mems=parse_cpulist(read("mems") or ""),
-                    cpu_exclusive=read("cpu_exclusive") == "1",
-                    mem_exclusive=read("mem_exclusive") == "1",
+                    cpus=read_list("cpus"),
+                    mems=read_list("mems"),
+                    cpu_exclusive="cpu_exclusive" not in known_false and read("cpu_exclusive") == "1",
+                    mem_exclusive="mem_exclusive" not in known_false and read("mem_exclusive") == "1",
                     sched_load_balance=read("sched_load_balance") != "0",
                 )
             subtree = (read("subtree_control") or "").split()
             return Node(
-                cpus=parse_cpulist(read("cpus") or ""),
-                mems=parse_cpulist(read("mems") or ""),
-                cpus_exclusive=parse_cpulist(read("cpus_exclusive") or ""),
+                cpus=read_list("cpus"),
+                mems=read_list("mems"),
+                cpus_exclusive=read_list("cpus_exclusive"),
                 partition=read("partition") or "member",
                 subtree_cpuset="cpuset" in (word.lstrip("+") for word in subtree),
             )
         finally:
-            if dir_fd is not None:
-                os.close(dir_fd)
+            os.close(dir_fd)
 
     def tasks(self, path):
         text = self.read(path, "tasks" if self.version == 1 else "cgroup.procs") or ""
@@ -237,12 +253,14 @@ def _read_at(name, dir_fd=None):
     except FileNotFoundError:
         return None
     try:
+        # A read that comes back short of the buffer has reached the end (kernfs' seq_file fills
+        # the whole buffer while it has data; so does a regular file): no second read(2) for EOF.
         chunks = []
         while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
+            chunk = os.read(fd, _READ_SIZE)
             chunks.append(chunk)
+            if len(chunk) < _READ_SIZE:
+                break
     finally:
         os.close(fd)
     return b"".join(chunks).decode().strip()

@@ -41,6 +41,9 @@ KNOBS = {
     },
 }
 KNOB_NAMES = {version: {file: key for key, file in knobs.items()} for version, knobs in KNOBS.items()}
+# v1 flags a cpuset can only have if its parent has them (the kernel's is_cpuset_subset: EACCES on
+# setting one under a parent without it, EBUSY on clearing a parent's while a child has it).
+INHERITED_FLAGS_V1 = ("cpu_exclusive", "mem_exclusive")
 
 PARTITION_TYPES = ("member", "root", "isolated")
 
@@ -172,14 +175,17 @@ class CpusetModel:
     """A simulated cpuset hierarchy, read lazily from ``source`` and changed only in memory.
 
     ``source`` offers: ``version`` (1 or 2), ``online_cpus()``, ``memory_nodes()``,
-    ``exists(path)``, ``children(path)``, ``read_node(path) -> Node``, ``tasks(path) -> list``
-    (TIDs on v1, PIDs on v2), ``has_feature(name)``.
+    ``exists(path)``, ``children(path)``, ``read_node(path, known_false=()) -> Node`` (with
+    ``exists=False`` when there is no such cgroup), ``tasks(path) -> list`` (TIDs on v1, PIDs on
+    v2), ``has_feature(name)``.  ``known_false`` names v1 flags the model already knows are 0 (the
+    parent does not have them); a source may leave them unread and report them False.
     """
 
     def __init__(self, source):
         self.source = source
         self.version = source.version
         self._nodes = {}
+        self._found = {}          # path -> Node as read from the source (never simulated)
         self._children = {}
         self._tasks = {}
         self.online = frozenset(source.online_cpus())
@@ -197,6 +203,7 @@ class CpusetModel:
         twin.online = self.online
         twin.memory_nodes = self.memory_nodes
         twin._nodes = dict(self._nodes)                      # Node is frozen: sharing is safe
+        twin._found = dict(self._found)
         twin._children = {path: set(names) for path, names in self._children.items()}
         twin._tasks = {path: list(tasks) for path, tasks in self._tasks.items()}
         return twin
@@ -204,11 +211,30 @@ class CpusetModel:
     # ---- reading -------------------------------------------------------------------------
     def node(self, path):
         if path not in self._nodes:
-            if path == "":
-                self._nodes[path] = self._root_node()
-            else:
-                self._nodes[path] = self.source.read_node(path) if self.source.exists(path) else ABSENT
+            self._nodes[path] = self._read(path)
         return self._nodes[path]
+
+    def _read(self, path):
+        found = self._found.get(path)
+        if found is None:
+            if path == "":
+                found = self._root_node()
+            else:
+                found = self.source.read_node(path, self._known_false(path))
+                if not found.exists:
+                    found = ABSENT
+            self._found[path] = found
+        return found
+
+    def _known_false(self, path):
+        """v1 flags the cgroup cannot have because its parent, as read, does not: not worth a read.
+
+        Judged on the parent as found on disk, not as simulated: the kernel's invariant holds there.
+        """
+        if self.version != 1:
+            return ()
+        parent = self._read(parent_of(path))
+        return tuple(key for key in INHERITED_FLAGS_V1 if not getattr(parent, key))
 
     def _root_node(self):
         root = self.source.read_node("")

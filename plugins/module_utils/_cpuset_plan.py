@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import format_cpulist
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import (
     ATTACH,
+    INHERITED_FLAGS_V1,
     MKDIR,
     RMDIR,
     WRITE,
@@ -228,23 +229,46 @@ def _children_index(paths):
 
 def _check_exclusive_v1(model, targets, removed):
     planned_children = _children_index(targets)
+    families = {}       # parent -> its children as the plan leaves them, in path order
+
+    def family(parent):
+        if parent not in families:
+            planned = planned_children.get(parent, ())
+            if not any(getattr(node, key) for node in [model.node(parent)] + [targets[p] for p in planned]
+                       for key in INHERITED_FLAGS_V1):
+                # Nothing here is exclusive, so nothing can conflict: the plan gives no child a flag,
+                # and a cgroup outside the plan has one only if its parent as read has it too (the
+                # kernel's rule, which the model's reads rely on as well).
+                families[parent] = ([], {key: [] for key in INHERITED_FLAGS_V1})
+                return families[parent]
+            names = {join_path(parent, child) for child in model.children(parent)}
+            members = []
+            for sibling in sorted(names | set(planned)):
+                if sibling in removed:
+                    continue
+                other = targets.get(sibling) or model.node(sibling)
+                if other.exists:
+                    members.append((sibling, other))
+            # Per flag, the members that have it: only a pair with one of those can conflict.
+            families[parent] = (members, {key: [m for m in members if getattr(m[1], key)]
+                                          for key in INHERITED_FLAGS_V1})
+        return families[parent]
+
     for path, target in targets.items():
         if not path:
             continue
-        parent = targets.get(parent_of(path)) or model.node(parent_of(path))
+        parent_path = parent_of(path)
+        parent = targets.get(parent_path) or model.node(parent_path)
         for key, set_key in (("cpu_exclusive", "cpus"), ("mem_exclusive", "mems")):
             if getattr(target, key) and not getattr(parent, key):
                 raise PlanError("cgroup %s: %s=true needs its parent %s to be %s as well; set it on the parent "
                                 "in the same call" % (display_path(path), key, display_path(parent_of(path)), key))
-            siblings = set(model.siblings(path)) | set(planned_children.get(parent_of(path), ()))
-            for sibling in sorted(siblings):
-                if sibling in removed or sibling == path:
-                    continue
-                other = targets.get(sibling) or model.node(sibling)
-                if not other.exists:
+            members, flagged = family(parent_path)
+            for sibling, other in members if getattr(target, key) else flagged[key]:
+                if sibling == path:
                     continue
                 overlap = getattr(target, set_key) & getattr(other, set_key)
-                if overlap and (getattr(target, key) or getattr(other, key)):
+                if overlap:
                     raise PlanError(
                         "cgroups %s (%s %s) and %s (%s %s) overlap on %s, and %s: exclusive cpusets may not "
                         "share %s with a sibling" % (

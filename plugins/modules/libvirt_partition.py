@@ -878,8 +878,8 @@ class _SystemdView:
     def exists(self, path):
         return path in self._overrides or self._fs.exists(path)
 
-    def read_node(self, path):
-        return self._overrides.get(path) or self._fs.read_node(path)
+    def read_node(self, path, known_false=()):
+        return self._overrides.get(path) or self._fs.read_node(path, known_false)
 
     def children(self, path):
         names = set(self._fs.children(path))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import CpusetModel, Node, parent_of
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import ABSENT, CpusetModel, Node, parent_of
 
 
 @dataclass
@@ -36,8 +36,9 @@ class MemorySource:
     def children(self, path):
         return sorted(p.rsplit("/", 1)[-1] for p in self.nodes if p and parent_of(p) == path)
 
-    def read_node(self, path):
-        return self.nodes.get(path, Node())
+    def read_node(self, path, known_false=()):
+        # Everything is in memory: the flags in known_false are handed over as held, unread or not.
+        return self.nodes.get(path, Node() if self.exists(path) else ABSENT)
 
     def tasks(self, path):
         return list(self.tasks_by_path.get(path, []))

@@ -14,6 +14,8 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import Ap
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import CpusetFs
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import (
     ATTACH,
+    INHERITED_FLAGS_V1,
+    KNOBS,
     MKDIR,
     RMDIR,
     WRITE,
@@ -22,7 +24,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import (
     Op,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import Request, plan
-from tests.integration.cpuset.conftest import cgroup_of
+from tests.integration.cpuset.conftest import cgroup_of, read
 
 pytestmark = pytest.mark.real
 
@@ -118,3 +120,35 @@ def test_failed_write_rolls_back_in_reverse(cpuset_root, sandbox, spawn):
     assert not os.path.exists(os.path.join(mountpoint, sandbox, "app"))
     with open(os.path.join(mountpoint, sandbox, "cpuset.cpus")) as handle:
         assert handle.read().strip() == "0"
+
+
+def test_exclusive_flags_need_the_parents_so_the_model_does_not_read_them(cpuset_root, sandbox):
+    """cgroup v1 (is_cpuset_subset): a cpuset can be cpu_exclusive or mem_exclusive only if its
+    parent is; the kernel answers EACCES.  The model relies on it to skip reading those two files
+    under a parent without the flag."""
+    mountpoint = cpuset_root[0]
+    fs = CpusetFs(mountpoint, 1)
+    child = sandbox + "/child"
+    for path in (sandbox, child):
+        os.mkdir(os.path.join(mountpoint, path))
+        fs.write(path, "cpus", format_cpulist(fs.online_cpus()))
+        fs.write(path, "mems", format_cpulist(fs.memory_nodes()))
+    for key in INHERITED_FLAGS_V1:
+        assert read(mountpoint, sandbox, KNOBS[1][key]) == "0"
+        with pytest.raises(OSError) as caught:
+            fs.write(child, key, "1")
+        assert caught.value.errno == errno.EACCES, key
+        assert read(mountpoint, child, KNOBS[1][key]) == "0"
+
+    asked = {}
+
+    class Recording(CpusetFs):
+        def read_node(self, path, known_false=()):
+            asked[path] = tuple(known_false)
+            return super().read_node(path, known_false)
+
+    model = CpusetModel(Recording(mountpoint, 1))
+    assert model.node(child) == fs.read_node(child)
+    assert asked[sandbox] == ()                        # below the root, which is always exclusive
+    assert asked[child] == INHERITED_FLAGS_V1
+    assert not model.node(sandbox + "/missing").exists

@@ -4,8 +4,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import format_cpulist
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import CpusetFs
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import (
     ATTACH,
+    INHERITED_FLAGS_V1,
     MKDIR,
     RMDIR,
     WRITE,
@@ -13,8 +15,14 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import (
     KernelRuleError,
     Node,
     Op,
+    parent_of,
 )
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import PlanError, Request, plan
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import (
+    PlanError,
+    Request,
+    _check_exclusive_v1,
+    plan,
+)
 from tests.support.fake_cpuset import MemorySource, run_on_model
 
 F = frozenset
@@ -113,6 +121,41 @@ def test_exclusive_needs_exclusive_parent():
     result = plan(source, [Request("m", cpu_exclusive=True), Request("m/rt", cpus=F({1}), cpu_exclusive=True)])
     flags = [w for w in writes(result) if w[2] == "cpu_exclusive"]
     assert flags == [(WRITE, "m", "cpu_exclusive", "1"), (WRITE, "m/rt", "cpu_exclusive", "1")]
+
+
+def test_flags_the_parent_lacks_are_not_asked_for():
+    """v1: a cpuset can only be exclusive if its parent is, so under a parent without a flag the model
+    tells the source it need not read it (the root always counts as exclusive)."""
+    asked = {}
+
+    class Recording(MemorySource):
+        def read_node(self, path, known_false=()):
+            asked[path] = tuple(known_false)
+            return super().read_node(path, known_false)
+
+    source = Recording(1, F(range(4)), F({0}), {
+        "m": Node(cpus=F({0, 1, 2, 3}), mems=F({0}), cpu_exclusive=True),
+        "m/rt": Node(cpus=F({1}), mems=F({0}), cpu_exclusive=True),
+        "m/rt/g": Node(cpus=F({1}), mems=F({0})),
+        "m/rt/g/vcpu0": Node(cpus=F({1}), mems=F({0}))})
+    result = plan(source, [Request("m/rt/g/vcpu0", cpus=F({1}))])
+    assert result.ops == []
+    assert asked == {"": (), "m": (), "m/rt": ("mem_exclusive",), "m/rt/g": ("mem_exclusive",),
+                     "m/rt/g/vcpu0": INHERITED_FLAGS_V1}
+
+
+def test_fs_read_node_leaves_known_false_flags_unread_and_reports_a_missing_cgroup(tmp_path):
+    # A fake tree may hold what the kernel never would (a flag under a parent without it): proof
+    # that the file is not read when the caller knows better.
+    (tmp_path / "a").mkdir()
+    for name, value in (("cpuset.cpus", "0-1"), ("cpuset.mems", "0"), ("cpuset.cpu_exclusive", "1"),
+                        ("cpuset.mem_exclusive", "1"), ("cpuset.sched_load_balance", "0")):
+        (tmp_path / "a" / name).write_text(value + "\n")
+    fs = CpusetFs(str(tmp_path), 1)
+    assert fs.read_node("a") == Node(cpus=F({0, 1}), mems=F({0}), cpu_exclusive=True, mem_exclusive=True,
+                                     sched_load_balance=False)
+    assert fs.read_node("a", INHERITED_FLAGS_V1) == Node(cpus=F({0, 1}), mems=F({0}), sched_load_balance=False)
+    assert not fs.read_node("b").exists
 
 
 def test_clearing_exclusive_goes_children_first():
@@ -396,3 +439,77 @@ def test_v2_partition_over_a_populated_member_sibling_keeps_it_a_cpu():
     source.tasks_by_path = {}
     assert writes(plan(source, [Request("p/rt", cpus=F({2, 3}), partition="isolated")]))[-1] == \
         (WRITE, "p/rt", "partition", "isolated")
+
+
+def _check_exclusive_reference(model, targets, removed):
+    """The exclusive-sibling check as it was before it grouped siblings by parent (every target
+    against every sibling): the grouped one must raise the same first error, or none."""
+    planned = {}
+    for path in targets:
+        if path:
+            planned.setdefault(parent_of(path), []).append(path)
+    for path, target in targets.items():
+        if not path:
+            continue
+        parent = targets.get(parent_of(path)) or model.node(parent_of(path))
+        for key, set_key in (("cpu_exclusive", "cpus"), ("mem_exclusive", "mems")):
+            if getattr(target, key) and not getattr(parent, key):
+                return "parent", path, key
+            for sibling in sorted(set(model.siblings(path)) | set(planned.get(parent_of(path), ()))):
+                if sibling in removed or sibling == path:
+                    continue
+                other = targets.get(sibling) or model.node(sibling)
+                if not other.exists:
+                    continue
+                if getattr(target, set_key) & getattr(other, set_key) and (getattr(target, key) or getattr(other, key)):
+                    return "overlap", path, sibling
+    return None
+
+
+@st.composite
+def exclusive_trees_and_targets(draw):
+    """A v1 tree the kernel could hold (flags only below flagged parents, flagged siblings disjoint) and
+    a random final state for some of its cgroups and a few new ones (anything, valid or not)."""
+    online, mems = F(range(4)), F(range(2))
+    nodes, paths = {}, []
+    for index in range(draw(st.integers(min_value=0, max_value=8))):
+        parent = draw(st.sampled_from([""] + paths))
+        path = "%s/n%d" % (parent, index) if parent else "n%d" % index
+        above = nodes[parent] if parent else Node(cpus=online, mems=mems, cpu_exclusive=True, mem_exclusive=True)
+        cpus = F(draw(st.sets(st.sampled_from(sorted(above.cpus))))) if above.cpus else F()
+        node_mems = F(draw(st.sets(st.sampled_from(sorted(above.mems))))) if above.mems else F()
+        flags = {}
+        for key, set_key, value in (("cpu_exclusive", "cpus", cpus), ("mem_exclusive", "mems", node_mems)):
+            siblings = [nodes[p] for p in paths if parent_of(p) == parent]
+            flags[key] = getattr(above, key) and draw(st.booleans()) and not any(
+                getattr(other, set_key) & value for other in siblings)
+        nodes[path] = Node(cpus=cpus, mems=node_mems, **flags)
+        paths.append(path)
+    source = MemorySource(1, online, mems, nodes)
+    chosen = draw(st.lists(st.sampled_from(paths + ["n0", "x", "x/y", "n1/z"]), unique=True, max_size=6))
+    targets = {"": Node(cpus=online, mems=mems, cpu_exclusive=True, mem_exclusive=True)}
+    for path in sorted(chosen, key=lambda p: (p.count("/"), p)):
+        targets[path] = Node(cpus=F(draw(st.sets(st.sampled_from(sorted(online))))),
+                             mems=F(draw(st.sets(st.sampled_from(sorted(mems))))),
+                             cpu_exclusive=draw(st.booleans()), mem_exclusive=draw(st.booleans()))
+    removed = set(draw(st.lists(st.sampled_from(paths), unique=True, max_size=2))) if paths else set()
+    return source, targets, removed - set(targets)
+
+
+@settings(max_examples=400, deadline=None)
+@given(exclusive_trees_and_targets())
+def test_exclusive_check_raises_what_checking_every_pair_raises(case):
+    source, targets, removed = case
+    expected = _check_exclusive_reference(CpusetModel(source), targets, removed)
+    try:
+        _check_exclusive_v1(CpusetModel(source), targets, removed)
+    except PlanError as exc:
+        message = str(exc)
+        assert expected is not None, message
+        if expected[0] == "parent":
+            assert message.startswith("cgroup '/%s': %s=true needs its parent" % (expected[1], expected[2])), message
+        else:
+            assert message.startswith("cgroups '/%s' (" % expected[1]) and "and '/%s' (" % expected[2] in message, \
+                message
+    else:
+        assert expected is None
