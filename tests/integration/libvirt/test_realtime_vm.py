@@ -4,55 +4,24 @@ Runs the role through ansible-playbook on localhost, checks the placement indepe
 /proc (not only through the role's own verify step), runs again (nothing changed), checks that bad
 input fails before anything is defined, and removes the guest, its partition and the sysctl change.
 """
-import json
 import pathlib
 import re
-import subprocess
 
 import pytest
 
-from tests.support.ansible_runner import REPO, ansible_env
+from tests.support.ansible_runner import run_module
+from tests.support.fixtures_libvirt import online_cpus, wait_for_free_pcpu
+from tests.support.playbook_runner import run_playbook
 
 pytestmark = pytest.mark.libvirt
 
-RECAP = re.compile(r"^localhost\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
-SYSCTL = pathlib.Path("/proc/sys/kernel/sched_rt_runtime_us")
-
-
-def _online_cpus():
-    text = pathlib.Path("/sys/devices/system/cpu/online").read_text().strip()
-    cpus = []
-    for part in text.split(","):
-        start, dash, end = part.partition("-")
-        cpus.extend(range(int(start), int(end or start) + 1))
-    return cpus
-
 
 def _play(tmp_path, guests, partition, pool, extra=None):
-    play = [{"hosts": "localhost", "gather_facts": False, "roles": [{
+    return run_playbook(tmp_path, [{"hosts": "localhost", "gather_facts": False, "roles": [{
         "role": "rtvirt.kvm.realtime_vm",
         "vars": dict({"realtime_vm_guests": guests, "realtime_vm_isolated_cpus": pool,
                       "realtime_vm_partition": partition,
-                      "realtime_vm_cpu_map_path": str(tmp_path / "map" / "cpu-map.html")}, **(extra or {}))}]}]
-    path = tmp_path / "play.yml"
-    path.write_text(json.dumps(play))
-    env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default"})
-    proc = subprocess.run([str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                           "-e", "ansible_python_interpreter=%s" % env["RTVIRT_PYTHON_INTERPRETER"], str(path)],
-                          env=env, cwd=str(REPO), capture_output=True, text=True, timeout=600, check=False)
-    match = RECAP.search(proc.stdout)
-    assert match, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return dict(ok=int(match.group(1)), changed=int(match.group(2)), failed=int(match.group(4)),
-                rc=proc.returncode, out=proc.stdout + proc.stderr)
-
-
-@pytest.fixture
-def fifo_allowed():
-    """kernel.sched_rt_runtime_us=-1 for the test (host_prep's job on a real host); restored after."""
-    old = SYSCTL.read_text().strip()
-    SYSCTL.write_text("-1")
-    yield
-    SYSCTL.write_text(old)
+                      "realtime_vm_cpu_map_path": str(tmp_path / "map" / "cpu-map.html")}, **(extra or {}))}]}])
 
 
 def _threads(rig, name):
@@ -72,21 +41,18 @@ def _remove(tmp_path, name, partition, pool):
     """Undefine the test's guest through the role, then remove its partition (also where libvirt made it in
     cpuacct/devices, which libvirt_partition absent covers); returns the role run."""
     gone = _play(tmp_path, [{"name": name, "state": "absent"}], partition, pool, {"realtime_vm_cpu_map": False})
-    subprocess.run([str(REPO / ".venv" / "bin" / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
-                    "-e", "ansible_python_interpreter=%s" % ansible_env()["RTVIRT_PYTHON_INTERPRETER"],
-                    "-m", "rtvirt.kvm.libvirt_partition", "-a", json.dumps({"name": partition, "state": "absent"})],
-                   env=ansible_env(), capture_output=True, check=False, timeout=300)
+    run_module("rtvirt.kvm.libvirt_partition", {"name": partition, "state": "absent"})
     return gone
 
 
 def test_realtime_vm_defines_pins_fifo_and_is_idempotent(libvirt_rig, unique_name, tmp_path, fifo_allowed):
-    cpus = _online_cpus()
-    if len(cpus) < 2:
-        pytest.skip("needs a housekeeping CPU and a realtime CPU")
+    cpus = online_cpus()
+    assert len(cpus) >= 2, "needs a housekeeping CPU and a realtime CPU"
     pool = str(cpus[-1])
     housekeeping = ",".join(str(c) for c in cpus[:-1])
     partition = "/%s" % unique_name  # top level, beside /machine (docs/LAYOUT.md)
     guest = {"name": unique_name, "vcpus": 1, "memory_mib": 128, "fifo_priority": 7}
+    wait_for_free_pcpu(unique_name, pool)
     try:
         first = _play(tmp_path, [guest], partition, pool)
         assert first["rc"] == 0 and first["failed"] == 0, first["out"][-4000:]
@@ -141,14 +107,14 @@ def _partition_dirs(partition):
 def test_bad_guest_anywhere_in_the_list_defines_nothing(libvirt_rig, unique_name, tmp_path, fifo_allowed):
     """A good guest first, a bad one second: the whole list is refused before the first is defined,
     and the partition the run would have made is not made either."""
-    cpus = _online_cpus()
-    if len(cpus) < 2:
-        pytest.skip("needs a housekeeping CPU and a realtime CPU")
+    cpus = online_cpus()
+    assert len(cpus) >= 2, "needs a housekeeping CPU and a realtime CPU"
     pool = str(cpus[-1])
     housekeeping = str(cpus[0])
     partition = "/%s-rt" % unique_name  # top level, beside /machine (docs/LAYOUT.md)
     first = {"name": unique_name, "vcpus": 1, "memory_mib": 128}
     second = "%s-b" % unique_name
+    wait_for_free_pcpu(unique_name, pool)  # the cases count on the first guest taking the pool's one pCPU
     cases = (
         ([first, {"name": second, "vcpus": 1}],
          "guest '%s' needs 1 pCPU but only 0 are free" % second, "planned after %s of the same list" % unique_name),

@@ -4,28 +4,17 @@ as soon as anything is to be done.
 Every run logs each task result (action, status) through tests/support/callback/task_log.py; a module call is
 a result whose action the controller does not run by itself. Nothing here is timed.
 """
-import pathlib
 import subprocess
-import time
 
 import pytest
 
 from tests.support.ansible_runner import REPO, run_module
+from tests.support.fixtures_libvirt import online_cpus, wait_for_free_pcpu
 from tests.support.playbook_runner import module_runs, run_playbook
 
 pytestmark = pytest.mark.libvirt
 
-SYSCTL = pathlib.Path("/proc/sys/kernel/sched_rt_runtime_us")
 FACTS = "rtvirt.kvm.cpu_isolation_facts"
-
-
-def _online_cpus():
-    text = pathlib.Path("/sys/devices/system/cpu/online").read_text().strip()
-    cpus = []
-    for part in text.split(","):
-        start, _dash, end = part.partition("-")
-        cpus.extend(range(int(start), int(end or start) + 1))
-    return cpus
 
 
 def _module_calls(tasks):
@@ -50,26 +39,6 @@ def _role_play(role_vars, facts_first=None):
     return [play]
 
 
-def _wait_for_free_pcpu(name, pool):
-    """Another engineer's guest may hold the one realtime CPU of this host: wait for it (never remove it)."""
-    deadline = time.monotonic() + 900
-    while True:
-        result = run_module("rtvirt.kvm.pcpu_allocation", {"name": name, "vcpus": 1, "pool": pool})
-        if not result.get("failed"):
-            return
-        if time.monotonic() > deadline:
-            pytest.fail("no free pCPU in the pool %s for the test guest: %s" % (pool, result.get("msg")))
-        time.sleep(10)
-
-
-@pytest.fixture
-def fifo_allowed():
-    old = SYSCTL.read_text().strip()
-    SYSCTL.write_text("-1")
-    yield
-    SYSCTL.write_text(old)
-
-
 def _virsh(*args):
     return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True, check=True,
                           timeout=120).stdout
@@ -77,7 +46,7 @@ def _virsh(*args):
 
 def test_steady_state_takes_the_fast_path_and_a_hand_change_the_full_one(
         libvirt_rig, unique_name, tmp_path, fifo_allowed):
-    cpus = _online_cpus()
+    cpus = online_cpus()
     assert len(cpus) >= 2, "needs a housekeeping CPU and a realtime CPU"
     pool, housekeeping = str(cpus[-1]), str(cpus[0])
     partition = "/%s" % unique_name
@@ -85,7 +54,7 @@ def test_steady_state_takes_the_fast_path_and_a_hand_change_the_full_one(
                  "realtime_vm_isolated_cpus": pool, "realtime_vm_partition": partition,
                  "realtime_vm_cpu_map_path": str(tmp_path / "map" / "cpu-map.html")}
     host_prep_facts = {"isolated_cpus": pool, "realtime_partitions": [partition]}
-    _wait_for_free_pcpu(unique_name, pool)
+    wait_for_free_pcpu(unique_name, pool)
     try:
         first = _run(tmp_path, _role_play(role_vars))
         assert first["rc"] == 0 and first["changed"] > 0, first["out"][-4000:]
