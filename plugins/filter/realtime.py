@@ -8,14 +8,9 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import allocation_requests, guest_list_problems
-from ansible_collections.rtvirt.kvm.plugins.module_utils._steady import SYSTEM_URI, changes_needed
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpumap import (
-    build_map,
-    placement_problems,
-    render_html,
-    render_text,
-)
+# The planners are imported where a filter runs, not here: a task that uses any of the collection's filters
+# loads every filter file, and host_prep's verify step should not pay for realtime_vm's planners.
+SYSTEM_URI = "qemu:///system"
 
 
 def _facts(value, name):
@@ -26,28 +21,34 @@ def _facts(value, name):
 
 
 def cpu_map_text(cpu_isolation, extra_pins=None, title="CPU map"):
+    from ansible_collections.rtvirt.kvm.plugins.module_utils._cpumap import build_map, render_text
     return render_text(build_map(_facts(cpu_isolation, "cpu_map_text"), extra_pins), title=title)
 
 
 def cpu_map_html(cpu_isolation, extra_pins=None, title="CPU map"):
+    from ansible_collections.rtvirt.kvm.plugins.module_utils._cpumap import build_map, render_html
     return render_html(build_map(_facts(cpu_isolation, "cpu_map_html"), extra_pins), title=title)
 
 
 def realtime_placement_problems(cpu_isolation, expected):
+    from ansible_collections.rtvirt.kvm.plugins.module_utils._cpumap import placement_problems
     return placement_problems(_facts(cpu_isolation, "realtime_placement_problems"), list(expected or ()))
 
 
 def realtime_guest_problems(guests):
+    from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import guest_list_problems
     return guest_list_problems(list(guests or ()))
 
 
 def realtime_allocation_requests(guests, smt_policy, emulator_cpus):
+    from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import allocation_requests
     return allocation_requests(list(guests or ()), smt_policy, emulator_cpus)
 
 
 def realtime_vm_changes(cpu_isolation, guests, pool="", isolated_cpus="", emulator_cpus="", partition="/rt",
                         manage_partitions=True, smt_policy="prefer", memory_mib=128, fifo_priority=1, verify=True,
                         uri=SYSTEM_URI):
+    from ansible_collections.rtvirt.kvm.plugins.module_utils._steady import changes_needed
     return changes_needed(_facts(cpu_isolation, "realtime_vm_changes"), list(guests or ()), pool=pool or "",
                           isolated_cpus=isolated_cpus or "", emulator_cpus=emulator_cpus or "", partition=partition,
                           manage_partitions=manage_partitions, smt_policy=smt_policy, memory_mib=memory_mib,

@@ -325,3 +325,41 @@ def hook_layout(plan, narrow_machine):
     """What the qemu hook re-creates at a guest's prepare (the JSON file it reads)."""
     return {"partitions": {p["name"]: p for p in plan["partitions"]},
             "machine": {"cpus": plan["machine_cpus"]} if narrow_machine else {}}
+
+
+def summary(plan, narrow_machine):
+    """The role's one line about the plan and what differs (``plan`` as host_prep_state returns it)."""
+    partitions = ", ".join("%s on %s%s" % (p["name"], p["cpus"], " (exclusive)" if p["exclusive"] else "")
+                           for p in plan["partitions"])
+    pending = plan.get("pending") or {}
+    verdict = "differs: " + "; ".join("%s (%s)" % (area, "; ".join(reasons)) for area, reasons in pending.items()) \
+        if pending else "the host matches the plan"
+    return "realtime CPUs %s (%s), housekeeping CPUs %s, /machine on %s, emulator threads on %s (%s), partitions %s; %s" % (
+        plan["realtime_cpus"], plan["source"], plan["housekeeping_cpus"],
+        plan["machine_cpus"] if narrow_machine else "its CPUs (left alone)", plan["emulator_cpus"],
+        plan["emulator_mode"], partitions, verdict)
+
+
+# libvirt's default partition, as a v1/hybrid and as a systemd host names it: the only cgroups host_prep shapes
+# itself; cgroups below it belong to guests and other roles (rtvirt.kvm.remediation reports those).
+MACHINE_CGROUPS = ("/machine", "/machine.slice")
+VERIFY_KINDS = ("irq_default_affinity", "irq_affinity", "cgroup_cpuset")
+
+
+def host_prep_violations(violations, kinds, unmovable_irqs=()):
+    """The facts' violations of ``kinds`` host_prep answers for: all but IRQs the kernel refuses to move
+    (``unmovable_irqs``, from irq_affinity, or ``changeable: false`` in the facts) and cgroup_cpuset violations
+    of cgroups other than /machine itself."""
+    kinds = set(kinds or ())
+    unmovable = {str(irq) for irq in unmovable_irqs or ()}
+    result = []
+    for violation in violations:
+        kind = violation.get("kind")
+        if kind not in kinds:
+            continue
+        if kind == "irq_affinity" and (str(violation.get("irq")) in unmovable or violation.get("changeable") is False):
+            continue
+        if kind == "cgroup_cpuset" and violation.get("offender") not in MACHINE_CGROUPS:
+            continue
+        result.append(violation)
+    return result

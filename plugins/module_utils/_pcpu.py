@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Dedicated pCPU allocation for pinned guests: a pure planner.
 
-Inputs are the host topology (``read_topology``), the realtime pool (the CPUs of the realtime
+Inputs are the host topology (``_topology.read_topology``), the realtime pool (the CPUs of the realtime
 partition), what every *defined* guest already holds (``holdings_from_domain_xml``: the domain XML
 is the only record, there is no state file to drift) and one ``Request``.  ``allocate`` returns an
 ``Allocation`` or raises ``AllocationError`` with a sentence saying how many pCPUs are free, where,
@@ -60,12 +60,6 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     CpuListError,
     format_cpulist,
     parse_cpulist,
-)
-# Re-exported: pcpu_allocation, _steady and the tests know the topology as part of the planner's API.
-from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import (  # noqa: F401
-    Topology,
-    TopologyError,
-    read_topology,
 )
 
 SMT_POLICIES = ("isolate", "prefer", "require")

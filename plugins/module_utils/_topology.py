@@ -24,7 +24,6 @@ class TopologyError(ValueError):
     """The sysfs topology could not be read."""
 
 
-
 class Topology:
     """Online CPUs with their NUMA node, SMT siblings, core and package ids.
 

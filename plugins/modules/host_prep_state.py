@@ -75,9 +75,15 @@ options:
       - "Check the RT budget: C(path), C(content) (the sysctl.d file) and C(value) (kernel.sched_rt_runtime_us)."
     type: dict
   verify:
-    description: Return C(ansible_facts.cpu_isolation) (see RV(ansible_facts)) for the planned realtime CPUs and partitions.
+    description: Return C(ansible_facts.cpu_isolation) (see RV(ansible_facts)) for the planned realtime CPUs and
+      partitions, and the violations of O(verify_kinds) host_prep answers for (RV(violations)).
     type: bool
     default: false
+  verify_kinds:
+    description: Violation kinds RV(violations) selects (the role's C(host_prep_verify_kinds)).
+    type: list
+    elements: str
+    default: [irq_default_affinity, irq_affinity, cgroup_cpuset]
   sys_root:
     description: Where sysfs is mounted (the CPU topology). For tests against a recorded tree.
     type: path
@@ -124,6 +130,12 @@ pending:
   returned: success
   type: dict
   sample: {partitions: ["/rt: /sys/fs/cgroup/cpuset/rt.partition is missing"]}
+summary:
+  description: One line for the operator, the plan and what differs (or that the host matches the plan).
+  returned: success
+  type: str
+  sample: "realtime CPUs 2-7 (automatic), housekeeping CPUs 0-1, /machine on 0-1, emulator threads on 0-1 (shared),
+    partitions /rt on 0-7; the host matches the plan"
 systemd:
   description: Whether systemd is the service manager (C(/run/systemd/system) exists).
   returned: success
@@ -155,6 +167,18 @@ irq_cpus:
   returned: success
   type: str
   sample: "0-1"
+violations:
+  description: With O(verify=true), the facts' violations of O(verify_kinds) that host_prep answers for, all
+    but C(irq_affinity) of IRQs the kernel refuses to move (C(changeable=false)) and C(cgroup_cpuset) of cgroups
+    other than C(/machine) (those belong to guests and other roles; M(rtvirt.kvm.remediation) reports them).
+  returned: when verify is true
+  type: list
+  elements: dict
+other_violations:
+  description: With O(verify=true), how many of the facts' violations RV(violations) leaves out.
+  returned: when verify is true
+  type: int
+  sample: 34
 ansible_facts:
   description: With O(verify=true), C(cpu_isolation) as M(rtvirt.kvm.cpu_isolation_facts) returns it.
   returned: when verify is true
@@ -180,7 +204,10 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import (
     cmdline_params,
     hook_layout,
     installed_packages,
+    VERIFY_KINDS,
+    host_prep_violations,
     partition_targets,
+    summary,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import IsolationError, gather
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
@@ -197,6 +224,7 @@ def get_argument_spec():
         irqs=dict(type="dict"),
         sysctl=dict(type="dict"),
         verify=dict(type="bool", default=False),
+        verify_kinds=dict(type="list", elements="str", default=list(VERIFY_KINDS)),
     )
 
 
@@ -249,6 +277,7 @@ def check(params, plan):
         sysctl = params["sysctl"]
         pending["sysctl"] = check_sysctl(sysctl["path"], sysctl["content"], sysctl["value"])
     extra["pending"] = {area: reasons for area, reasons in pending.items() if reasons}
+    extra["summary"] = summary(dict(plan, **extra), params["narrow_machine"])
     return extra
 
 
@@ -274,6 +303,9 @@ def main():
         for warning in facts["warnings"]:
             module.warn(warning)
         plan["ansible_facts"] = {"cpu_isolation": facts}
+        # The verify step's answer, small: a task that reads the whole facts costs the role more than this.
+        plan["violations"] = host_prep_violations(facts["violations"], params["verify_kinds"])
+        plan["other_violations"] = len(facts["violations"]) - len(plan["violations"])
     module.exit_json(**plan)
 
 

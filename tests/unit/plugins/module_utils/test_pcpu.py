@@ -16,15 +16,13 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
     DomainXMLError,
     Holdings,
     Request,
-    Topology,
-    TopologyError,
     allocate,
     allocate_all,
     guest_pins_from_domain_xml,
     holdings_from_domain_xml,
     parse_libvirt_cpuset,
-    read_topology,
 )
+from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import Topology, TopologyError, read_topology
 
 # ---------------------------------------------------------------------------------------------
 # helpers

@@ -24,12 +24,11 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
     render,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
-    Topology,
     allocate_all,
     holdings_from_domain_xml,
-    read_topology,
     requests_from_entries,
 )
+from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import Topology, read_topology
 from ansible_collections.rtvirt.kvm.plugins.module_utils._steady import changes_needed, role_isolated_cpus
 from tests.unit.fixtures.hosts import make_hosts
 

@@ -200,3 +200,46 @@ def test_partition_systemd_unit_and_slice(tmp_path):
                                 slice_states={"rt.slice": "inactive"})
     assert any("differs from what libvirt_partition writes" in r for r in stale)
     assert any("rt.slice is not active" in r for r in stale)
+
+
+VIOLATIONS = [
+    {"kind": "irq_default_affinity", "message": "default_smp_affinity includes 3"},
+    {"kind": "irq_affinity", "irq": 30, "changeable": True, "message": "IRQ 30 on 3"},
+    {"kind": "irq_affinity", "irq": 31, "changeable": True, "message": "IRQ 31 on 3 (refused EIO)"},
+    {"kind": "irq_affinity", "irq": 36, "changeable": False, "message": "IRQ 36 on 3 (read-only)"},
+    {"kind": "cgroup_cpuset", "offender": "/machine", "message": "/machine holds 3"},
+    {"kind": "cgroup_cpuset", "offender": "/machine.slice", "message": "/machine.slice holds 3"},
+    {"kind": "cgroup_cpuset", "offender": "/machine/qemu-1-g.libvirt-qemu", "message": "a guest holds 3"},
+    {"kind": "thread_affinity", "message": "kworker on 3"},
+]
+
+
+def test_host_prep_violations_are_what_host_prep_answers_for():
+    kept = hs.host_prep_violations(VIOLATIONS, hs.VERIFY_KINDS, unmovable_irqs=["31"])
+    assert [v["message"] for v in kept] == ["default_smp_affinity includes 3", "IRQ 30 on 3", "/machine holds 3",
+                                            "/machine.slice holds 3"]
+    assert hs.host_prep_violations(VIOLATIONS, ["thread_affinity"]) == [VIOLATIONS[-1]]
+    assert hs.host_prep_violations(VIOLATIONS, []) == []
+
+
+def test_host_prep_violations_filter_is_the_same_selection():
+    from ansible.errors import AnsibleFilterError
+    from ansible_collections.rtvirt.kvm.plugins.filter.host_prep import host_prep_violations
+
+    facts = {"violations": VIOLATIONS}
+    assert host_prep_violations(facts, list(hs.VERIFY_KINDS), [31]) == \
+        hs.host_prep_violations(VIOLATIONS, hs.VERIFY_KINDS, ["31"])
+    with pytest.raises(AnsibleFilterError, match="expects the cpu_isolation fact"):
+        host_prep_violations([], ["irq_affinity"])
+
+
+def test_summary_names_the_plan_and_what_differs():
+    plan = {"realtime_cpus": "2-3", "source": "given", "housekeeping_cpus": "0-1", "machine_cpus": "0",
+            "emulator_cpus": "1", "emulator_mode": "dedicated",
+            "partitions": [{"name": "/rt", "cpus": "1-3", "exclusive": True}, {"name": "/b", "cpus": "3", "exclusive": False}]}
+    assert hs.summary(dict(plan, pending={}), True) == (
+        "realtime CPUs 2-3 (given), housekeeping CPUs 0-1, /machine on 0, emulator threads on 1 (dedicated), "
+        "partitions /rt on 1-3 (exclusive), /b on 3; the host matches the plan")
+    text = hs.summary(dict(plan, pending={"sysctl": ["value 950000, not -1"], "irqs": ["IRQ 30 on 3", "banned"]}), False)
+    assert text.endswith("/machine on its CPUs (left alone), emulator threads on 1 (dedicated), partitions /rt on 1-3 "
+                         "(exclusive), /b on 3; differs: sysctl (value 950000, not -1); irqs (IRQ 30 on 3; banned)")
