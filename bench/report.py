@@ -33,8 +33,8 @@ def _loop_note(eng):
     text = ("the Ansible loop (c) ran %d time(s) at N = %s; it costs about %.2f s per loop item here (2 items per "
             "cgroup, first run; measured)" % (eng["loop_reps"], ", ".join(map(str, ran)) or "none", cost))
     if skipped:
-        text += (", so one first run plus re-run would take about %s at N = %s: **not run at %s** (it does not "
-                 "fit the benchmark's time budget)" % (
+        text += (", so one first run plus re-run would take about %s at N = %s: **not run at %s** (not in "
+                 "--loop-sizes this run)" % (
                      ", ".join("%d minutes" % round(4 * n * cost / 60.0) for n in skipped),
                      ", ".join(map(str, skipped)), ", ".join(map(str, skipped))))
     return text + "; its re-run writes are derived (N × what one cgset call writes, measured in (b))."
