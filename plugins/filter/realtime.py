@@ -10,7 +10,6 @@ from ansible.errors import AnsibleFilterError
 
 # The planners are imported where a filter runs, not here: a task that uses any of the collection's filters
 # loads every filter file, and host_prep's verify step should not pay for realtime_vm's planners.
-SYSTEM_URI = "qemu:///system"
 
 
 def _facts(value, name):
@@ -47,12 +46,13 @@ def realtime_allocation_requests(guests, smt_policy, emulator_cpus):
 
 def realtime_vm_changes(cpu_isolation, guests, pool="", isolated_cpus="", emulator_cpus="", partition="/rt",
                         manage_partitions=True, smt_policy="prefer", memory_mib=128, fifo_priority=1, verify=True,
-                        uri=SYSTEM_URI):
-    from ansible_collections.rtvirt.kvm.plugins.module_utils._steady import changes_needed
+                        uri=None):
+    from ansible_collections.rtvirt.kvm.plugins.module_utils._steady import SYSTEM_URI, changes_needed
     return changes_needed(_facts(cpu_isolation, "realtime_vm_changes"), list(guests or ()), pool=pool or "",
                           isolated_cpus=isolated_cpus or "", emulator_cpus=emulator_cpus or "", partition=partition,
                           manage_partitions=manage_partitions, smt_policy=smt_policy, memory_mib=memory_mib,
-                          fifo_priority=fifo_priority, verify=verify, uri=uri)
+                          fifo_priority=fifo_priority, verify=verify,
+                          uri=SYSTEM_URI if uri is None else uri)
 
 
 class FilterModule:

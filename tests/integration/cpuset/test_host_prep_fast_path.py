@@ -6,14 +6,12 @@ kernel.sched_rt_runtime_us at the value the host already has. Besides its own pa
 end) it narrows /machine to the housekeeping CPUs, as the role does, and gives /machine its CPUs back.
 A test callback (tests/support/callback/task_log.py) records which tasks really ran.
 """
-import json
 import pathlib
-import subprocess
 import uuid
 
 import pytest
 
-from tests.support.ansible_runner import REPO, ansible_env
+from tests.support.ansible_runner import run_module
 from tests.support.playbook_runner import module_runs, run_playbook
 
 SYSCTL = pathlib.Path("/proc/sys/kernel/sched_rt_runtime_us")
@@ -23,23 +21,16 @@ def _cpuset_dir(name):
     return pathlib.Path("/sys/fs/cgroup/cpuset") / (name.lstrip("/") + ".partition")
 
 
-def _partition_module(args):
-    subprocess.run([str(REPO / ".venv" / "bin" / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
-                    "-e", "ansible_python_interpreter=%s" % ansible_env()["RTVIRT_PYTHON_INTERPRETER"],
-                    "-m", "rtvirt.kvm.libvirt_partition", "-a", json.dumps(args)],
-                   env=ansible_env(), capture_output=True, check=False, timeout=300)
-
-
 @pytest.fixture
 def partition():
     name = "/rtvirt-fp-%s" % uuid.uuid4().hex[:8]
     machine = pathlib.Path("/sys/fs/cgroup/cpuset/machine/cpuset.cpus")
     machine_cpus = machine.read_text().strip() if machine.exists() else None
     yield name
-    _partition_module({"name": name, "state": "absent"})
+    run_module("rtvirt.kvm.libvirt_partition", {"name": name, "state": "absent"})
     assert not _cpuset_dir(name).exists()
     if machine_cpus:
-        _partition_module({"name": "/machine", "cpus": machine_cpus})
+        run_module("rtvirt.kvm.libvirt_partition", {"name": "/machine", "cpus": machine_cpus})
         assert machine.read_text().strip() == machine_cpus
 
 
