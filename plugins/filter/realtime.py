@@ -1,8 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) rtvirt.kvm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters of the realtime_vm role: guest list checks, the CPU map (text and HTML), the placement check, and
-whether the role has anything to do (its steady state)."""
+"""Filters of the realtime_vm role: guest list checks, the CPU map (text and HTML), the placement check,
+whether the role has anything to do (its steady state), and the line it prints about that."""
 
 from __future__ import annotations
 
@@ -55,6 +55,17 @@ def realtime_vm_changes(cpu_isolation, guests, pool="", isolated_cpus="", emulat
                           uri=SYSTEM_URI if uri is None else uri)
 
 
+def realtime_vm_status_line(cpu_isolation, guests, reasons):
+    """The role's line after its decision: why the full path runs, or the steady state with the role's own
+    guests' vCPU pins (the host may run many others, which the line is not about)."""
+    if reasons:
+        return "full path: " + "; ".join(str(reason) for reason in reasons)
+    names = [guest["name"] for guest in guests or ()]
+    pins = {guest["name"]: (guest.get("pinning") or {}).get("vcpus")
+            for guest in _facts(cpu_isolation, "realtime_vm_status_line").get("guests") or () if guest["name"] in names}
+    return "steady state: %s as asked (vCPU pins %s); nothing else runs" % (", ".join(names) or "no guests", pins)
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -64,4 +75,5 @@ class FilterModule:
             "realtime_guest_problems": realtime_guest_problems,
             "realtime_allocation_requests": realtime_allocation_requests,
             "realtime_vm_changes": realtime_vm_changes,
+            "realtime_vm_status_line": realtime_vm_status_line,
         }

@@ -340,6 +340,27 @@ def summary(plan, narrow_machine):
         plan["emulator_mode"], partitions, verdict)
 
 
+def verdict(summary, violations, other_violations, kinds, areas=(), check_mode=False, verify=True):
+    """The role's verify step: {ok, msg, failures}.
+
+    ``msg`` is the role's one line: ``summary`` on a host where nothing was converged, else the ``areas``
+    converged, then what the verify step found; ``failures`` are the ``violations``' messages.  In check mode
+    nothing was changed, so violations are listed as what a real run would still have to fix, not a failure.
+    """
+    failures = [violation.get("message", "") for violation in violations or ()]
+    head = summary if not areas else ("would converge " if check_mode else "converged ") + ", ".join(areas)
+    if not verify:
+        tail = ""
+    elif check_mode and failures:
+        tail = "; a real run would still have to fix: " + "; ".join(failures)
+    else:
+        tail = "; no %s violation host_prep answers for on the realtime CPUs" % "/".join(kinds)
+        if not areas and other_violations:
+            tail += (" (%d others, e.g. threads that only a reboot with isolcpus moves or cgroups of guests:"
+                     " rtvirt.kvm.remediation reports them)" % other_violations)
+    return {"ok": not verify or check_mode or not failures, "msg": head + tail, "failures": failures}
+
+
 # libvirt's default partition, as a v1/hybrid and as a systemd host names it: the only cgroups host_prep shapes
 # itself; cgroups below it belong to guests and other roles (rtvirt.kvm.remediation reports those).
 MACHINE_CGROUPS = ("/machine", "/machine.slice")

@@ -179,6 +179,16 @@ other_violations:
   returned: when verify is true
   type: int
   sample: 34
+verdict:
+  description:
+    - The host_prep role's verify step on the host as it is (nothing converged), as the role prints it.
+    - C(ok) is false when O(verify=true) found RV(violations) (in check mode they are what a real run would
+      still have to fix, and C(ok) stays true); C(msg) is RV(summary) followed by what the verify step found;
+      C(failures) are the violations' messages.
+  returned: success
+  type: dict
+  sample: {ok: true, failures: [], msg: "realtime CPUs 2-7 (automatic), ...; the host matches the plan; no
+    irq_default_affinity/irq_affinity/cgroup_cpuset violation host_prep answers for on the realtime CPUs"}
 ansible_facts:
   description: With O(verify=true), C(cpu_isolation) as M(rtvirt.kvm.cpu_isolation_facts) returns it.
   returned: when verify is true
@@ -208,6 +218,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import (
     host_prep_violations,
     partition_targets,
     summary,
+    verdict,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import IsolationError, gather
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
@@ -306,6 +317,10 @@ def main():
         # The verify step's answer, small: a task that reads the whole facts costs the role more than this.
         plan["violations"] = host_prep_violations(facts["violations"], params["verify_kinds"])
         plan["other_violations"] = len(facts["violations"]) - len(plan["violations"])
+    # The role's line and verdict for a converged host, composed here: a task that builds them in Jinja costs a
+    # converged run more than this whole function.
+    plan["verdict"] = verdict(plan["summary"], plan.get("violations"), plan.get("other_violations", 0),
+                              params["verify_kinds"], check_mode=module.check_mode, verify=params["verify"])
     module.exit_json(**plan)
 
 

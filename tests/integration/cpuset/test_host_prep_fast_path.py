@@ -66,7 +66,9 @@ def test_converged_host_costs_one_module_call_and_drift_is_repaired(tmp_path, pa
     again = _play(tmp_path, partition)
     assert again["rc"] == 0 and again["changed"] == 0, again["out"][-4000:]
     assert _modules_run(again) == ["rtvirt.kvm.host_prep_state"], again["tasks"]
-    assert "the host matches the plan" in again["out"]
+    # The line and the verdict come from the plan task on a converged host.
+    assert ("the host matches the plan; no cgroup_cpuset violation host_prep answers for on the realtime CPUs"
+            in again["out"]), again["out"][-3000:]
 
     # Drift: a hand-narrowed partition and an edited sysctl.d file. Check mode names both and writes nothing.
     (cpuset / "cpuset.cpus").write_text("1")
@@ -76,6 +78,7 @@ def test_converged_host_costs_one_module_call_and_drift_is_repaired(tmp_path, pa
     assert dry["rc"] == 0 and dry["changed"] > 0, dry["out"][-4000:]
     assert "cpuset.cpus is 1, not %s" % wanted in dry["out"], dry["out"][-4000:]
     assert "90-rtvirt-test.conf differs" in dry["out"]
+    assert "would converge partitions, sysctl; " in dry["out"], dry["out"][-3000:]
     assert (cpuset / "cpuset.cpus").read_text().strip() == "1"
     assert sysctl_file.read_text() == "# edited by hand\n"
 
@@ -86,6 +89,8 @@ def test_converged_host_costs_one_module_call_and_drift_is_repaired(tmp_path, pa
     assert "rtvirt.kvm.irq_affinity" not in ran    # an area without a difference stays skipped
     assert (cpuset / "cpuset.cpus").read_text().strip() == wanted
     assert "kernel.sched_rt_runtime_us" in sysctl_file.read_text()
+    # After a change the verdict comes from the facts read again (the host_prep_verdict filter).
+    assert "converged partitions, sysctl; no cgroup_cpuset violation host_prep answers for" in repaired["out"]
 
     settled = _play(tmp_path, partition)
     assert settled["changed"] == 0 and _modules_run(settled) == ["rtvirt.kvm.host_prep_state"], settled["out"][-3000:]
@@ -96,6 +101,34 @@ def test_full_path_on_request_changes_nothing_on_a_converged_host(tmp_path, part
     full = _play(tmp_path, partition, extra={"host_prep_fast_path": False})
     assert full["rc"] == 0 and full["changed"] == 0, full["out"][-4000:]
     assert "rtvirt.kvm.libvirt_partition" in _modules_run(full)
+
+
+@pytest.fixture
+def default_affinity_everywhere():
+    """New IRQs allowed on every online CPU (the realtime one included), as on a host without irqaffinity=."""
+    path = pathlib.Path("/proc/irq/default_smp_affinity")
+    before = path.read_text().strip()
+    online = pathlib.Path("/sys/devices/system/cpu/online").read_text().strip()
+    last = int(online.replace(",", "-").split("-")[-1])
+    path.write_text("%x" % ((1 << (last + 1)) - 1))
+    yield
+    path.write_text(before)
+    assert path.read_text().strip() == before
+
+
+def test_a_violation_on_a_converged_host_fails_the_verdict_and_check_mode_lists_it(
+        tmp_path, partition, default_affinity_everywhere):
+    assert _play(tmp_path, partition)["rc"] == 0
+    # IRQs are not host_prep's to manage here (host_prep_manage_irqs false), so nothing is pending and the
+    # plan task's verdict decides: the default affinity includes the realtime CPU.
+    kinds = {"host_prep_verify_kinds": ["irq_default_affinity"]}
+    failed = _play(tmp_path, partition, extra=kinds)
+    assert failed["rc"] != 0 and failed["failed"] == 1 and failed["changed"] == 0, failed["out"][-3000:]
+    assert "new IRQs get affinity" in failed["out"], failed["out"][-3000:]
+    assert _modules_run(failed) == ["rtvirt.kvm.host_prep_state"]
+    dry = _play(tmp_path, partition, check=True, extra=kinds)
+    assert dry["rc"] == 0 and dry["changed"] == 0, dry["out"][-3000:]
+    assert "the host matches the plan; a real run would still have to fix: new IRQs get affinity" in dry["out"]
 
 
 def test_bad_input_fails_in_the_plan_task_before_any_change(tmp_path, partition):

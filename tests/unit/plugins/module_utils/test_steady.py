@@ -137,6 +137,19 @@ def test_converged_host_is_steady(host):
     assert FilterModule().filters()["realtime_vm_changes"](_facts(host), [GUEST], **ROLE) == []
 
 
+def test_status_line_names_only_the_roles_guests(host):
+    line = FilterModule().filters()["realtime_vm_status_line"]
+    facts = _facts(host)
+    other = dict(facts["guests"][0], name="someone-else")
+    facts = dict(facts, guests=facts["guests"] + [other])
+    pins = {g["name"]: g["pinning"]["vcpus"] for g in facts["guests"] if g["name"] == GUEST["name"]}
+    assert pins and line(facts, [GUEST], []) == \
+        "steady state: %s as asked (vCPU pins %s); nothing else runs" % (GUEST["name"], pins)
+    assert line(facts, [], []) == "steady state: no guests as asked (vCPU pins {}); nothing else runs"
+    # With reasons the facts are not read: they may be what failed.
+    assert line(None, [GUEST], ["a", "b"]) == "full path: a; b"
+
+
 def test_steady_through_the_render_the_module_does(host):
     """What changes_needed compares is what realtime_domain would redefine: nothing, on this host."""
     current = (host / "etc/libvirt/qemu/rt1.xml").read_text()

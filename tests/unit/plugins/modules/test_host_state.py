@@ -233,6 +233,52 @@ def test_host_prep_violations_filter_is_the_same_selection():
         host_prep_violations([], ["irq_affinity"])
 
 
+KINDS = list(hs.VERIFY_KINDS)
+NO_VIOLATION = "; no irq_default_affinity/irq_affinity/cgroup_cpuset violation host_prep answers for on the realtime CPUs"
+
+
+def test_verdict_of_a_converged_host_is_its_summary_and_what_verify_found():
+    clean = hs.verdict("the plan", [], 0, KINDS)
+    assert clean == {"ok": True, "msg": "the plan" + NO_VIOLATION, "failures": []}
+    others = hs.verdict("the plan", [], 34, KINDS)["msg"]
+    assert others.startswith("the plan" + NO_VIOLATION + " (34 others, e.g. threads")
+    assert others.endswith("rtvirt.kvm.remediation reports them)")
+    assert hs.verdict("the plan", [], 0, KINDS, verify=False) == {"ok": True, "msg": "the plan", "failures": []}
+
+
+def test_verdict_fails_on_a_violation_except_in_check_mode():
+    kept = hs.host_prep_violations(VIOLATIONS, hs.VERIFY_KINDS, unmovable_irqs=["31"])
+    failed = hs.verdict("the plan", kept, 4, KINDS)
+    assert not failed["ok"]
+    assert failed["failures"] == ["default_smp_affinity includes 3", "IRQ 30 on 3", "/machine holds 3",
+                                  "/machine.slice holds 3"]
+    checked = hs.verdict("the plan", kept, 4, KINDS, check_mode=True)
+    assert checked["ok"]
+    assert checked["msg"] == ("the plan; a real run would still have to fix: default_smp_affinity includes 3; "
+                              "IRQ 30 on 3; /machine holds 3; /machine.slice holds 3")
+
+
+def test_verdict_after_a_change_names_the_areas_not_the_others():
+    assert hs.verdict("the plan", [], 34, KINDS, areas=["irqs", "sysctl"])["msg"] == \
+        "converged irqs, sysctl" + NO_VIOLATION
+    assert hs.verdict("the plan", [], 0, KINDS, areas=["irqs"], check_mode=True)["msg"] == \
+        "would converge irqs" + NO_VIOLATION
+
+
+def test_host_prep_verdict_filter_selects_as_the_module_does():
+    from ansible.errors import AnsibleFilterError
+    from ansible_collections.rtvirt.kvm.plugins.filter.host_prep import host_prep_verdict
+
+    kept = hs.host_prep_violations(VIOLATIONS, hs.VERIFY_KINDS, unmovable_irqs=["31"])
+    assert host_prep_verdict({"violations": VIOLATIONS}, KINDS, [31], summary="s", areas=["irqs"]) == \
+        hs.verdict("s", kept, len(VIOLATIONS) - len(kept), KINDS, areas=["irqs"])
+    # verify=false reads no facts (converge.yml gathers none then).
+    assert host_prep_verdict({}, KINDS, summary="s", areas=["irqs"], verify=False) == \
+        {"ok": True, "msg": "converged irqs", "failures": []}
+    with pytest.raises(AnsibleFilterError, match="host_prep_verdict expects the cpu_isolation fact"):
+        host_prep_verdict({}, KINDS)
+
+
 def test_summary_names_the_plan_and_what_differs():
     plan = {"realtime_cpus": "2-3", "source": "given", "housekeeping_cpus": "0-1", "machine_cpus": "0",
             "emulator_cpus": "1", "emulator_mode": "dedicated",
