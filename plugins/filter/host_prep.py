@@ -27,11 +27,12 @@ def host_prep_verdict(cpu_isolation, kinds, unmovable_irqs=(), summary="", areas
     from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import host_prep_violations as select
     from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import verdict
 
-    if not verify:
-        return verdict(summary, [], 0, kinds, list(areas or ()), check_mode, verify=False)
-    every = _violations(cpu_isolation, "host_prep_verdict")
-    kept = select(every, kinds, unmovable_irqs)
-    return verdict(summary, kept, len(every) - len(kept), list(kinds), list(areas or ()), check_mode)
+    kept, others = [], 0
+    if verify:  # without the verify step converge.yml reads no facts again
+        every = _violations(cpu_isolation, "host_prep_verdict")
+        kept = select(every, kinds, unmovable_irqs)
+        others = len(every) - len(kept)
+    return verdict(summary, kept, others, kinds, areas, check_mode, verify)
 
 
 class FilterModule:
