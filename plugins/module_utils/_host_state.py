@@ -34,6 +34,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     parse_cpumask,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import irq_changeable
+from ansible_collections.rtvirt.kvm.plugins.module_utils import _kvm as kvm
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     DROP_IN_NAME,
     libvirt_hierarchies,
@@ -142,7 +143,28 @@ def running_commands(proc_root="/proc"):
     return names
 
 
-def check_libvirt(packages, installed, systemd_units, starter=None, proc_root="/proc", log_dir="/var/log/libvirt"):
+def check_kvm(manage_device, device=kvm.DEVICE):
+    """What the libvirt tasks' KVM part would change: group kvm, libvirt-qemu in it, and (``manage_device``: no
+    udev here) the device as root:kvm 0660."""
+    try:
+        group = grp.getgrnam(kvm.GROUP)
+    except KeyError:
+        return ["group %s does not exist" % kvm.GROUP]
+    reasons = []
+    if "libvirt-qemu" not in group.gr_mem:
+        reasons.append("user libvirt-qemu is not in group %s" % kvm.GROUP)
+    if manage_device:
+        try:
+            info = os.stat(device)
+        except OSError:
+            return reasons
+        if (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) != (0, group.gr_gid, kvm.MODE):
+            reasons.append("%s is not root:%s %04o" % (device, kvm.GROUP, kvm.MODE))
+    return reasons
+
+
+def check_libvirt(packages, installed, systemd_units, starter=None, proc_root="/proc", log_dir="/var/log/libvirt",
+                  manage_kvm_device=False):
     """``installed``: installed_packages() (None: no dpkg, the role installs nothing); ``systemd_units``: the
     states of libvirtd from systemctl ({"active": ..., "enabled": ...}) or None without systemd; ``starter``:
     {"path", "content"} of the daemon starter on hosts without systemd."""
@@ -166,6 +188,7 @@ def check_libvirt(packages, installed, systemd_units, starter=None, proc_root="/
         if user.pw_shell != "/usr/sbin/nologin":
             reasons.append("user libvirt-qemu's shell is %s" % user.pw_shell)
     reasons.extend(_dir_check(log_dir, 0o755))
+    reasons.extend(check_kvm(manage_kvm_device))
     if systemd_units is not None:
         if systemd_units.get("active") != "active":
             reasons.append("libvirtd is %s" % systemd_units.get("active"))

@@ -58,7 +58,10 @@ options:
   libvirt:
     description:
       - "Check that libvirt is installed and running: C(packages) (checked in dpkg's status where dpkg exists),
-        C(starter) (the content of the daemon starter for hosts without systemd) and C(starter_path)."
+        C(service_packages) (checked too on systemd hosts), C(starter) (the content of the daemon starter for hosts
+        without systemd) and C(starter_path)."
+      - "Also that QEMU can use KVM as on a packaged install: group C(kvm) exists with C(libvirt-qemu) in it, and,
+        where no udev manages C(/dev), C(/dev/kvm) is C(root:kvm 0660) (RV(manage_kvm_device))."
     type: dict
   hook:
     description:
@@ -141,6 +144,13 @@ systemd:
   returned: success
   type: bool
   sample: false
+manage_kvm_device:
+  description:
+    - Whether the role sets C(/dev/kvm) to C(root:kvm 0660) itself, because the device exists and no udev runs
+      (C(/run/udev/control) is absent) whose rules would do it.
+  returned: success
+  type: bool
+  sample: true
 package_manager:
   description: V(apt) where dpkg keeps its status file, else null (the role installs no packages).
   returned: success
@@ -221,6 +231,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import (
     verdict,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import IsolationError, gather
+from ansible_collections.rtvirt.kvm.plugins.module_utils._kvm import DEVICE as KVM_DEVICE, udev_manages_devices
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
 
 SYSTEMD_DIR = "/run/systemd/system"
@@ -257,7 +268,9 @@ def check(params, plan):
                  package_manager="apt" if installed is not None else None,
                  cmdline_params=cmdline_params(plan["realtime_cpus"], irq_cpus,
                                                (params["cmdline"] or {}).get("isolcpus_flags") or ""),
-                 hook_layout=hook_layout(plan, params["narrow_machine"]))
+                 hook_layout=hook_layout(plan, params["narrow_machine"]),
+                 # Where udev runs, its rules own /dev/kvm; elsewhere the role sets what those rules would.
+                 manage_kvm_device=os.path.exists(KVM_DEVICE) and not udev_manages_devices())
     targets = partition_targets(plan, params["narrow_machine"])
     active = {}
     if systemd:
@@ -273,7 +286,10 @@ def check(params, plan):
             units = {"active": active.get("libvirtd.service"),
                      "enabled": _systemctl_states("is-enabled", ["libvirtd.service"]).get("libvirtd.service")}
         starter = {"path": lv.get("starter_path"), "content": lv.get("starter")} if lv.get("starter") else None
-        pending["libvirt"] = check_libvirt(lv.get("packages") or [], installed, units, starter)
+        # libvirt-daemon-system brings the service units; without a service manager the starter runs the daemons.
+        packages = (lv.get("packages") or []) + ((lv.get("service_packages") or []) if systemd else [])
+        pending["libvirt"] = check_libvirt(packages, installed, units, starter,
+                                           manage_kvm_device=extra["manage_kvm_device"])
     if params["hook"] is not None:
         hook = params["hook"]
         pending["hook"] = check_hook(hook["path"], hook["content"], hook["layout_path"], extra["hook_layout"])

@@ -89,11 +89,15 @@ options:
     type: str
   domain_type:
     description:
-      - The C(<domain type>) of the built-in diskless guest. V(auto) picks V(kvm) when C(/dev/kvm) can be opened,
-        V(qemu) (emulation) otherwise. Ignored when O(base_xml) or a current definition is used.
+      - The C(<domain type>) of the built-in diskless guest. Ignored when O(base_xml) or a current definition is
+        used (their own C(type) counts then).
+      - Before a V(kvm) guest is started, the module checks that the user libvirt runs QEMU as (qemu.conf C(user),
+        else C(libvirt-qemu) or C(qemu)) can open C(/dev/kvm), and fails before anything is defined when it cannot,
+        saying why. It never falls back to V(qemu) on its own, since a realtime guest under TCG emulation is not realtime.
+      - V(qemu) (TCG emulation) is for test guests only; the module warns when such a guest has SCHED_FIFO vCPUs.
     type: str
-    choices: [auto, kvm, qemu]
-    default: auto
+    choices: [kvm, qemu]
+    default: kvm
   running:
     description: With O(state=present), start the guest when it is not running.
     type: bool
@@ -194,7 +198,7 @@ restart_needed:
   sample: false
 """
 
-import os
+import xml.etree.ElementTree as ET
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -209,6 +213,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
     render,
     view_text,
 )
+from ansible_collections.rtvirt.kvm.plugins.module_utils._kvm import DEVICE, GROUP, MODE, read_access
 from ansible_collections.rtvirt.kvm.plugins.module_utils._libvirt import LibvirtError, import_libvirt
 from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import DomainXMLError
 
@@ -226,19 +231,11 @@ def get_argument_spec():
         numa_nodes=dict(type="list", elements="int", default=[]),
         metadata=dict(type="str", default=""),
         base_xml=dict(type="str"),
-        domain_type=dict(type="str", choices=["auto", "kvm", "qemu"], default="auto"),
+        domain_type=dict(type="str", choices=["kvm", "qemu"], default="kvm"),
         running=dict(type="bool", default=True),
         restart=dict(type="bool", default=False),
         uri=dict(type="str", default="qemu:///system"),
     )
-
-
-def _kvm_usable():
-    try:
-        os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
-    except OSError:
-        return False
-    return True
 
 
 class _Libvirt:
@@ -304,6 +301,8 @@ def _present(module, virt, spec, result):
                     "or set restart=true" % (spec.name, ", ".join(result["differences"])))
     result["destroyed"] = restart and params["restart"]
     result["started"] = params["running"] and (not active or result["destroyed"])
+    if result["started"]:
+        _check_accelerator(module, spec.name, rendered)
     if module.check_mode:
         return
     if result["defined"]:
@@ -320,6 +319,28 @@ def _present(module, virt, spec, result):
                 virt.call("cannot undefine %s after its failed start" % spec.name, dom.undefine)
                 result["defined"] = False
             raise
+
+
+def _check_accelerator(module, name, xml):
+    """Refuse to start a kvm guest that QEMU cannot run under KVM (libvirt would fail late, or the user would
+    be tempted to switch to TCG); warn about FIFO vCPUs under TCG, which are not realtime."""
+    root = ET.fromstring(xml)
+    if root.get("type") == "kvm":
+        user, problem = read_access()
+        if problem is None:
+            return
+        message = ("guest %s: KVM is not usable by QEMU: %s. A realtime guest is not started under TCG emulation; "
+                   "run rtvirt.kvm.host_prep (it makes %s root:%s %04o where no udev does and adds QEMU's user to "
+                   "group %s), or set domain_type=qemu for a guest that need not be realtime"
+                   % (name, problem, DEVICE, GROUP, MODE, GROUP))
+        if module.check_mode:
+            module.warn(message + " (check mode: a real run fails here unless host_prep fixes it first)")
+            return
+        raise DomainSpecError(message)
+    if root.find("./cputune/vcpusched[@scheduler='fifo']") is not None:
+        module.warn("guest %s runs under TCG emulation (type=%s) with SCHED_FIFO vCPUs: emulated vCPUs are not "
+                    "realtime and a FIFO TCG thread can starve its pCPU; use type kvm for a realtime guest"
+                    % (name, root.get("type")))
 
 
 def _absent(module, virt, name, result):
@@ -353,10 +374,7 @@ def main():
         check_name(params["name"])
         spec = None
         if params["state"] == "present":
-            domain_type = params["domain_type"]
-            if domain_type == "auto":
-                domain_type = "kvm" if _kvm_usable() else "qemu"
-            spec = _spec(params, domain_type)
+            spec = _spec(params, params["domain_type"])
             check_spec(spec)
         virt = _Libvirt(params["uri"])
         virt.open()
