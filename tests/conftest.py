@@ -27,3 +27,38 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = "real-system test skipped in CI, which is a failure: %s" % (reason,)
+
+
+# The main job (hack/site.sh) and the tests share this machine: before the first real-system test the host guard
+# snapshots what the main job owns and makes room for the tests (tests/support/host_guard.py); the session's end
+# puts it back, pass, fail or Ctrl-C. A run killed outright is finished by the next one's save.
+_GUARD = {"saved": False}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _host_guard(request):
+    wanted = any(item.get_closest_marker(m) for item in request.session.items for m in REAL_LAYERS)
+    if wanted and os.geteuid() == 0 and os.environ.get("RTVIRT_HOST_GUARD", "1") != "0" \
+            and not hasattr(request.config, "workerinput"):
+        from tests.support import host_guard
+        try:
+            lines = host_guard.save(os.getpid())
+        except host_guard.GuardError as exc:
+            pytest.exit("host guard: %s" % exc, returncode=1)
+        _GUARD["saved"] = True
+        for line in lines:
+            sys.stderr.write("host guard: %s\n" % line)
+    yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _GUARD["saved"]:
+        return
+    from tests.support import host_guard
+    try:
+        lines = host_guard.restore()
+    except host_guard.GuardError as exc:
+        sys.stderr.write("\nhost guard: %s\n" % exc)
+        session.exitstatus = 1
+        return
+    sys.stderr.write("\n" + "".join("host guard: %s\n" % line for line in lines))

@@ -34,9 +34,9 @@ import xml.etree.ElementTree as ET
 
 URI = "qemu:///system"
 DEBIAN_PACKAGES = ("libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-clients", "qemu-system-x86")
-QEMU_CONF = pathlib.Path("/etc/libvirt/qemu.conf")
 # Without systemd nobody else sets these up; libvirtd 9.0 refuses to start without them.
 QEMU_USER = "libvirt-qemu"
+KVM_GROUP = "kvm"
 LIBVIRT_LOG_DIR = pathlib.Path("/var/log/libvirt")
 # libvirt writes the QEMU pid here when it starts a domain.
 QEMU_PID_DIR = pathlib.Path("/run/libvirt/qemu")
@@ -80,44 +80,31 @@ def ensure_installed():
     if not LIBVIRT_LOG_DIR.is_dir():
         LIBVIRT_LOG_DIR.mkdir(parents=True, exist_ok=True)
         changes.append("created %s" % LIBVIRT_LOG_DIR)
-    # QEMU runs as root so that it can use /dev/kvm and the rig's files without any relabelling.
-    if set_conf_keys(QEMU_CONF, {"user": "root", "group": "root"}):
-        changes.append("set user/group = root in %s" % QEMU_CONF)
+    changes.extend(ensure_kvm_usable())
     return changes
 
 
-def set_conf_keys(path, values):
-    """Set `key = "value"` lines in a libvirt-style config file, leaving every other line as it is.
-
-    Active assignments of a key are rewritten in place, a key without one is appended (commented
-    examples stay untouched). Creates the file (mode 0600, like Debian's) when it is missing:
-    Debian ships qemu.conf in libvirt-daemon-system, which the rig does not install.
-    Returns True when the file changed.
-    """
-    path = pathlib.Path(path)
-    old = path.read_text() if path.exists() else ""
-    lines = old.splitlines()
-    for key, value in values.items():
-        wanted = '%s = "%s"' % (key, value)
-        active = re.compile(r"\s*%s\s*=" % re.escape(key))
-        found = False
-        for index, line in enumerate(lines):
-            if active.match(line):
-                lines[index] = wanted
-                found = True
-        if not found:
-            lines.append(wanted)
-    new = "\n".join(lines) + "\n"
-    if new == old:
-        return False
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o600
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".%s." % path.name)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(new)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-    return True
+def ensure_kvm_usable():
+    """What a distribution (and host_prep) does for libvirt's QEMU user, never `user = "root"` in qemu.conf:
+    group kvm with libvirt-qemu in it, and /dev/kvm root:kvm 0660 where no udev does it. Returns the changes;
+    tests/support/host_guard.py puts them back after the session."""
+    changes = []
+    if _run(["getent", "group", KVM_GROUP], check=False).returncode != 0:
+        _run(["groupadd", "--system", KVM_GROUP])
+        changes.append("created group %s" % KVM_GROUP)
+    members = _run(["getent", "group", KVM_GROUP]).stdout.strip().split(":")[-1].split(",")
+    if QEMU_USER not in members:
+        _run(["usermod", "-a", "-G", KVM_GROUP, QEMU_USER])
+        changes.append("added %s to group %s" % (QEMU_USER, KVM_GROUP))
+    device = pathlib.Path("/dev/kvm")
+    if device.exists() and not pathlib.Path("/run/udev/control").exists():
+        info = device.stat()
+        gid = int(_run(["getent", "group", KVM_GROUP]).stdout.split(":")[2])
+        if (info.st_gid, info.st_mode & 0o777) != (gid, 0o660):
+            os.chown(device, 0, gid)
+            os.chmod(device, 0o660)
+            changes.append("made %s root:%s 0660" % (device, KVM_GROUP))
+    return changes
 
 
 # --------------------------------------------------------------------------- daemons

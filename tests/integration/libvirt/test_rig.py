@@ -219,14 +219,3 @@ def test_tiny_domain_xml_is_a_diskless_guest():
     with_console = ET.fromstring(rig_lib.tiny_domain_xml("g", console=True))
     assert [device.tag for device in with_console.find("devices")] == ["serial", "console", "memballoon"]
     assert with_console.get("type") == ("kvm" if rig_lib.kvm_usable() else "qemu")
-
-
-def test_set_conf_keys_rewrites_only_the_named_keys(tmp_path):
-    conf = tmp_path / "qemu.conf"
-    conf.write_text('# user = "root"\ngroup = "kvm"\nvnc_listen = "0.0.0.0"\n')
-    assert rig_lib.set_conf_keys(conf, {"user": "root", "group": "root"})
-    assert conf.read_text() == '# user = "root"\ngroup = "root"\nvnc_listen = "0.0.0.0"\nuser = "root"\n'
-    assert not rig_lib.set_conf_keys(conf, {"user": "root", "group": "root"})
-    fresh = tmp_path / "missing.conf"
-    assert rig_lib.set_conf_keys(fresh, {"user": "root"})
-    assert (fresh.read_text(), fresh.stat().st_mode & 0o777) == ('user = "root"\n', 0o600)
