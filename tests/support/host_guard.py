@@ -29,6 +29,11 @@ import shutil
 import subprocess
 import sys
 
+try:
+    from tests.support import libvirt_rig
+except ImportError:  # run as a script: tests/support is on sys.path
+    import libvirt_rig
+
 STATE_DIR = pathlib.Path("/var/lib/rtvirt-test-guard")
 STATE_FILE = STATE_DIR / "snapshot.json"
 URI = "qemu:///system"
@@ -64,8 +69,8 @@ def _run(argv, check=True, timeout=120):
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
                             env=dict(os.environ, LC_ALL="C"))
     if check and result.returncode != 0:
-        raise GuardError("%s failed (%d): %s" % (" ".join(argv), result.returncode,
-                                                  (result.stderr or result.stdout).strip()))
+        output = (result.stderr or result.stdout).strip()
+        raise GuardError("%s failed (%d): %s" % (" ".join(argv), result.returncode, output))
     return result
 
 
@@ -88,16 +93,6 @@ def _alive(holder):
 
 def _test_name(name):
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in TEST_NAMES)
-
-
-def _cgroup_mounts():
-    mounts = []
-    with open("/proc/self/mounts") as handle:
-        for line in handle:
-            fields = line.split()
-            if fields[2] in ("cgroup", "cgroup2"):
-                mounts.append(pathlib.Path(fields[1]))
-    return mounts
 
 
 def _libvirt_answers():
@@ -230,7 +225,7 @@ def clear_leftovers(report):
             if any(fnmatch.fnmatchcase(name, p) for p in TEST_DOMAINS):
                 blocked.append("test guest definition /etc/libvirt/qemu/%s.xml (libvirtd is not running: start it "
                                "and run `virsh -c %s undefine %s`)" % (name, URI, name))
-    for mount in _cgroup_mounts():
+    for mount in libvirt_rig.cgroup_mounts():
         if mount.name == "memory":
             # Never walk the memory hierarchy (process_api lives there): only its top level and libvirt's machine/.
             tops = [mount, mount / "machine"]
@@ -347,9 +342,7 @@ def restore(force=False):
 
 
 def _unpark(guests, report):
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    import libvirt_rig  # the rig reuses running daemons and stops only those it started
-
+    # The rig reuses running daemons and stops only those it started.
     state_dir = STATE_DIR / "rig"
     libvirt_rig.start(state_dir)
     try:

@@ -240,7 +240,7 @@ def start(state_dir, ready_timeout=DEFAULT_READY_TIMEOUT, holder_pid=None):
                     # libvirtd makes `machine` in every hierarchy at the first guest start and
                     # never removes it; the rig removes the ones that did not exist before, if empty.
                     state["cgroup_dirs_to_remove"] = [
-                        str(path) for path in (mount / "machine" for mount in _cgroup_mounts())
+                        str(path) for path in (mount / "machine" for mount in cgroup_mounts())
                         if not path.exists()]
                 state[daemon] = _record(_spawn(daemon, state_dir), owned=True)
                 _save_state(state_dir, state)  # recorded at once, so a failure below can stop it
@@ -500,7 +500,8 @@ def _terminate(record, timeout):
     raise RigError("pid %d survived SIGKILL" % record["pid"])
 
 
-def _cgroup_mounts():
+def cgroup_mounts():
+    """Mountpoints of every cgroup and cgroup2 hierarchy."""
     mounts = []
     with open("/proc/self/mounts") as handle:
         for line in handle:
