@@ -54,6 +54,13 @@ class ApplyError(Exception):
         self.rolled_back = rolled_back
         self.rollback_failures = rollback_failures
 
+    def result(self):
+        """fail_json's arguments: the writes made and what the rollback did.  ``changed`` only when the
+        rollback left something behind."""
+        return dict(msg=self.message, changed=bool(self.rollback_failures),
+                    writes=[{"file": f, "value": v} for f, v in self.writes],
+                    rolled_back=self.rolled_back, rollback_failures=self.rollback_failures)
+
 
 class LockTimeout(Exception):
     pass
@@ -94,8 +101,8 @@ class HostLock:
 def describe_failure(fs, op, exc):
     err = exc.errno or 0
     name = _errno.errorcode.get(err, str(err))
-    rule = ERRNO_RULES.get(err, "the kernel refused it")
-    return "%s failed: %s (%s): %s" % (op.describe(fs.version), exc.strerror or str(exc), name, rule)
+    rule = fs.errno_rules.get(err, "the kernel refused it") if fs.errno_rules else None
+    return "%s failed: %s (%s)%s" % (fs.describe(op), exc.strerror or str(exc), name, ": " + rule if rule else "")
 
 
 def _do(fs, op):
@@ -129,47 +136,65 @@ def _undo(fs, op, created_values):
         fs.mkdir(op.path)
         for knob, value in created_values.get(op.path, ()):
             fs.write(op.path, knob, value)
-    elif op.kind == WRITE:
+    elif op.kind == WRITE and op.previous is not None:
+        # previous=None: a write nothing needs to undo (enabling a controller in cgroup.subtree_control).
         fs.write(op.path, op.knob, op.previous)
     elif op.kind == ATTACH and op.previous is not None:
         fs.write(op.previous, op.knob, op.value)
 
 
+class Transaction:
+    """Operations on one or more hierarchies (CgroupFs/CpusetFs views sharing one WriteGate), applied in
+    order and, when one fails, undone together newest first: a run that writes several hierarchies leaves
+    none of them half done."""
+
+    def __init__(self, gate):
+        self.gate = gate
+        self._done = []         # (fs, op, values that restore a removed cgroup)
+
+    def apply(self, fs, ops, before=None):
+        """Apply ``ops`` through ``fs``; on failure undo everything this transaction did and raise
+        :class:`ApplyError`.  ``before`` (path → Node) lets the undo of an ``rmdir`` restore the removed
+        cgroup's sets."""
+        created = _created_values(before or {})
+        for op in ops:
+            try:
+                _do(fs, op)
+            except OSError as exc:
+                if isinstance(exc, PartitionInvalid):
+                    self._done.append((fs, op, created))
+                self.fail(describe_failure(fs, op, exc))
+            self._done.append((fs, op, created))
+
+    def rollback(self):
+        """Undo what was applied, newest first; return (what was undone, what could not be)."""
+        restored, failures = [], []
+        while self._done:
+            fs, op, created = self._done.pop()
+            try:
+                _undo(fs, op, created)
+                restored.append(fs.describe(op))
+            except OSError as exc:
+                failures.append("could not undo %s: %s" % (fs.describe(op), exc.strerror or exc))
+        return restored, failures
+
+    def fail(self, failure):
+        """Roll back and raise :class:`ApplyError` for ``failure`` (what went wrong, in words)."""
+        restored, failures = self.rollback()
+        message = failure
+        if restored:
+            message += "; rolled back %d earlier change(s)" % len(restored)
+        if failures:
+            message += "; ROLLBACK INCOMPLETE: %s" % "; ".join(failures)
+        raise ApplyError(message, list(self.gate.writes), restored, failures) from None
+
+
+def _created_values(before):
+    return {path: [("cpus", node.knob_text("cpus")), ("mems", node.knob_text("mems"))]
+            for path, node in before.items() if node.exists}
+
+
 def execute(fs, ops, before=None):
-    """Apply ``ops`` in order through ``fs``; on failure roll back and raise :class:`ApplyError`.
-
-    ``before`` (path → Node) lets the rollback of an ``rmdir`` restore the removed cgroup's sets.
-    """
-    done = []
-    for op in ops:
-        try:
-            _do(fs, op)
-        except OSError as exc:
-            if isinstance(exc, PartitionInvalid):
-                done.append(op)
-            failure = describe_failure(fs, op, exc)
-            restored, failures = rollback(fs, done, before or {})
-            message = failure
-            if restored:
-                message += "; rolled back %d earlier change(s)" % len(restored)
-            if failures:
-                message += "; ROLLBACK INCOMPLETE: %s" % "; ".join(failures)
-            raise ApplyError(message, list(fs.writes), restored, failures) from None
-        done.append(op)
+    """Apply ``ops`` in order through ``fs``; on failure roll back and raise :class:`ApplyError`."""
+    Transaction(fs.gate).apply(fs, ops, before)
     return fs.writes
-
-
-def rollback(fs, done, before):
-    """Undo ``done`` (applied ops) newest first; return (what was undone, what could not be)."""
-    created_values = {}
-    for path, node in before.items():
-        if node.exists:
-            created_values[path] = [("cpus", node.knob_text("cpus")), ("mems", node.knob_text("mems"))]
-    restored, failures = [], []
-    for op in reversed(done):
-        try:
-            _undo(fs, op, created_values)
-            restored.append(op.describe(fs.version))
-        except OSError as exc:
-            failures.append("could not undo %s: %s" % (op.describe(fs.version), exc.strerror or exc))
-    return restored, failures

@@ -1,25 +1,31 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) rtvirt.kvm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A cpuset hierarchy on disk: the engine's source of truth and its only write gate.
+"""Cgroup hierarchies on disk: the engine's source of truth, and the collection's only write gate.
 
 Reads are lazy (the planner asks only for what a plan needs), so converging a few cgroups in a
-hierarchy of thousands reads a few files.  All writes go through :meth:`CpusetFs.write`,
-:meth:`CpusetFs.mkdir` and :meth:`CpusetFs.rmdir`.
+hierarchy of thousands reads a few files.  Every change a module makes to cgroupfs (any controller's
+directories and files) and to the files beside it (systemd units) goes through one :class:`WriteGate`,
+which records it; :class:`CgroupFs` and :class:`CpusetFs` are views of one hierarchy on top of it.
+
+How bytes reach the tree is the gate's ``files``: :class:`KernelFiles` for cgroupfs, where a cgroup's
+files come and go with its directory; :class:`PlainFiles` for a tree of plain files (a rehearsal
+directory, a test's fake host), where they do not.  The caller picks one; nothing below guesses.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import tempfile
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import kernel_at_least
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import parse_cpulist
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import ABSENT, KNOBS, Node
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import ERRNO_RULES
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import ABSENT, KNOBS, WRITE, Node
 
 CGROUP_SUPER_MAGIC = 0x27E0EB
 CGROUP2_SUPER_MAGIC = 0x63677270
-SYS_CPU_ONLINE = "/sys/devices/system/cpu/online"
 # The Linux release that added a v2 cpuset file, for when no cgroup shows cpuset files to probe.
 FEATURE_SINCE = {"cpus_exclusive": (6, 7)}
 _READ_SIZE = 65536
@@ -52,23 +58,169 @@ def normalize_cgroup_path(raw):
     return trimmed
 
 
-class CpusetFs:
-    """The cpuset hierarchy mounted at ``mountpoint`` (cgroup ``version`` 1 or 2)."""
+class KernelFiles:
+    """cgroupfs as the kernel serves it, and the running kernel's own facts."""
 
-    def __init__(self, mountpoint, version, features=None):
+    def __init__(self, sys_root="/sys"):
+        self.sys_root = sys_root
+
+    def write(self, target, data):
+        # No O_CREAT: a missing knob must fail as the kernel says (ENOENT: the controller is not enabled).
+        fd = os.open(target, os.O_WRONLY)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def mkdir(self, target):
+        os.mkdir(target)
+
+    def rmdir(self, target):
+        os.rmdir(target)
+
+    def online_cpus(self):
+        """/sys's online CPU list, or None when it cannot be read."""
+        try:
+            with open(os.path.join(self.sys_root, "devices", "system", "cpu", "online")) as handle:
+                return parse_cpulist(handle.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def has_kernel(self, since):
+        """Whether the running kernel is at least ``since`` (for files no cgroup shows yet)."""
+        return kernel_at_least(os.uname().release, since)
+
+
+class PlainFiles(KernelFiles):
+    """A tree of plain files standing in for cgroupfs: knob files are created and truncated by a write
+    (a shorter value must not leave the old one's tail) and removed with their directory (the kernel
+    does that on cgroupfs).  It has no /sys and no kernel of its own: what it holds is all it knows."""
+
+    def write(self, target, data):
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def rmdir(self, target):
+        for entry in os.listdir(target):
+            if os.path.isfile(os.path.join(target, entry)):
+                os.unlink(os.path.join(target, entry))
+        os.rmdir(target)
+
+    def online_cpus(self):
+        return None
+
+    def has_kernel(self, since):
+        return None
+
+
+class WriteGate:
+    """Every write of a run, in order, through one ``files`` backend; ``writes`` is what the modules
+    report: (file or command, value) with ``<mkdir>``, ``<rmdir>``, ``<unit file>``, ``<unlink>``,
+    ``<run>`` for what is not a value."""
+
+    def __init__(self, files=None):
+        self.files = files if files is not None else KernelFiles()
+        self.writes = []
+
+    def write(self, target, value):
+        # An empty write(2) never reaches the kernel's handler; a bare newline means "empty".
+        self.files.write(target, (value + "\n").encode())
+        self.writes.append((target, value))
+
+    def mkdir(self, target):
+        self.files.mkdir(target)
+        self.writes.append((target, "<mkdir>"))
+
+    def rmdir(self, target):
+        self.files.rmdir(target)
+        self.writes.append((target, "<rmdir>"))
+
+    def replace_file(self, target, text, mode=0o644):
+        """A regular file (a unit file) replaced atomically: systemd never reads half of it."""
+        directory = os.path.dirname(target)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(target))
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+        self.writes.append((target, "<unit file>"))
+
+    def unlink(self, target):
+        os.unlink(target)
+        self.writes.append((target, "<unlink>"))
+
+    def ran(self, command):
+        """A command that changed the host (systemctl), recorded among the writes in its place."""
+        self.writes.append((command, "<run>"))
+
+
+class CgroupFs:
+    """One hierarchy of any controller, at ``mountpoint``: directories and files by name, through ``gate``."""
+
+    # What an errno means for a write here, in an operator's words (the cpuset rules are CpusetFs').
+    errno_rules = {}
+
+    def __init__(self, mountpoint, version, gate=None):
         self.mountpoint = os.path.abspath(mountpoint)
         self.version = version
+        self.gate = gate if gate is not None else WriteGate()
+
+    @property
+    def writes(self):
+        return self.gate.writes
+
+    def real_path(self, path, name=None):
+        full = os.path.join(self.mountpoint, path) if path else self.mountpoint
+        return os.path.join(full, name) if name else full
+
+    def exists(self, path):
+        return os.path.isdir(self.real_path(path))
+
+    def read(self, path, name):
+        """The file's text without the trailing newline, or None when it does not exist."""
+        return _read_at(self.real_path(path, name))
+
+    def describe(self, op):
+        """An engine Op on this hierarchy in words, with real paths (there is no one cpuset root to be
+        relative to)."""
+        if op.kind == WRITE:
+            return "write %r to %s" % (op.value, self.real_path(op.path, op.knob))
+        return "%s %s" % (op.kind, self.real_path(op.path))
+
+    # ---- the write gate ------------------------------------------------------------------
+    def write(self, path, knob, value):
+        """Write one value to one file (``knob`` is the file's name here), as one write(2)."""
+        self.gate.write(self.real_path(path, self._file_of(knob)), value)
+
+    def mkdir(self, path):
+        self.gate.mkdir(self.real_path(path))
+
+    def rmdir(self, path):
+        self.gate.rmdir(self.real_path(path))
+
+    def _file_of(self, knob):
+        return knob
+
+
+class CpusetFs(CgroupFs):
+    """The cpuset hierarchy mounted at ``mountpoint`` (cgroup ``version`` 1 or 2); writes by engine knob."""
+
+    errno_rules = ERRNO_RULES
+
+    def __init__(self, mountpoint, version, features=None, gate=None):
+        super().__init__(mountpoint, version, gate)
         self.knobs = KNOBS[version]
         self._features = dict(features or {})
-        self.writes = []          # (absolute file, value) in the order written
-        self._fake = None
         self._plain_dirs = set()  # directories check_no_symlink has already seen to be plain
         self._lists = {}          # knob text -> frozenset: a tree of guests repeats a few values
 
     # ---- source interface for CpusetModel ----------------------------------------------
-    def real_path(self, path, name=None):
-        full = os.path.join(self.mountpoint, path) if path else self.mountpoint
-        return os.path.join(full, name) if name else full
+    def describe(self, op):
+        return op.describe(self.version)
 
     def check_no_symlink(self, path):
         """Refuse a path whose existing components include a symlink (cgroupfs has none)."""
@@ -96,19 +248,12 @@ class CpusetFs:
                 raise CpusetPathError("cgroup path %r: %s is not a directory" % (path, current))
             self._plain_dirs.add(current)
 
-    def exists(self, path):
-        return os.path.isdir(self.real_path(path))
-
     def children(self, path):
         try:
             with os.scandir(self.real_path(path)) as entries:
                 return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
         except FileNotFoundError:
             return []
-
-    def read(self, path, name):
-        """The file's text without the trailing newline, or None when it does not exist."""
-        return _read_at(self.real_path(path, name))
 
     def read_node(self, path, known_false=()):
         """The cgroup's knobs (``exists=False`` when there is no such cgroup); the v1 flags in
@@ -156,14 +301,12 @@ class CpusetFs:
         return [int(word) for word in text.split()]
 
     def online_cpus(self):
-        if self.version == 2 and not self._is_fake():
+        if self.version == 2:
             # The v2 root's cpuset.cpus.effective loses the CPUs its child partitions take (an
             # isolated partition on 2-3 leaves it 0-1); the online CPUs are still every CPU.
-            try:
-                with open(SYS_CPU_ONLINE) as handle:
-                    return parse_cpulist(handle.read().strip())
-            except (OSError, ValueError):
-                pass
+            online = self.gate.files.online_cpus()
+            if online is not None:
+                return online
         name = "cpuset.effective_cpus" if self.version == 1 else "cpuset.cpus.effective"
         return parse_cpulist(self.read("", name) or self.read("", "cpuset.cpus") or "")
 
@@ -178,13 +321,15 @@ class CpusetFs:
         if name not in self._features:
             probe = {"cpus_exclusive": "cpuset.cpus.exclusive", "partition": "cpuset.cpus.partition"}[name]
             children = self.children("")[:8]
-            if name in FEATURE_SINCE and self.version == 2 and not self._is_fake() and not any(
+            known = None
+            if name in FEATURE_SINCE and self.version == 2 and not any(
                     os.path.exists(self.real_path(child, "cpuset.cpus")) for child in children):
                 # No child has cpuset files yet (systemd enables only cpu, memory, pids in the root's
                 # subtree_control): the kernel version tells instead.
-                self._features[name] = kernel_at_least(self.kernel_release(), FEATURE_SINCE[name])
-            else:
-                self._features[name] = any(os.path.exists(self.real_path(child, probe)) for child in children)
+                known = self.gate.files.has_kernel(FEATURE_SINCE[name])
+            if known is None:
+                known = any(os.path.exists(self.real_path(child, probe)) for child in children)
+            self._features[name] = known
         return self._features[name]
 
     def threads_of(self, pid):
@@ -210,36 +355,9 @@ class CpusetFs:
             return None
         return None
 
-    # ---- the write gate ------------------------------------------------------------------
-    def write(self, path, knob, value):
-        """Write one value to one knob, as one write(2): the kernel parses each write on its own."""
-        name = self.knobs.get(knob) or {"procs": "cgroup.procs",
+    def _file_of(self, knob):
+        return self.knobs.get(knob) or {"procs": "cgroup.procs",
                                         "threads": "tasks" if self.version == 1 else "cgroup.threads"}[knob]
-        target = self.real_path(path, name)
-        # An empty write(2) never reaches the kernel's handler; a bare newline means "empty".
-        data = (value + "\n").encode()
-        # A fake tree's plain file must be truncated, or a shorter value leaves the old one's tail behind.
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC if self._is_fake() else os.O_WRONLY)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        self.writes.append((target, value))
-
-    def mkdir(self, path):
-        os.mkdir(self.real_path(path))
-        self.writes.append((self.real_path(path), "<mkdir>"))
-
-    def rmdir(self, path):
-        os.rmdir(self.real_path(path))
-        self.writes.append((self.real_path(path), "<rmdir>"))
-
-    def _is_fake(self):
-        # A fake tree (unit tests, chroot rehearsals) is a plain directory, where knob files of a
-        # new cgroup do not appear by themselves; creating them there is harmless.
-        if self._fake is None:
-            self._fake = not _is_cgroup_mount(self.mountpoint)
-        return self._fake
 
 
 def _read_at(name, dir_fd=None):
@@ -266,7 +384,8 @@ def _read_at(name, dir_fd=None):
     return b"".join(chunks).decode().strip()
 
 
-def _is_cgroup_mount(mountpoint):
+def is_cgroup_mount(mountpoint):
+    """Whether ``mountpoint`` is where a cgroup or cgroup2 filesystem is mounted."""
     try:
         with open("/proc/self/mountinfo") as handle:
             for line in handle:

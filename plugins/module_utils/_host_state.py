@@ -36,14 +36,16 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import irq_changeable
 from ansible_collections.rtvirt.kvm.plugins.module_utils import _kvm as kvm
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
-    DROP_IN_NAME,
     libvirt_hierarchies,
     parse_name,
     parse_proc_cgroups,
     parse_qemu_conf_controllers,
     partition_kind,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_systemd import (
     render_slice_dropin,
     render_slice_unit,
+    unit_target,
 )
 
 # The regexp roles/host_prep/tasks/irqs.yml gives lineinfile: the last matching line is the one it edits.
@@ -236,12 +238,8 @@ def check_partitions(wanted, systemd, kernel_release, proc_root="/proc", qemu_co
         mems = parse_cpulist(entry["mems"], what="mems of %s" % entry["name"]) if entry.get("mems") else None
         exclusive = entry.get("exclusive")
         if systemd:
-            if pname.is_default:
-                unit = os.path.join(unit_dir, pname.slice + ".d", DROP_IN_NAME)
-                text = render_slice_dropin(pname, cpus, mems)
-            else:
-                unit = os.path.join(unit_dir, pname.slice)
-                text = render_slice_unit(pname, cpus, mems)
+            unit, drop_in = unit_target(unit_dir, pname)
+            text = (render_slice_dropin if drop_in else render_slice_unit)(pname, cpus, mems)
             if _read(unit) != text:
                 reasons.append("%s: %s differs from what libvirt_partition writes" % (entry["name"], unit))
             if (slice_states or {}).get(pname.slice) != "active":

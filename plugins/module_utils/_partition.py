@@ -1,7 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) rtvirt.kvm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""libvirt resource partitions: names, where they live, and what to write there.  Pure: no I/O.
+"""libvirt resource partitions: names, the hierarchies libvirt uses, and what a run is asked for.  Pure: no I/O.
+
+How a partition is made is the backends': ``_partition_cgroupfs`` (hosts without systemd: directories,
+cpuset and tunables in every hierarchy) and ``_partition_systemd`` (slice units).
 
 A partition is what a domain's ``<resource><partition>`` names (``/machine/production``).  libvirt
 never creates one except its default ``/machine``; the operator has to, in every place libvirt looks:
@@ -32,7 +35,7 @@ import re
 from dataclasses import dataclass
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import kernel_at_least
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import format_cpulist
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError, parse_cpulist
 
 # libvirt's controllers, in its enum order (VIR_CGROUP_CONTROLLER_*), with their v2 names.
 LIBVIRT_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "net_cls",
@@ -52,11 +55,14 @@ DEFAULT_PARTITION = "/machine"
 # systemd unit name (after escaping) and an Ansible variable.
 _LEVEL_CHARS = re.compile(r"[A-Za-z0-9_.:-]+")
 _NAME_MAX = 255             # one directory entry (NAME_MAX) and a unit name (UNIT_NAME_MAX - 1)
-UNIT_HEADER = "# Managed by rtvirt.kvm.libvirt_partition for libvirt partition %s; changes are overwritten."
 
 
 class PartitionNameError(ValueError):
     """A partition name libvirt or systemd cannot represent, or one this module refuses to manage."""
+
+
+class PartitionError(Exception):
+    """Bad input or a state libvirt_partition will not change; nothing has been written."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,8 +323,6 @@ class Tunables:
 UNLIMITED = -1
 _SIZE = re.compile(r"^\s*(?P<number>\d+)\s*(?P<unit>[KMGTP]?)(?:i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-# What v1 memory.*limit_in_bytes read back as when unlimited (PAGE_COUNTER_MAX pages, 4 KiB pages).
-V1_UNLIMITED_TEXT = "9223372036854771712"
 
 
 def parse_size(value, what):
@@ -337,183 +341,6 @@ def parse_size(value, what):
     return int(match.group("number")) * _UNITS[match.group("unit").upper()]
 
 
-def _v1_size(value, page):
-    if value == UNLIMITED:
-        return V1_UNLIMITED_TEXT, "-1"
-    rounded = value // page * page
-    return str(rounded), str(value)
-
-
-def _v2_size(value, page):
-    if value == UNLIMITED:
-        return "max", "max"
-    rounded = value // page * page
-    return str(rounded), str(value)
-
-
-@dataclass(frozen=True)
-class TunableWrite:
-    controller: str     # libvirt controller name
-    file: str
-    value: str          # what to write
-    expect: str         # what reads back once it holds (the kernel rounds to pages)
-    previous: str | None = None
-
-
-def plan_tunables(version, tunables, read, page_size=4096):
-    """The tunable writes a partition needs, in an order the kernel accepts.
-
-    ``read(controller, file)`` returns the current text of a knob or None when the file does not exist.
-    Returns ``(writes, errors)``: writes whose current value differs, and messages for tunables the
-    host cannot take (a file that is not there).
-    """
-    writes, errors = [], []
-
-    def want(controller, candidates, value, expect, strip_default=False):
-        for name in candidates:
-            current = read(controller, name)
-            if current is None:
-                continue
-            shown = current.strip()
-            if strip_default:
-                shown = shown.split("\n")[0].replace("default ", "").strip()
-            if shown != expect:
-                writes.append(TunableWrite(controller, name, value, expect, current.strip()))
-            return
-        errors.append("%s: none of %s exists in the partition" % (controller, ", ".join(candidates)))
-
-    t = tunables
-    if t.cpu_shares is not None:
-        want("cpu", ["cpu.shares"] if version == 1 else ["cpu.weight"], str(t.cpu_shares), str(t.cpu_shares))
-    if t.blkio_weight is not None:
-        if version == 1:
-            # libvirt (virCgroupV1SetBlkioWeight) prefers the BFQ file, then CFQ's.
-            want("blkio", ["blkio.bfq.weight", "blkio.weight"], str(t.blkio_weight), str(t.blkio_weight),
-                 strip_default=True)
-        else:
-            bfq = read("blkio", "io.bfq.weight")
-            if bfq is not None:
-                want("blkio", ["io.bfq.weight"], str(t.blkio_weight), str(t.blkio_weight), strip_default=True)
-            else:
-                want("blkio", ["io.weight"], "default %d" % t.blkio_weight, str(t.blkio_weight), strip_default=True)
-    memory = []
-    if version == 1:
-        if t.memory_soft_limit is not None:
-            expect, value = _v1_size(t.memory_soft_limit, page_size)
-            want("memory", ["memory.soft_limit_in_bytes"], value, expect)
-        hard = swap = None
-        if t.memory_hard_limit is not None:
-            expect, value = _v1_size(t.memory_hard_limit, page_size)
-            before = len(writes)
-            want("memory", ["memory.limit_in_bytes"], value, expect)
-            hard = writes.pop() if len(writes) > before else None
-        if t.memory_swap_hard_limit is not None:
-            expect, value = _v1_size(t.memory_swap_hard_limit, page_size)
-            before = len(writes)
-            want("memory", ["memory.memsw.limit_in_bytes"], value, expect)
-            swap = writes.pop() if len(writes) > before else None
-        # memory.limit_in_bytes may never exceed memory.memsw.limit_in_bytes: raise memsw first when
-        # the hard limit grows, lower the hard limit first when it shrinks (libvirt's own order).
-        if hard and swap and _grows(hard):
-            memory = [swap, hard]
-        else:
-            memory = [w for w in (hard, swap) if w]
-    else:
-        if t.memory_hard_limit is not None:
-            expect, value = _v2_size(t.memory_hard_limit, page_size)
-            want("memory", ["memory.max"], value, expect)
-        if t.memory_soft_limit is not None:
-            # libvirt's soft_limit on cgroup v2 is memory.high (virCgroupV2SetMemorySoftLimit).
-            expect, value = _v2_size(t.memory_soft_limit, page_size)
-            want("memory", ["memory.high"], value, expect)
-        if t.memory_swap_hard_limit is not None:
-            # libvirt writes memory.swap.max = swap_hard_limit - memory.max (virCgroupV2SetMemSwapHardLimit).
-            if t.memory_swap_hard_limit == UNLIMITED:
-                swap = UNLIMITED
-            elif t.memory_hard_limit in (None, UNLIMITED):
-                errors.append("memory_swap_hard_limit needs a finite memory_hard_limit on cgroup v2 (memory.swap.max "
-                              "is the swap beyond memory.max)")
-                swap = None
-            elif t.memory_swap_hard_limit < t.memory_hard_limit:
-                errors.append("memory_swap_hard_limit (memory + swap) is below memory_hard_limit")
-                swap = None
-            else:
-                swap = t.memory_swap_hard_limit - t.memory_hard_limit
-            if swap is not None:
-                expect, value = _v2_size(swap, page_size)
-                want("memory", ["memory.swap.max"], value, expect)
-    return writes + memory, errors
-
-
-def _grows(write):
-    def number(text):
-        try:
-            return int(text)
-        except (TypeError, ValueError):
-            return -1
-    new, old = number(write.expect), number(write.previous)
-    return new > old >= 0 or write.value == "-1"
-
-
-# --------------------------------------------------------------------------------------------
-# systemd slice units
-
-def _systemd_size(value):
-    return "infinity" if value == UNLIMITED else str(value)
-
-
-def slice_properties(cpus=None, mems=None, tunables=Tunables()):
-    """[Slice] properties in systemd's vocabulary, as (key, value) pairs in a stable order."""
-    props = []
-    if cpus is not None:
-        props.append(("AllowedCPUs", format_cpulist(cpus)))
-    if mems is not None:
-        props.append(("AllowedMemoryNodes", format_cpulist(mems)))
-    t = tunables
-    if t.cpu_shares is not None:
-        props.append(("CPUWeight", str(t.cpu_shares)))
-    if t.memory_hard_limit is not None:
-        props.append(("MemoryMax", _systemd_size(t.memory_hard_limit)))
-    if t.memory_soft_limit is not None:
-        props.append(("MemoryHigh", _systemd_size(t.memory_soft_limit)))
-    if t.memory_swap_hard_limit is not None:
-        if t.memory_swap_hard_limit == UNLIMITED:
-            props.append(("MemorySwapMax", "infinity"))
-        elif t.memory_hard_limit not in (None, UNLIMITED) and t.memory_swap_hard_limit >= t.memory_hard_limit:
-            props.append(("MemorySwapMax", str(t.memory_swap_hard_limit - t.memory_hard_limit)))
-        else:
-            raise ValueError("memory_swap_hard_limit needs a finite memory_hard_limit no larger than it on systemd "
-                             "hosts (MemorySwapMax= is the swap beyond MemoryMax=)")
-    if t.blkio_weight is not None:
-        props.append(("IOWeight", str(t.blkio_weight)))
-    return props
-
-
-def render_slice_unit(pname, cpus=None, mems=None, tunables=Tunables()):
-    """The unit file text for partition ``pname`` (a PartitionName)."""
-    lines = [UNIT_HEADER % pname.name,
-             "[Unit]",
-             "Description=libvirt resource partition %s" % pname.name,
-             "Documentation=https://libvirt.org/cgroups.html",
-             "Before=slices.target",
-             "",
-             "[Slice]"]
-    lines.extend("%s=%s" % pair for pair in slice_properties(cpus, mems, tunables))
-    return "\n".join(lines) + "\n"
-
-
-DROP_IN_NAME = "50-rtvirt-kvm.conf"
-DROP_IN_HEADER = ("# Managed by rtvirt.kvm.libvirt_partition for libvirt's default partition %s (a drop-in: the unit "
-                  "itself is systemd's); changes are overwritten.")
-
-
-def render_slice_dropin(pname, cpus=None, mems=None, tunables=Tunables()):
-    """A drop-in for a slice systemd ships itself (``machine.slice`` for libvirt's default ``/machine``)."""
-    lines = [DROP_IN_HEADER % pname.name, "[Slice]"]
-    lines.extend("%s=%s" % pair for pair in slice_properties(cpus, mems, tunables))
-    return "\n".join(lines) + "\n"
-
-
 def removal_order(paths):
     """Deepest first, then by name: the only order rmdir accepts."""
     return sorted(paths, key=lambda p: (-(p.count("/") + 1 if p else 0), p))
@@ -523,3 +350,94 @@ def partition_kind(release):
     """The cgroup v2 partition type ``exclusive`` asks for: ``isolated`` (no load balancing, no scheduler
     domain: Linux 5.15+), else ``root``."""
     return "isolated" if kernel_at_least(release, (5, 15)) else "root"
+
+
+def partition_request(exclusive, release):
+    """What ``exclusive`` asks of cpuset.cpus.partition: nothing (None), ``member``, or :func:`partition_kind`."""
+    if exclusive is None:
+        return None
+    return partition_kind(release) if exclusive else "member"
+
+
+DEFAULT_NOT_EXCLUSIVE = ("exclusive: %s is libvirt's default partition, where every guest without a <partition> "
+                         "runs: it cannot be a cpuset partition of its own; give it the housekeeping CPUs and make "
+                         "the realtime partition beside it exclusive")
+
+
+# --------------------------------------------------------------------------------------------
+# What a run is asked for
+
+@dataclass(frozen=True)
+class Desired:
+    """libvirt_partition's options, validated and in the backends' terms."""
+
+    pname: PartitionName
+    state: str                  # present or absent
+    cpus: frozenset | None
+    mems: frozenset | None
+    exclusive: bool | None
+    tunables: Tunables
+    controllers: tuple | None   # qemu.conf cgroup_controllers as given, None: from qemu.conf or all
+
+
+def _cpu_set(value, what):
+    if value is None:
+        return None
+    try:
+        return frozenset(parse_cpulist(value, what=what))
+    except CpuListError as exc:
+        raise PartitionError(str(exc)) from None
+
+
+def _size(value, what):
+    if value is None:
+        return None
+    try:
+        return parse_size(value, what)
+    except ValueError as exc:
+        raise PartitionError(str(exc)) from None
+
+
+def parse_desired(params, subsystems):
+    """The module's ``params`` as a :class:`Desired`; raise PartitionError for what no host can take.
+
+    ``subsystems``: the controller names of /proc/cgroups (see :func:`parse_name`).
+    """
+    try:
+        pname = parse_name(params["name"], subsystems)
+    except PartitionNameError as exc:
+        raise PartitionError(str(exc)) from None
+    cpus = _cpu_set(params["cpus"], "cpus")
+    mems = _cpu_set(params["mems"], "mems")
+    tunables = Tunables(cpu_shares=params["cpu_shares"],
+                        memory_hard_limit=_size(params["memory_hard_limit"], "memory_hard_limit"),
+                        memory_soft_limit=_size(params["memory_soft_limit"], "memory_soft_limit"),
+                        memory_swap_hard_limit=_size(params["memory_swap_hard_limit"], "memory_swap_hard_limit"),
+                        blkio_weight=params["blkio_weight"])
+    state = params["state"]
+    if pname.is_default and state == "absent":
+        raise PartitionError("%s is libvirt's default partition: libvirt creates it at the first guest start and "
+                             "keeps every guest without a <partition> there; only its cpus and mems can be managed"
+                             % pname.name)
+    if state == "absent" and (cpus is not None or mems is not None or tunables.any()
+                              or params["exclusive"] is not None):
+        raise PartitionError("state=absent takes no cpus, mems, exclusive or tunables")
+    if cpus is not None and not cpus:
+        raise PartitionError("cpus is empty: a partition without CPUs cannot hold a guest")
+    if mems is not None and not mems:
+        raise PartitionError("mems is empty: a partition without memory nodes cannot hold a guest")
+    controllers = params["controllers"]
+    return Desired(pname=pname, state=state, cpus=cpus, mems=mems, exclusive=params["exclusive"], tunables=tunables,
+                   controllers=None if controllers is None else tuple(controllers))
+
+
+def check_ranges(tunables, version):
+    """Refuse a tunable outside its knob's range on cgroup ``version`` (v2 ranges for systemd properties too)."""
+    if tunables.cpu_shares is not None:
+        low, high, knob = (2, 262144, "cpu.shares") if version == 1 else (1, 10000, "cpu.weight")
+        if not low <= tunables.cpu_shares <= high:
+            raise PartitionError("cpu_shares=%d is outside %s's range %d-%d" % (tunables.cpu_shares, knob, low, high))
+    if tunables.blkio_weight is not None:
+        high = 1000 if version == 1 else 10000
+        if not 1 <= tunables.blkio_weight <= high:
+            raise PartitionError("blkio_weight=%d is outside 1-%d" % (tunables.blkio_weight, high))

@@ -273,6 +273,9 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import (
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import (
     CpusetFs,
     CpusetPathError,
+    PlainFiles,
+    WriteGate,
+    is_cgroup_mount,
     normalize_cgroup_path,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import PlanError, Request, plan
@@ -346,7 +349,9 @@ def open_hierarchy(mountpoint, version):
             raise InputError("%s is not a cgroup mount; set hierarchy_version to 1 or 2 to use it" % mountpoint)
     if not os.path.isdir(mountpoint):
         raise InputError("mountpoint %s does not exist" % mountpoint)
-    return CpusetFs(mountpoint, version)
+    # A rehearsal tree (a plain directory) gets plain files: knob files a write creates and an rmdir removes.
+    gate = None if is_cgroup_mount(os.path.abspath(mountpoint)) else WriteGate(PlainFiles())
+    return CpusetFs(mountpoint, version, gate=gate)
 
 
 def render_diff(fs, result_plan):

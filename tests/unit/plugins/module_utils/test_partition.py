@@ -12,12 +12,12 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     parse_proc_cgroups,
     parse_qemu_conf_controllers,
     parse_size,
-    plan_tunables,
     removal_order,
-    render_slice_unit,
     slice_name,
     systemd_escape,
 )
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_cgroupfs import plan_tunables
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_systemd import render_slice_unit
 
 SUBSYSTEMS = ("cpuset", "cpu", "cpuacct", "blkio", "memory", "devices", "freezer", "net_cls", "perf_event",
               "net_prio", "hugetlb", "pids")

@@ -60,6 +60,13 @@ def test_v2_second_run_changes_nothing(v2_tree):
     assert again["changed"] is False and again["writes"] == [] and again["planned"] == []
 
 
+def test_a_rehearsal_tree_cgroup_is_removed_with_its_knob_files(v2_tree):
+    assert not run(v2_tree, path="rt", cpus="2-3").get("failed")
+    result = run(v2_tree, path="rt", state="absent")
+    assert not result.get("failed"), result.get("msg")
+    assert not (v2_tree / "rt").exists()
+
+
 def test_v2_local_partition_after_cpus(v2_tree):
     result = run(v2_tree, path="rt", cpus="2-3", partition="isolated")
     values = [(os.path.basename(w["file"]), w["value"]) for w in result["writes"]]

@@ -13,7 +13,8 @@ import pytest
 
 from _module_runner import run_module
 from ansible_collections.rtvirt.kvm.plugins.module_utils import _host_state as hs
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import parse_name, render_slice_unit
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import parse_name
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_systemd import render_slice_unit
 from ansible_collections.rtvirt.kvm.plugins.modules import irq_affinity, kernel_cmdline
 
 

@@ -8,6 +8,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from _module_runner import run_module  # noqa: E402
 
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import PlainFiles  # noqa: E402
 from ansible_collections.rtvirt.kvm.plugins.modules import libvirt_partition  # noqa: E402
 
 V1 = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio")
@@ -56,6 +57,8 @@ def host(tmp_path, monkeypatch):
     monkeypatch.setattr(libvirt_partition.Host, "systemd_run_dir", str(tmp_path / "no-systemd"))
     monkeypatch.setattr(libvirt_partition.Host, "qemu_conf", str(tmp_path / "qemu.conf"))
     monkeypatch.setattr(libvirt_partition.Host, "lock_path", str(tmp_path / "lock"))
+    # The tree is plain files: knob files are created by a write and removed with their directory.
+    monkeypatch.setattr(libvirt_partition.Host, "files", PlainFiles())
     return tmp_path
 
 
@@ -415,3 +418,33 @@ def test_systemd_exclusive_false_dissolves_the_partition_before_the_unit_changes
         str(unified / "rt.slice" / "cpuset.cpus.partition"), str(unit), "systemctl daemon-reload"], result["writes"]
     assert result["writes"][0]["value"] == "member" and result["partition"] == "member"
     assert "AllowedCPUs=0-3" in unit.read_text()
+
+
+class FailingFiles(PlainFiles):
+    """A plain tree whose kernel refuses one file: the seam a real failure comes through."""
+
+    def __init__(self, refused):
+        super().__init__()
+        self.refused = refused
+
+    def write(self, target, data):
+        if target == self.refused:
+            raise OSError(5, "Input/output error")
+        super().write(target, data)
+
+
+def test_a_failure_in_the_last_hierarchy_undoes_every_hierarchy(host, monkeypatch):
+    """Directories in every hierarchy, the cpuset engine's levels, then a tunable the kernel refuses: the
+    whole run is undone, newest first, the cpuset engine's part included."""
+    memory = host / "cg" / "memory" / "machine" / "production.partition"
+    monkeypatch.setattr(libvirt_partition.Host, "files", FailingFiles(str(memory / "memory.limit_in_bytes")))
+    before = snapshot(host)
+    result = run({"name": "/machine/production", "cpus": "1", "cpu_shares": 2048, "memory_hard_limit": "1G"})
+    assert result.get("failed") and result["changed"] is False, result
+    assert result["msg"].startswith("write '1073741824' to %s/memory.limit_in_bytes failed: Input/output error "
+                                    "(EIO); rolled back " % memory), result["msg"]
+    assert result["rollback_failures"] == []
+    assert result["rolled_back"][0] == "write '2048' to %s" % (
+        host / "cg" / "cpu" / "machine" / "production.partition" / "cpu.shares")
+    assert "mkdir '/machine/production.partition'" in result["rolled_back"]
+    assert snapshot(host) == before

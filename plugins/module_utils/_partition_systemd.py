@@ -1,0 +1,401 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) rtvirt.kvm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""libvirt partitions on systemd hosts: the slice unit (or machine.slice's drop-in), systemctl, and the one
+thing systemd cannot set, ``cpuset.cpus.partition`` on the slice's cgroup.
+
+A partition ``/machine/tenant/rt`` is the unit ``machine-tenant-rt.slice`` that libvirt asks systemd for
+(``_partition.slice_name``).  Unit files go through the run's ``WriteGate``; the partition file through the
+cpuset engine on the unified hierarchy, planned first on :func:`systemd_view`, the state systemd will leave,
+so that a partition the kernel would refuse is refused before the unit is written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError, format_cpulist, parse_cpulist
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import ApplyError, HostLock, execute
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import CpusetFs
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import CpusetModel, Node, parent_of
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import PlanError, Request, plan
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
+    DEFAULT_NOT_EXCLUSIVE,
+    LIBVIRT_CONTROLLERS,
+    UNLIMITED,
+    PartitionError,
+    Tunables,
+    check_ranges,
+    guest_of_cgroup,
+    partition_request,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_cgroupfs import (
+    PARTITION_FILE,
+    guests_in,
+    read_text,
+    tasks_of,
+    walk,
+)
+
+UNIT_HEADER = "# Managed by rtvirt.kvm.libvirt_partition for libvirt partition %s; changes are overwritten."
+
+
+# --------------------------------------------------------------------------------------------
+# Unit files
+
+def _systemd_size(value):
+    return "infinity" if value == UNLIMITED else str(value)
+
+
+def slice_properties(cpus=None, mems=None, tunables=Tunables()):
+    """[Slice] properties in systemd's vocabulary, as (key, value) pairs in a stable order."""
+    props = []
+    if cpus is not None:
+        props.append(("AllowedCPUs", format_cpulist(cpus)))
+    if mems is not None:
+        props.append(("AllowedMemoryNodes", format_cpulist(mems)))
+    t = tunables
+    if t.cpu_shares is not None:
+        props.append(("CPUWeight", str(t.cpu_shares)))
+    if t.memory_hard_limit is not None:
+        props.append(("MemoryMax", _systemd_size(t.memory_hard_limit)))
+    if t.memory_soft_limit is not None:
+        props.append(("MemoryHigh", _systemd_size(t.memory_soft_limit)))
+    if t.memory_swap_hard_limit is not None:
+        if t.memory_swap_hard_limit == UNLIMITED:
+            props.append(("MemorySwapMax", "infinity"))
+        elif t.memory_hard_limit not in (None, UNLIMITED) and t.memory_swap_hard_limit >= t.memory_hard_limit:
+            props.append(("MemorySwapMax", str(t.memory_swap_hard_limit - t.memory_hard_limit)))
+        else:
+            raise ValueError("memory_swap_hard_limit needs a finite memory_hard_limit no larger than it on systemd "
+                             "hosts (MemorySwapMax= is the swap beyond MemoryMax=)")
+    if t.blkio_weight is not None:
+        props.append(("IOWeight", str(t.blkio_weight)))
+    return props
+
+
+def render_slice_unit(pname, cpus=None, mems=None, tunables=Tunables()):
+    """The unit file text for partition ``pname`` (a PartitionName)."""
+    lines = [UNIT_HEADER % pname.name,
+             "[Unit]",
+             "Description=libvirt resource partition %s" % pname.name,
+             "Documentation=https://libvirt.org/cgroups.html",
+             "Before=slices.target",
+             "",
+             "[Slice]"]
+    lines.extend("%s=%s" % pair for pair in slice_properties(cpus, mems, tunables))
+    return "\n".join(lines) + "\n"
+
+
+DROP_IN_NAME = "50-rtvirt-kvm.conf"
+DROP_IN_HEADER = ("# Managed by rtvirt.kvm.libvirt_partition for libvirt's default partition %s (a drop-in: the unit "
+                  "itself is systemd's); changes are overwritten.")
+
+
+def render_slice_dropin(pname, cpus=None, mems=None, tunables=Tunables()):
+    """A drop-in for a slice systemd ships itself (``machine.slice`` for libvirt's default ``/machine``)."""
+    lines = [DROP_IN_HEADER % pname.name, "[Slice]"]
+    lines.extend("%s=%s" % pair for pair in slice_properties(cpus, mems, tunables))
+    return "\n".join(lines) + "\n"
+
+
+def unit_target(unit_dir, pname):
+    """The file this module owns for ``pname``: its own slice unit, or for libvirt's default /machine a
+    drop-in for the machine.slice systemd ships (never a replacement unit file).  Returns (path, is_drop_in)."""
+    if pname.is_default:
+        return os.path.join(unit_dir, pname.slice + ".d", DROP_IN_NAME), True
+    return os.path.join(unit_dir, pname.slice), False
+
+
+def unit_allowed(text, key):
+    """A set property (AllowedCPUs=, AllowedMemoryNodes=) of a unit file's text, or None."""
+    value = None
+    for line in (text or "").splitlines():
+        if line.startswith(key + "="):
+            value = line.split("=", 1)[1].strip()
+    if value is None:
+        return None
+    try:
+        return frozenset(parse_cpulist(value))
+    except CpuListError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# systemctl
+
+class Systemctl:
+    """systemctl through the module's run_command (argv, LC_ALL=C); what changes the host is recorded in the gate."""
+
+    def __init__(self, module, gate):
+        self.module = module
+        self.gate = gate
+
+    def query(self, *args):
+        """A read-only call: (rc, stdout), any rc."""
+        argv = [self.module.get_bin_path("systemctl", required=True)] + list(args)
+        rc, out, _err = self.module.run_command(argv, environ_update={"LC_ALL": "C"})
+        return rc, out
+
+    def run(self, *args):
+        argv = [self.module.get_bin_path("systemctl", required=True)] + list(args)
+        rc, out, err = self.module.run_command(argv, environ_update={"LC_ALL": "C"})
+        if rc != 0:
+            raise PartitionError("%s failed with exit code %d: %s" % (" ".join(argv), rc, (err or out).strip()))
+        self.gate.ran("systemctl %s" % " ".join(args))
+
+
+# --------------------------------------------------------------------------------------------
+# The unified hierarchy as systemd will leave it
+
+class SystemdView:
+    """The unified hierarchy as the cpuset engine should see it once systemd has applied the slice unit:
+    the slice chain exists with cpuset enabled above it, and the slice holds the unit's AllowedCPUs=.
+    Used to plan (and refuse) a partition before anything is written, and in check mode."""
+
+    def __init__(self, fs, overrides):
+        self._fs = fs
+        self._overrides = overrides
+        self.version = 2
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+    def exists(self, path):
+        return path in self._overrides or self._fs.exists(path)
+
+    def read_node(self, path, known_false=()):
+        return self._overrides.get(path) or self._fs.read_node(path, known_false)
+
+    def children(self, path):
+        names = set(self._fs.children(path))
+        names.update(p.rsplit("/", 1)[-1] for p in self._overrides if p and parent_of(p) == path)
+        return sorted(names)
+
+    def tasks(self, path):
+        return self._fs.tasks(path) if self._fs.exists(path) else []
+
+
+def systemd_view(fs, pname, cpus, mems):
+    levels = ["/".join(pname.slices[:index]) for index in range(1, len(pname.slices) + 1)]
+    overrides = {"": replace(fs.read_node(""), subtree_cpuset=True)}
+    for path in levels[:-1]:
+        overrides[path] = replace(fs.read_node(path) if fs.exists(path) else Node(), subtree_cpuset=True)
+    leaf = fs.read_node(levels[-1]) if fs.exists(levels[-1]) else Node()
+    overrides[levels[-1]] = replace(leaf, cpus=cpus if cpus is not None else frozenset(),
+                                    mems=mems if mems is not None else leaf.mems)
+    return SystemdView(fs, overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# Converging a slice
+
+def _paths(layout, pname):
+    paths = {}
+    if layout.unified is not None:
+        paths["unified"] = os.path.join(layout.unified.mountpoint, pname.slice_path)
+    for mount in layout.mounts:
+        if mount.version == 1:
+            for controller in mount.controllers:
+                if controller in LIBVIRT_CONTROLLERS:
+                    paths[controller] = os.path.join(mount.mountpoint, pname.slice_path)
+    return paths
+
+
+def _refuse_outside_parent(cpuset_fs, pname, cpus, mems):
+    # What the parent can give (v2 effective sets, with this slice counted as a member: a partition
+    # this slice already is has taken its CPUs out of the parent's cpuset.cpus.effective).
+    model = CpusetModel(cpuset_fs)
+    parent_path = "/".join(pname.slices[:-1])
+    parent_name = pname.slices[-2] if len(pname.slices) > 1 else "the root cgroup"
+    parent_cpus = model.effective_cpus(parent_path, excluding=pname.slice_path)
+    parent_mems = model.effective_mems(parent_path)
+    if cpus is not None and not cpus <= parent_cpus:
+        raise PartitionError("cpus=%s is not within the parent slice %s's CPUs (%s)" % (
+            format_cpulist(cpus), parent_name, format_cpulist(parent_cpus)))
+    if mems is not None and not mems <= parent_mems:
+        raise PartitionError("mems=%s is not within the parent slice %s's memory nodes (%s)" % (
+            format_cpulist(mems), parent_name, format_cpulist(parent_mems)))
+
+
+def _remove(host, systemctl, gate, desired, paths, current, unit_file, check_mode):
+    pname, guests, planned = desired.pname, [], []
+    slice_dir = paths.get("unified") or next(iter(paths.values()), None)
+    if slice_dir and os.path.isdir(slice_dir):
+        for rel in walk(slice_dir):
+            found = guest_of_cgroup(os.path.basename(rel)) if rel else None
+            if found and tasks_of(os.path.join(slice_dir, rel), 2 if "unified" in paths else 1):
+                guests.append({"name": found[0], "pid": None, "cgroup": os.path.join(pname.slice_path, rel)})
+    guests.extend(g for g in guests_in(host, ["/" + pname.slice_path])
+                  if not any(g["name"] == other["name"] for other in guests))
+    if guests:
+        several = len(guests) > 1
+        raise PartitionError("cannot remove partition %s (%s): guest%s %s still run%s inside; shut %s down first" % (
+            pname.name, pname.slice, "s" if several else "", ", ".join(g["name"] for g in guests),
+            "" if several else "s", "them" if several else "it"))
+    rc, _out = systemctl.query("is-active", pname.slice)
+    if rc == 0:
+        planned.append("systemctl stop %s" % pname.slice)
+    if current is not None:
+        planned.extend(["remove %s" % unit_file, "systemctl daemon-reload"])
+    if planned and not check_mode:
+        if rc == 0:
+            systemctl.run("stop", pname.slice)
+        if current is not None:
+            gate.unlink(unit_file)
+            systemctl.run("daemon-reload")
+    return planned, guests
+
+
+def _desired_unit(desired, current, drop_in):
+    render = render_slice_dropin if drop_in else render_slice_unit
+    try:
+        new = render(desired.pname, desired.cpus, desired.mems, desired.tunables)
+    except ValueError as exc:
+        raise PartitionError(str(exc)) from None
+    if desired.cpus is None and desired.mems is None and current is not None:
+        # Keep what the unit already says when cpus/mems are not given.
+        kept = [line for line in current.splitlines() if line.startswith(("AllowedCPUs=", "AllowedMemoryNodes="))]
+        if kept:
+            new = new.rstrip("\n").split("\n")
+            index = new.index("[Slice]") + 1
+            new = "\n".join(new[:index] + kept + new[index:]) + "\n"
+    return new
+
+
+def converge_systemd(module, host, gate, layout, desired, lock_timeout):
+    """Plan the slice and, unless in check mode, apply it under the host-wide lock; return the module's result."""
+    pname, cpus, mems, exclusive = desired.pname, desired.cpus, desired.mems, desired.exclusive
+    check_ranges(desired.tunables, 2)
+    unified = layout.unified
+    cpuset_fs = None
+    if unified is not None and "cpuset" in (read_text(os.path.join(unified.mountpoint, "cgroup.controllers"))
+                                            or "").split():
+        cpuset_fs = CpusetFs(unified.mountpoint, 2, gate=gate)
+    if exclusive is False and cpuset_fs is None:
+        # No cpuset on the unified hierarchy (a systemd host with v1 controllers): the slice cannot be a v2
+        # partition, so there is nothing to dissolve.
+        exclusive = None
+    if exclusive is not None and desired.state == "present":
+        if exclusive and pname.is_default:
+            raise PartitionError(DEFAULT_NOT_EXCLUSIVE % pname.name)
+        if cpuset_fs is None:
+            raise PartitionError("exclusive makes the slice a cgroup v2 cpuset partition (cpuset.cpus.partition); this "
+                                 "systemd host has no cpuset controller on the unified hierarchy (cgroup v1 or hybrid "
+                                 "layout: AllowedCPUs= does not reach a v1 cpuset, and systemd has no exclusive "
+                                 "property)")
+    unit_file, drop_in = unit_target(host.unit_dir, pname)
+    paths = _paths(layout, pname)
+    current = read_text(unit_file)
+    systemctl = Systemctl(module, gate)
+    guests, notes = [], []
+    if cpuset_fs is not None and (cpus is not None or mems is not None):
+        _refuse_outside_parent(cpuset_fs, pname, cpus, mems)
+    partition_state = None
+    if desired.state == "absent":
+        planned, guests = _remove(host, systemctl, gate, desired, paths, current, unit_file, module.check_mode)
+        new = None
+    else:
+        planned = []
+        new = _desired_unit(desired, current, drop_in)
+        if new != current:
+            planned.extend(["write %s" % unit_file, "systemctl daemon-reload"])
+        rc, _out = systemctl.query("is-active", pname.slice)
+        if rc != 0:
+            planned.append("systemctl start %s" % pname.slice)
+        kind = None
+        if exclusive is not None:
+            kind = partition_request(exclusive, cpuset_fs.kernel_release())
+            unit_cpus = cpus if cpus is not None else unit_allowed(new, "AllowedCPUs")
+            unit_mems = mems if mems is not None else unit_allowed(new, "AllowedMemoryNodes")
+            # Planned on the state systemd will leave: a partition the kernel would mark invalid is
+            # refused here, before the unit is written.
+            predicted = plan(systemd_view(cpuset_fs, pname, unit_cpus, unit_mems),
+                             [Request(path=pname.slice_path, partition=kind)])
+            partition_state = cpuset_fs.read(pname.slice_path, PARTITION_FILE)
+            if predicted.changed:
+                partition_ops = ["%s (in %s; systemd has no property for it)" % (op.describe(2), cpuset_fs.mountpoint)
+                                 for op in predicted.ops]
+                # A partition is dissolved before systemd changes the slice's CPUs (AllowedCPUs= growing onto a
+                # sibling's CPUs while this slice is still a partition would be refused or invalidate it), and
+                # formed after them.
+                planned[:0 if kind == "member" else len(planned)] = partition_ops
+                if new == current and rc == 0 and partition_state is not None:
+                    notes.append(
+                        "%s reads %r: systemd creates a slice's cgroup afresh (a member) whenever the slice is "
+                        "stopped and started again (systemctl restart, or the last unit in it going away after a "
+                        "stop), and it has no property for cpuset.cpus.partition; written again" % (
+                            os.path.join(cpuset_fs.mountpoint, pname.slice_path, PARTITION_FILE), partition_state))
+        if planned and not module.check_mode:
+            with HostLock(path=host.lock_path, timeout=lock_timeout):
+                partition_state = _apply(systemctl, gate, pname, unit_file, current, new, rc, cpuset_fs, kind)
+    result = dict(changed=bool(planned), name=pname.name, cgroup_path=pname.slice_path, paths=paths,
+                  unit=pname.slice, unit_file=unit_file, planned=planned, notes=notes, guests=guests,
+                  writes=[{"file": f, "value": v} for f, v in gate.writes])
+    if partition_state is not None and desired.state == "present":
+        result["partition"] = partition_state
+    if module._diff and planned:
+        result["diff"] = {"before": current or "", "after": new or "",
+                          "before_header": unit_file, "after_header": unit_file}
+    return result
+
+
+def _set_partition(gate, pname, cpuset_fs, kind):
+    """Plan ``kind`` on the slice's cgroup as it is now (systemd may just have re-created it) and write it;
+    returns the fs it planned on."""
+    fs = CpusetFs(cpuset_fs.mountpoint, 2, gate=gate)
+    engine_plan = plan(fs, [Request(path=pname.slice_path, partition=kind)])
+    if engine_plan.changed:
+        execute(fs, engine_plan.ops, before=engine_plan.before)
+    return fs
+
+
+def _apply(systemctl, gate, pname, unit_file, current, new, was_active, cpuset_fs, kind):
+    """Unit file, daemon-reload and start through systemd; then the partition file on the slice's cgroup
+    (planned again on what systemd really left).  A partition the kernel refuses or marks invalid undoes
+    the partition write and the unit change.  Returns cpuset.cpus.partition as read back.
+
+    ``kind == "member"`` (exclusive: false) goes the other way round: the running slice's partition is
+    dissolved first, while its CPUs are still the ones the partition was formed with, and only then does
+    systemd get the new unit."""
+    unit_changed = new != current
+    member_state = None
+    if kind == "member" and was_active == 0:
+        try:
+            fs = _set_partition(gate, pname, cpuset_fs, kind)
+        except PlanError as exc:
+            raise ApplyError("%s: %s; nothing was changed" % (pname.slice, exc), list(gate.writes), [], []) from None
+        kind = None
+        member_state = fs.read(pname.slice_path, PARTITION_FILE)
+    if unit_changed:
+        gate.replace_file(unit_file, new)
+        systemctl.run("daemon-reload")
+    if was_active != 0:
+        systemctl.run("start", pname.slice)
+    if kind is None:
+        return member_state
+    try:
+        fs = _set_partition(gate, pname, cpuset_fs, kind)
+    except (PlanError, ApplyError) as exc:
+        message = str(exc) if isinstance(exc, PlanError) else exc.message
+        restored = list(getattr(exc, "rolled_back", []))
+        failures = list(getattr(exc, "rollback_failures", []))
+        try:
+            if was_active != 0:
+                systemctl.run("stop", pname.slice)
+                restored.append("systemctl start %s" % pname.slice)
+            if unit_changed:
+                if current is None:
+                    gate.unlink(unit_file)
+                else:
+                    gate.replace_file(unit_file, current)
+                systemctl.run("daemon-reload")
+                restored.append("write %s" % unit_file)
+        except (OSError, PartitionError) as undo_exc:
+            failures.append("could not restore %s: %s" % (unit_file, undo_exc))
+        message = "%s: %s; %s" % (pname.slice, message,
+                                  "unit change and slice start undone" if not failures else
+                                  "ROLLBACK INCOMPLETE: %s" % "; ".join(failures))
+        raise ApplyError(message, list(gate.writes), restored, failures) from None
+    return fs.read(pname.slice_path, PARTITION_FILE)
