@@ -35,6 +35,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cmdline import split_cmdline
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     CpuListError,
     format_cpulist,
@@ -82,36 +83,6 @@ class IsolationError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # Pure parsers
 # --------------------------------------------------------------------------------------------
-
-def split_cmdline(text):
-    """Split a kernel command line into parameters the way the kernel does.
-
-    Double quotes group a value containing spaces (``foo="a b"``) and are dropped; ``--`` ends the
-    kernel's part (what follows goes to init).
-    """
-    params = []
-    current = []
-    in_quotes = False
-    started = False
-    for char in (text or ""):
-        if char == '"':
-            in_quotes = not in_quotes
-            started = True
-            continue
-        if char.isspace() and not in_quotes:
-            if started:
-                params.append("".join(current))
-                current = []
-                started = False
-            continue
-        current.append(char)
-        started = True
-    if started:
-        params.append("".join(current))
-    if "--" in params:
-        params = params[:params.index("--")]
-    return params
-
 
 def parse_cmdline(text):
     """Return what ``/proc/cmdline`` asks about isolation.
