@@ -8,7 +8,7 @@ a libvirt connection, so the facts work on a host whose libvirtd is down.  All r
 parameters so the unit tests run against recorded trees.
 
 The pure parsers (``parse_cmdline``, ``parse_stat``, ``parse_status_affinity``,
-``parse_interrupts``, ``parse_domain_status``, ``parse_libvirt_cpuset``) take text or bytes and
+``parse_interrupts``, ``parse_domain_status``) take text or bytes and
 return plain values; :func:`gather` does the reading and returns the facts dict.
 
 Policy decisions an RT engineer should know about (documented in the module too):
@@ -41,6 +41,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     format_cpulist,
     parse_cpulist,
     parse_cpumask,
+    parse_libvirt_cpuset,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     V2_DOMAIN_CONTROLLERS,
@@ -196,23 +197,6 @@ def parse_interrupts(text):
     return table
 
 
-def parse_libvirt_cpuset(text, what="cpuset"):
-    """libvirt's cpuset syntax: the kernel list syntax plus ``^N`` exclusions (``0-3,^2``)."""
-    if text is None:
-        return None
-    include, exclude = [], []
-    for element in text.split(","):
-        element = element.strip()
-        if element.startswith("^"):
-            exclude.append(element[1:])
-        elif element:
-            include.append(element)
-    cpus = parse_cpulist(",".join(include), what=what)
-    if exclude:
-        cpus = cpus - parse_cpulist(",".join(exclude), what=what)
-    return frozenset(cpus)
-
-
 def parse_domain_status(text):
     """Parse libvirt's live status XML (``<domstatus>`` wrapping ``<domain>``) or a plain domain XML.
 
@@ -239,18 +223,18 @@ def parse_domain_status(text):
     default_cpuset = None
     if vcpu_element is not None:
         count = int((vcpu_element.text or "0").strip() or 0)
-        default_cpuset = parse_libvirt_cpuset(vcpu_element.get("cpuset"), "<vcpu cpuset>")
+        default_cpuset = _cpuset(vcpu_element, "<vcpu cpuset>")
     vcpupin, iothreadpin = {}, {}
     emulatorpin = None
     cputune = domain.find("cputune")
     if cputune is not None:
         for pin in cputune.findall("vcpupin"):
-            vcpupin[int(pin.get("vcpu"))] = parse_libvirt_cpuset(pin.get("cpuset"), "<vcpupin cpuset>")
+            vcpupin[int(pin.get("vcpu"))] = _cpuset(pin, "<vcpupin cpuset>")
         for pin in cputune.findall("iothreadpin"):
-            iothreadpin[int(pin.get("iothread"))] = parse_libvirt_cpuset(pin.get("cpuset"), "<iothreadpin cpuset>")
+            iothreadpin[int(pin.get("iothread"))] = _cpuset(pin, "<iothreadpin cpuset>")
         pin = cputune.find("emulatorpin")
         if pin is not None:
-            emulatorpin = parse_libvirt_cpuset(pin.get("cpuset"), "<emulatorpin cpuset>")
+            emulatorpin = _cpuset(pin, "<emulatorpin cpuset>")
     iothreads = [int(i.get("id")) for i in domain.findall("iothreadids/iothread") if i.get("id", "").isdigit()]
     if not iothreads:
         number = (domain.findtext("iothreads") or "").strip()
@@ -270,6 +254,12 @@ def parse_domain_status(text):
         "iothreads": iothreads,
         "iothreadpin": iothreadpin,
     }
+
+
+def _cpuset(element, what):
+    """The element's cpuset; without the attribute the thread is not pinned (None)."""
+    text = element.get("cpuset")
+    return None if text is None else parse_libvirt_cpuset(text, what)
 
 
 def expected_pinning(domain, role, number=None):

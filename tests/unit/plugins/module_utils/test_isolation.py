@@ -110,7 +110,7 @@ def test_parse_domain_status_v1_fixture(v1_isolcpus_root):
     assert domain["vcpus"] == 2 and domain["vcpu_tids"] == {0: 1010, 1: 1011}
     assert domain["vcpupin"] == {0: {2}, 1: {3}}
     assert domain["emulatorpin"] == {0, 1}
-    assert domain["iothreads"] == [1] and domain["iothreadpin"] == {1: {0, 1}}   # 0-3,^2-3
+    assert domain["iothreads"] == [1] and domain["iothreadpin"] == {1: {0, 1}}   # 0-3,^2,^3
     assert domain["partition"] == "/machine"
     assert iso.expected_pinning(domain, "vcpu", 1) == {3}
 
