@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) rtvirt.kvm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Edit one variable of /etc/default/grub (a shell fragment) without a shell. Pure.
+"""Kernel command lines: edit one variable of /etc/default/grub (a shell fragment) without a shell,
+and split the running kernel's /proc/cmdline. Pure.
 
 Only the simple forms are accepted: ``NAME="words"``, ``NAME='words'`` or ``NAME=words`` on one line,
 at most one active assignment. Anything a shell would expand or continue (``$``, backquotes,
@@ -110,12 +111,40 @@ def render(text, name, words):
     return "\n".join(lines) + "\n"
 
 
+def split_cmdline(text):
+    """Split a kernel command line (``/proc/cmdline``) into parameters the way the kernel does.
+
+    Double quotes group a value containing spaces (``foo="a b"``) and are dropped; ``--`` ends the
+    kernel's part (what follows goes to init).
+    """
+    params = []
+    current = []
+    in_quotes = False
+    started = False
+    for char in (text or ""):
+        if char == '"':
+            in_quotes = not in_quotes
+            started = True
+            continue
+        if char.isspace() and not in_quotes:
+            if started:
+                params.append("".join(current))
+                current = []
+                started = False
+            continue
+        current.append(char)
+        started = True
+    if started:
+        params.append("".join(current))
+    if "--" in params:
+        params = params[:params.index("--")]
+    return params
+
+
 def missing_from_running(cmdline, params, absent=()):
     """Parameters of ``params``/``absent`` that the running kernel's /proc/cmdline does not match."""
     running = {}
-    for word in cmdline.split():
-        if word == "--":
-            break
+    for word in split_cmdline(cmdline):
         running[key_of(word)] = word.split("=", 1)[1] if "=" in word else None
     differ = []
     for key, value in params.items():

@@ -1,11 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) rtvirt.kvm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""CPU and NUMA-node lists in the kernel's list syntax (``0-3,8,10-11``) and hex masks.
+"""CPU and NUMA-node lists in the kernel's list syntax (``0-3,8,10-11``), hex masks, and libvirt's cpusets.
 
 The kernel accepts ``N``, ``A-B`` and ``A-B:U/G`` (use U of every G CPUs) separated by commas;
 it rejects reversed ranges, empty elements and junk with EINVAL.  We parse the same grammar
 strictly so that a bad value fails here, with a sentence, instead of half-way through a plan.
+libvirt's cpuset attributes have a grammar of their own (:func:`parse_libvirt_cpuset`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,34 @@ def parse_cpulist(text, what="CPU list", limit=None):
         for number in range(first, last + 1):
             if (number - first) % group < used:
                 result.add(number)
+    return frozenset(result)
+
+
+def parse_libvirt_cpuset(text, what="cpuset"):
+    """Parse libvirt's cpuset syntax: ``N``, ``N-M`` and ``^N`` (remove N), left to right.
+
+    The grammar of libvirt's own parser (virBitmapParse): no strides, no ``^N-M``, and an exclusion
+    only removes what the elements before it added (``^3,1-4`` is 1-4).  libvirt refuses an empty
+    cpuset and one that selects no CPU, so they are errors here too.
+    """
+    if text is None or not text.strip():
+        raise CpuListError("%s is empty" % what)
+    result = set()
+    for raw in text.split(","):
+        element = raw.strip()
+        if not element:
+            raise CpuListError("%s %r has an empty element (stray comma)" % (what, text))
+        negate = element.startswith("^")
+        body = element[1:].strip() if negate else element
+        if ":" in body or (negate and "-" in body) or not re.match(r"^\d+(\s*-\s*\d+)?$", body):
+            raise CpuListError("%s %r: %r is not N, N-M or ^N" % (what, text, element))
+        numbers = parse_cpulist(body.replace(" ", ""), what=what)
+        if negate:
+            result -= numbers
+        else:
+            result |= numbers
+    if not result:
+        raise CpuListError("%s %r selects no CPU" % (what, text))
     return frozenset(result)
 
 

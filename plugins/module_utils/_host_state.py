@@ -33,7 +33,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     parse_cpulist,
     parse_cpumask,
 )
-from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import irq_changeable
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_irqs import irq_changeable
 from ansible_collections.rtvirt.kvm.plugins.module_utils import _kvm as kvm
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     libvirt_hierarchies,

@@ -52,7 +52,6 @@ A *core* below is the set of thread siblings (``thread_siblings_list``) intersec
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
@@ -60,6 +59,9 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     CpuListError,
     format_cpulist,
     parse_cpulist,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
+    parse_libvirt_cpuset as _parse_libvirt_cpuset,
 )
 
 SMT_POLICIES = ("isolate", "prefer", "require")
@@ -85,29 +87,11 @@ class AllocationError(PcpuError):
 
 
 def parse_libvirt_cpuset(text, what="cpuset"):
-    """Parse libvirt's cpuset syntax: ``N``, ``N-M`` and ``^N`` (remove N), left to right."""
-    if text is None or not text.strip():
-        raise DomainXMLError("%s is empty" % what)
-    result = set()
-    for raw in text.split(","):
-        element = raw.strip()
-        if not element:
-            raise DomainXMLError("%s %r has an empty element (stray comma)" % (what, text))
-        negate = element.startswith("^")
-        body = element[1:].strip() if negate else element
-        if ":" in body or (negate and "-" in body) or not re.match(r"^\d+(\s*-\s*\d+)?$", body):
-            raise DomainXMLError("%s %r: %r is not N, N-M or ^N" % (what, text, element))
-        try:
-            numbers = parse_cpulist(body.replace(" ", ""), what=what)
-        except CpuListError as exc:
-            raise DomainXMLError(str(exc)) from exc
-        if negate:
-            result -= numbers
-        else:
-            result |= numbers
-    if not result:
-        raise DomainXMLError("%s %r selects no CPU" % (what, text))
-    return frozenset(result)
+    """:func:`_cpulist.parse_libvirt_cpuset`, failing with this module's DomainXMLError."""
+    try:
+        return _parse_libvirt_cpuset(text, what=what)
+    except CpuListError as exc:
+        raise DomainXMLError(str(exc)) from exc
 
 
 @dataclass(frozen=True)

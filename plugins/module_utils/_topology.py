@@ -117,6 +117,45 @@ def _read(path):
         return handle.read().strip()
 
 
+def _read_or_none(path):
+    try:
+        return _read(path)
+    except OSError:
+        return None
+
+
+def read_sibling_lists(sysfs_root, cpus):
+    """``{cpu: its thread_siblings_list as sysfs prints it, None where it cannot be read}`` for ``cpus``.
+
+    The raw texts, so that a reader with its own policy for bad lists (the isolation facts warn and go on)
+    reads the same files as :func:`read_topology`.
+    """
+    cpu_dir = os.path.join(sysfs_root, "devices", "system", "cpu")
+    return {cpu: _read_or_none(os.path.join(cpu_dir, "cpu%d" % cpu, "topology", "thread_siblings_list"))
+            for cpu in sorted(cpus)}
+
+
+def read_node_lists(sysfs_root):
+    """``{node: its cpulist as sysfs prints it, None where it cannot be read}`` for every ``node<N>`` directory."""
+    node_dir = os.path.join(sysfs_root, "devices", "system", "node")
+    try:
+        entries = sorted(os.listdir(node_dir))
+    except OSError:
+        entries = []
+    nodes = {}
+    for entry in entries:
+        match = re.match(r"^node(\d+)$", entry)
+        if match:
+            nodes[int(match.group(1))] = _read_or_none(os.path.join(node_dir, entry, "cpulist"))
+    return nodes
+
+
+def read_smt_active(sysfs_root):
+    """``/sys/devices/system/cpu/smt/active`` as True or False, None where the kernel has no such file."""
+    text = _read_or_none(os.path.join(sysfs_root, "devices", "system", "cpu", "smt", "active"))
+    return text == "1" if text is not None else None
+
+
 def read_topology(sysfs_root="/sys"):
     """Read online and present CPUs, SMT siblings, core/package ids and NUMA nodes from a sysfs tree.
 
@@ -134,39 +173,29 @@ def read_topology(sysfs_root="/sys"):
     if not online:
         raise TopologyError("%s lists no online CPU" % online_path)
     siblings, core_id, package_id = {}, {}, {}
-    for cpu in online:
-        topo = os.path.join(cpu_dir, "cpu%d" % cpu, "topology")
+    for cpu, text in read_sibling_lists(sysfs_root, online).items():
         try:
-            siblings[cpu] = parse_cpulist(_read(os.path.join(topo, "thread_siblings_list")),
-                                          what="cpu%d thread_siblings_list" % cpu)
-        except OSError:
-            siblings[cpu] = frozenset([cpu])
+            siblings[cpu] = frozenset([cpu]) if text is None else parse_cpulist(
+                text, what="cpu%d thread_siblings_list" % cpu)
         except CpuListError as exc:
             raise TopologyError(str(exc)) from exc
+        topo = os.path.join(cpu_dir, "cpu%d" % cpu, "topology")
         for name, target in (("core_id", core_id), ("physical_package_id", package_id)):
             try:
                 target[cpu] = int(_read(os.path.join(topo, name)))
             except (OSError, ValueError):
                 pass
     node_of = {}
-    node_dir = os.path.join(sysfs_root, "devices", "system", "node")
-    try:
-        entries = sorted(os.listdir(node_dir))
-    except OSError:
-        entries = []
-    for entry in entries:
-        match = re.match(r"^node(\d+)$", entry)
-        if not match:
+    for node, text in read_node_lists(sysfs_root).items():
+        if text is None:
             continue
-        path = os.path.join(node_dir, entry, "cpulist")
+        path = os.path.join(sysfs_root, "devices", "system", "node", "node%d" % node, "cpulist")
         try:
-            cpus = parse_cpulist(_read(path), what=path)
-        except OSError:
-            continue
+            cpus = parse_cpulist(text, what=path)
         except CpuListError as exc:
             raise TopologyError(str(exc)) from exc
         for cpu in cpus & online:
-            node_of.setdefault(cpu, int(match.group(1)))
+            node_of.setdefault(cpu, node)
     for cpu in online:
         node_of.setdefault(cpu, 0)
     present_path = os.path.join(cpu_dir, "present")

@@ -330,7 +330,8 @@ ansible_facts:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError
-from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import IsolationError, gather
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import gather
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_read import IsolationError
 
 
 def get_argument_spec():

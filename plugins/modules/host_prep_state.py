@@ -230,7 +230,8 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import (
     summary,
     verdict,
 )
-from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import IsolationError, gather
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import gather
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_read import IsolationError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._kvm import DEVICE as KVM_DEVICE, udev_manages_devices
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
 

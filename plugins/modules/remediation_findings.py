@@ -143,7 +143,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError, discover_layout
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError
-from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import IsolationError, gather
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import gather
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_read import IsolationError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._libvirt import LibvirtError, import_libvirt
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     PartitionNameError,

@@ -144,7 +144,7 @@ def test_bad_input_fails_in_the_plan_task_before_any_change(tmp_path, partition)
 def test_read_only_smp_affinity_means_the_kernel_refuses_the_move():
     """The fast path skips IRQs whose smp_affinity the kernel made read-only; prove on this kernel that such an
     IRQ really cannot be moved (writing its own current value back is refused, so nothing changes either way)."""
-    from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import irq_changeable
+    from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_irqs import irq_changeable
     read_only = []
     for entry in sorted(pathlib.Path("/proc/irq").iterdir()):
         if entry.name.isdigit() and not (entry / "smp_affinity").stat().st_mode & 0o200:

@@ -9,6 +9,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cmdline import (
     missing_from_running,
     parse,
     render,
+    split_cmdline,
 )
 
 GRUB = 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX="console=ttyS0 isolcpus=3"\n'
@@ -53,3 +54,13 @@ def test_running_cmdline_comparison():
     running = "BOOT_IMAGE=/vmlinuz isolcpus=1 quiet -- init args isolcpus=9"
     assert missing_from_running(running, {"isolcpus": "1", "nohz_full": "1"}) == ["nohz_full"]
     assert missing_from_running(running, {}, absent=["quiet"]) == ["quiet"]
+
+
+def test_split_cmdline_groups_quotes_and_stops_at_the_double_dash():
+    assert split_cmdline('ro foo="a b" bar -- init "x y"') == ["ro", "foo=a b", "bar"]
+    assert split_cmdline("") == [] and split_cmdline(None) == []
+
+
+def test_running_cmdline_with_a_quoted_value():
+    running = 'BOOT_IMAGE=/vmlinuz dyndbg="file x.c +p" isolcpus=1'
+    assert missing_from_running(running, {"isolcpus": "1", "dyndbg": "file x.c +p"}) == []

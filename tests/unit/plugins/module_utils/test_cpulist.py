@@ -8,6 +8,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     normalize_cpulist,
     parse_cpulist,
     parse_cpumask,
+    parse_libvirt_cpuset,
 )
 
 
@@ -75,3 +76,26 @@ def test_mask_parse_kernel_form():
     assert format_cpumask({0, 33}) == "2,00000001"
     with pytest.raises(CpuListError):
         parse_cpumask("zz")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2", {2}),
+    ("0-3,^2", {0, 1, 3}),
+    ("0-3,^2,^3", {0, 1}),
+    ("^3,1-4", {1, 2, 3, 4}),  # an exclusion removes only what came before it, as in libvirt
+])
+def test_libvirt_cpuset(text, expected):
+    assert parse_libvirt_cpuset(text) == expected
+
+
+@pytest.mark.parametrize("text, match", [
+    (None, "is empty"),
+    ("", "is empty"),
+    ("0-3,^2-3", r"not N, N-M or \^N"),  # libvirt refuses a range after ^
+    ("0-7:2/4", r"not N, N-M or \^N"),   # the kernel's strides are no libvirt syntax
+    ("1,,2", "stray comma"),
+    ("^1", "selects no CPU"),
+])
+def test_libvirt_cpuset_refuses_what_libvirt_refuses(text, match):
+    with pytest.raises(CpuListError, match=match):
+        parse_libvirt_cpuset(text)

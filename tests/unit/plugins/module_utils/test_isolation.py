@@ -10,7 +10,21 @@ import shutil
 import pytest
 from hypothesis import given, strategies as st
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils import _isolation as iso
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import parse_cpulist
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import gather
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_cgroups import partition_cgroup_paths
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_guests import classify_qemu_thread, expected_pinning
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_parse import (
+    POLICIES,
+    isolcpus_isolates,
+    parse_cmdline,
+    parse_domain_status,
+    parse_interrupts,
+    parse_stat,
+    parse_status_affinity,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_read import IsolationError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_tasks import scan_tasks
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import parse_mountinfo
 from tests.unit.fixtures.hosts import make_hosts
 
@@ -33,13 +47,13 @@ HOSTS = pathlib.Path(__file__).resolve().parents[2] / "fixtures" / "hosts"
     ('foo="a isolcpus=9" nohz_full=1 -- isolcpus=7', {"isolcpus": None, "nohz_full": "1"}),
 ])
 def test_parse_cmdline(text, expected):
-    result = iso.parse_cmdline(text)
+    result = parse_cmdline(text)
     for key, value in expected.items():
         assert result[key] == value
 
 
 def test_parse_cmdline_unknown_isolcpus_flag():
-    result = iso.parse_cmdline("isolcpus=bogus,domain,4")
+    result = parse_cmdline("isolcpus=bogus,domain,4")
     assert result["isolcpus_flags"] == ["domain"]
     assert result["isolcpus_unknown_flags"] == ["bogus"]
     assert result["isolcpus"] == "4"
@@ -48,7 +62,7 @@ def test_parse_cmdline_unknown_isolcpus_flag():
 @pytest.mark.parametrize("flags, isolates", [([], True), (["domain"], True), (["nohz", "domain"], True),
                                              (["nohz"], False), (["managed_irq"], False)])
 def test_isolcpus_isolates(flags, isolates):
-    assert iso.isolcpus_isolates(flags) is isolates
+    assert isolcpus_isolates(flags) is isolates
 
 
 # ------------------------------------------------------------------------------------ stat / status
@@ -64,27 +78,27 @@ def _stat(tid, comm, state="S", flags=0x400100, last_cpu=3, rt_priority=0, polic
 
 @pytest.mark.parametrize("comm", ["bash", "CPU 0/KVM", "my (weird) proc)", ") (", "a) S 1 2 3", "(sd-pam)"])
 def test_parse_stat_comm_with_spaces_and_parentheses(comm):
-    assert iso.parse_stat(_stat(77, comm, "R", 0x208040, 5, 50, 1)) == (comm, "R", 0x208040, 5, 50, 1)
+    assert parse_stat(_stat(77, comm, "R", 0x208040, 5, 50, 1)) == (comm, "R", 0x208040, 5, 50, 1)
 
 
 def test_parse_stat_real_line():
     line = (b"1 (process_api) S 0 0 0 0 -1 4194560 33921 1064749 0 662 28 193 3512 1491 10 -10 14 0 24 "
             b"46469120 3315 18446744073709551615 1 1 0 0 0 0 0 4096 1256 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n")
-    assert iso.parse_stat(line) == ("process_api", "S", 4194560, 1, 0, 0)
+    assert parse_stat(line) == ("process_api", "S", 4194560, 1, 0, 0)
 
 
 @given(st.text(alphabet=st.characters(blacklist_characters="\n\x00", blacklist_categories=("Cs",)),
                min_size=0, max_size=15),
-       st.integers(0, 1023), st.integers(0, 99), st.sampled_from(sorted(iso.POLICIES)))
+       st.integers(0, 1023), st.integers(0, 99), st.sampled_from(sorted(POLICIES)))
 def test_parse_stat_property(comm, cpu, priority, policy):
-    assert iso.parse_stat(_stat(1, comm, "S", 0, cpu, priority, policy)) == (comm, "S", 0, cpu, priority, policy)
+    assert parse_stat(_stat(1, comm, "S", 0, cpu, priority, policy)) == (comm, "S", 0, cpu, priority, policy)
 
 
 def test_parse_status_affinity():
     text = "Name:\tbash\nCpus_allowed:\tff\nCpus_allowed_list:\t0-7\nMems_allowed_list:\t0\n"
-    assert iso.parse_status_affinity(text) == "0-7"
-    assert iso.parse_status_affinity(b"Cpus_allowed_list:\t3\n") == "3"
-    assert iso.parse_status_affinity("Name:\tx\n") is None
+    assert parse_status_affinity(text) == "0-7"
+    assert parse_status_affinity(b"Cpus_allowed_list:\t3\n") == "3"
+    assert parse_status_affinity("Name:\tx\n") is None
 
 
 # ------------------------------------------------------------------------------------ IRQs
@@ -95,7 +109,7 @@ def test_parse_interrupts():
             "  28:          0          0 PCI-MSIX-0000:00:01.0   0-edge      virtio0-config\n"
             "  33:          0          0  IR-IO-APIC   19-fasteoi\n"
             " NMI:          0          0   Non-maskable interrupts\n")
-    table = iso.parse_interrupts(text)
+    table = parse_interrupts(text)
     assert sorted(table) == [24, 28, 33]
     assert table[24] == {"counts": [1, 0], "chip": "IO-APIC", "name": "ACPI:Ged"}
     assert table[28]["chip"] == "PCI-MSIX-0000:00:01.0" and table[28]["name"] == "virtio0-config"
@@ -105,35 +119,35 @@ def test_parse_interrupts():
 # ------------------------------------------------------------------------------------ domain XML
 
 def test_parse_domain_status_v1_fixture(v1_isolcpus_root):
-    domain = iso.parse_domain_status((v1_isolcpus_root / "run/libvirt/qemu/rt1.xml").read_text())
+    domain = parse_domain_status((v1_isolcpus_root / "run/libvirt/qemu/rt1.xml").read_text())
     assert domain["name"] == "rt1" and domain["id"] == 3 and domain["pid"] == 1000
     assert domain["vcpus"] == 2 and domain["vcpu_tids"] == {0: 1010, 1: 1011}
     assert domain["vcpupin"] == {0: {2}, 1: {3}}
     assert domain["emulatorpin"] == {0, 1}
-    assert domain["iothreads"] == [1] and domain["iothreadpin"] == {1: {0, 1}}   # 0-3,^2-3
+    assert domain["iothreads"] == [1] and domain["iothreadpin"] == {1: {0, 1}}   # 0-3,^2,^3
     assert domain["partition"] == "/machine"
-    assert iso.expected_pinning(domain, "vcpu", 1) == {3}
+    assert expected_pinning(domain, "vcpu", 1) == {3}
 
 
 def test_parse_domain_plain_xml_default_cpuset():
-    domain = iso.parse_domain_status(
+    domain = parse_domain_status(
         "<domain type='kvm'><name>d</name><vcpu placement='static' cpuset='0-3,^1'>3</vcpu>"
         "<cputune><vcpupin vcpu='2' cpuset='5'/></cputune></domain>")
     assert domain["pid"] is None and domain["id"] is None
-    assert iso.expected_pinning(domain, "vcpu", 0) == {0, 2, 3}
-    assert iso.expected_pinning(domain, "vcpu", 2) == {5}
-    assert iso.expected_pinning(domain, "emulator") == {0, 2, 3}
+    assert expected_pinning(domain, "vcpu", 0) == {0, 2, 3}
+    assert expected_pinning(domain, "vcpu", 2) == {5}
+    assert expected_pinning(domain, "emulator") == {0, 2, 3}
 
 
 def test_parse_domain_unpinned():
-    domain = iso.parse_domain_status("<domain><name>d</name><vcpu>1</vcpu></domain>")
-    assert iso.expected_pinning(domain, "vcpu", 0) is None
-    assert iso.expected_pinning(domain, "emulator") is None
+    domain = parse_domain_status("<domain><name>d</name><vcpu>1</vcpu></domain>")
+    assert expected_pinning(domain, "vcpu", 0) is None
+    assert expected_pinning(domain, "emulator") is None
 
 
 def test_parse_domain_rejects_other_xml():
     with pytest.raises(ValueError):
-        iso.parse_domain_status("<network/>")
+        parse_domain_status("<network/>")
 
 
 @pytest.mark.parametrize("comm, tid, tids, expected", [
@@ -145,7 +159,7 @@ def test_parse_domain_rejects_other_xml():
     ("vhost-1234", 9, {0: 10}, ("emulator", None)),
 ])
 def test_classify_qemu_thread(comm, tid, tids, expected):
-    assert iso.classify_qemu_thread(comm, tid, tids) == expected
+    assert classify_qemu_thread(comm, tid, tids) == expected
 
 
 @pytest.mark.parametrize("partition, plain, systemd", [
@@ -155,12 +169,12 @@ def test_classify_qemu_thread(comm, tid, tids, expected):
     ("/rt", "rt.partition", "rt.slice"),
 ])
 def test_partition_cgroup_paths(partition, plain, systemd):
-    assert iso.partition_cgroup_paths(partition) == (plain, systemd)
+    assert partition_cgroup_paths(partition) == (plain, systemd)
 
 
 def test_partition_cgroup_paths_empty():
-    with pytest.raises(iso.IsolationError):
-        iso.partition_cgroup_paths("/")
+    with pytest.raises(IsolationError):
+        partition_cgroup_paths("/")
 
 
 # ------------------------------------------------------------------------------------ gather()
@@ -186,8 +200,8 @@ def _gather(shape, **kwargs):
 
 
 def _gather_root(root, **kwargs):
-    return iso.gather(proc_root=str(root / "proc"), sys_root=str(root / "sys"),
-                      run_root=str(root / "run/libvirt/qemu"), **kwargs)
+    return gather(proc_root=str(root / "proc"), sys_root=str(root / "sys"),
+                  run_root=str(root / "run/libvirt/qemu"), **kwargs)
 
 
 def _brief(violations):
@@ -370,7 +384,7 @@ def test_isolcpus_mismatch(tmp_path):
     root = tmp_path / "host"
     shutil.copytree(HOSTS / "minimal", root)
     (root / "sys/devices/system/cpu/isolated").write_text("\n")
-    facts = iso.gather(proc_root=str(root / "proc"), sys_root=str(root / "sys"), run_root=str(root / "none"))
+    facts = gather(proc_root=str(root / "proc"), sys_root=str(root / "sys"), run_root=str(root / "none"))
     assert [(v["offender"], v["requested"], v["reported"]) for v in facts["violations"]
             if v["kind"] == "cmdline_mismatch"] == [("isolcpus=", "1", ""), ("nohz_full=", "1", None)]
 
@@ -378,14 +392,14 @@ def test_isolcpus_mismatch(tmp_path):
 def test_explicit_layout_is_used():
     root = HOSTS / "minimal"
     layout = parse_mountinfo((root / "proc/self/mountinfo").read_text())
-    facts = iso.gather(proc_root=str(root / "proc"), sys_root=str(root / "sys"), run_root="/nonexistent",
-                       layout=layout)
+    facts = gather(proc_root=str(root / "proc"), sys_root=str(root / "sys"), run_root="/nonexistent",
+                   layout=layout)
     assert facts["cgroup"] == layout.as_dict()
 
 
 @pytest.mark.parametrize("value", ["x", "3-1", "1,,2"])
 def test_bad_isolated_cpus_option(value):
-    with pytest.raises(iso.IsolationError, match="isolated_cpus"):
+    with pytest.raises(IsolationError, match="isolated_cpus"):
         _gather("minimal", isolated_cpus=value)
 
 
@@ -397,13 +411,13 @@ def test_gather_does_not_write(tmp_path, v1_isolcpus_root):
     root = tmp_path / "host"
     shutil.copytree(v1_isolcpus_root, root)
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    iso.gather(proc_root=str(root / "proc"), sys_root=str(root / "sys"), run_root=str(root / "run/libvirt/qemu"))
+    gather(proc_root=str(root / "proc"), sys_root=str(root / "sys"), run_root=str(root / "run/libvirt/qemu"))
     after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert before == after
 
 
 def test_scan_tasks_counts_every_task_once(v1_isolcpus_root):
-    scan = iso.scan_tasks(str(v1_isolcpus_root / "proc"), frozenset({2, 3, 6, 7}), guest_pids=[1000])
+    scan = scan_tasks(str(v1_isolcpus_root / "proc"), frozenset({2, 3, 6, 7}), guest_pids=[1000])
     assert scan.count == 18
     assert [t[0] for t in sorted(scan.guest_tasks[1000])] == [1000, 1001, 1010, 1011, 1020]
     assert sorted(scan.leaks) == ["300"]
@@ -425,12 +439,12 @@ def test_scan_tasks_with_affinity_of_finds_the_same(v1_isolcpus_root, affinity_i
     def affinity_of(tid):
         asked.append(tid)
         for status in proc.glob("*/task/%d/status" % tid):
-            return iso.parse_cpulist(iso.parse_status_affinity(status.read_bytes()))
+            return parse_cpulist(parse_status_affinity(status.read_bytes()))
         raise ProcessLookupError(tid)
 
-    plain = iso.scan_tasks(str(proc), isolated, guest_pids=[1000])
-    shortcut = iso.scan_tasks(str(proc), isolated, guest_pids=[1000], affinity_of=affinity_of,
-                              affinity_is_status=affinity_is_status)
+    plain = scan_tasks(str(proc), isolated, guest_pids=[1000])
+    shortcut = scan_tasks(str(proc), isolated, guest_pids=[1000], affinity_of=affinity_of,
+                          affinity_is_status=affinity_is_status)
     assert _scan_state(shortcut) == _scan_state(plain)
     assert len(asked) == (plain.count if affinity_is_status else plain.count - 5)  # guests: 5 tasks, read in full
 
@@ -439,5 +453,5 @@ def test_scan_tasks_skips_a_task_gone_before_its_affinity(v1_isolcpus_root):
     def gone(tid):
         raise ProcessLookupError(tid)
 
-    scan = iso.scan_tasks(str(v1_isolcpus_root / "proc"), frozenset({2, 3, 6, 7}), guest_pids=[1000], affinity_of=gone)
+    scan = scan_tasks(str(v1_isolcpus_root / "proc"), frozenset({2, 3, 6, 7}), guest_pids=[1000], affinity_of=gone)
     assert scan.count == 5  # only the guest's tasks, which are read in full

@@ -16,7 +16,7 @@ import re
 import pytest
 
 from ansible_collections.rtvirt.kvm.plugins.filter.realtime import FilterModule
-from ansible_collections.rtvirt.kvm.plugins.module_utils import _isolation as iso
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import gather
 from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
     DomainSpec,
     allocation_requests,
@@ -98,10 +98,10 @@ def host(tmp_path):
 
 
 def _facts(root, partitions=("/machine/rt",), **kwargs):
-    return iso.gather(proc_root=str(root / "proc"), sys_root=str(root / "sys"),
-                      run_root=str(root / "run/libvirt/qemu"), realtime_partitions=list(partitions),
-                      libvirt_config_dir=str(root / "etc/libvirt"), systemd_run_dir=str(root / "no-systemd"),
-                      **kwargs)
+    return gather(proc_root=str(root / "proc"), sys_root=str(root / "sys"),
+                  run_root=str(root / "run/libvirt/qemu"), realtime_partitions=list(partitions),
+                  libvirt_config_dir=str(root / "etc/libvirt"), systemd_run_dir=str(root / "no-systemd"),
+                  **kwargs)
 
 
 def _reasons(root, guests=(GUEST,), facts=None, **role):
@@ -283,9 +283,9 @@ def test_facts_of_an_older_collection(host):
 
 def test_systemd_host_is_never_steady(host):
     (host / "systemd").mkdir()
-    facts = iso.gather(proc_root=str(host / "proc"), sys_root=str(host / "sys"),
-                       run_root=str(host / "run/libvirt/qemu"), realtime_partitions=["/machine/rt"],
-                       libvirt_config_dir=str(host / "etc/libvirt"), systemd_run_dir=str(host / "systemd"))
+    facts = gather(proc_root=str(host / "proc"), sys_root=str(host / "sys"),
+                   run_root=str(host / "run/libvirt/qemu"), realtime_partitions=["/machine/rt"],
+                   libvirt_config_dir=str(host / "etc/libvirt"), systemd_run_dir=str(host / "systemd"))
     assert any("systemd host" in r for r in _reasons(host, facts=facts))
 
 
