@@ -15,13 +15,11 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
     AllocationError,
     DomainXMLError,
     Holdings,
-    Request,
-    allocate,
-    allocate_all,
     guest_pins_from_domain_xml,
     holdings_from_domain_xml,
     parse_libvirt_cpuset,
 )
+from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu_allocator import Request, allocate, allocate_all
 from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import Topology, TopologyError, read_topology
 
 # ---------------------------------------------------------------------------------------------
