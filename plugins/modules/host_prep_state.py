@@ -212,7 +212,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError, parse_cpulist
-from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import RealtimeCpusError, plan_argument_spec, plan_host
+from ansible_collections.rtvirt.kvm.plugins.module_utils._realtime_cpus import RealtimeCpusError, plan_argument_spec, plan_host
 from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import (
     check_cmdline,
     check_file,

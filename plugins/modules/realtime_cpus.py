@@ -136,7 +136,7 @@ emulator_mode:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError
-from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import RealtimeCpusError, plan_argument_spec, plan_host
+from ansible_collections.rtvirt.kvm.plugins.module_utils._realtime_cpus import RealtimeCpusError, plan_argument_spec, plan_host
 
 
 def get_argument_spec():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import parse_cpulist as P
-from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import RealtimeCpusError, choose, validate
+from ansible_collections.rtvirt.kvm.plugins.module_utils._realtime_cpus import RealtimeCpusError, choose, validate
 
 
 def smt(pairs):
