@@ -133,3 +133,25 @@ def test_irq_affinity(proc):
     assert open(os.path.join(proc, "irq/10/smp_affinity_list")).read().strip() == "0"
     again = run_module(irq_affinity, {"cpus": "0", "proc_root": proc})
     assert not again["changed"]
+
+
+def test_irq_affinity_check_mode_on_a_converged_host(tmp_path):
+    proc, sys_root = str(tmp_path / "proc"), str(tmp_path / "sys")
+    write(proc + "/irq/default_smp_affinity", "1")
+    write(proc + "/irq/10/smp_affinity_list", "0")
+    write(proc + "/irq/10/smp_affinity", "1")
+    # Managed IRQs outside the CPUs, which no run can move: a read-only smp_affinity, and debugfs's flag.
+    write(proc + "/irq/11/smp_affinity_list", "1")
+    write(proc + "/irq/11/smp_affinity", "2")
+    os.chmod(proc + "/irq/11/smp_affinity", 0o444)
+    write(proc + "/irq/12/smp_affinity_list", "1")
+    write(proc + "/irq/12/smp_affinity", "2")
+    write(sys_root + "/kernel/debug/irq/irqs/12", "handler: handle_edge_irq\nflags: 0x0\n IRQD_AFFINITY_MANAGED\n")
+    checked = run_module(irq_affinity, {"cpus": "0", "proc_root": proc, "sys_root": sys_root}, check_mode=True)
+    assert not checked["changed"] and checked["moved"] == []
+    assert [u["irq"] for u in checked["unmovable"]] == [11, 12]
+    # Without the flag, IRQ 12 would move: check mode says so.
+    write(sys_root + "/kernel/debug/irq/irqs/12", "handler: handle_edge_irq\n")
+    checked = run_module(irq_affinity, {"cpus": "0", "proc_root": proc, "sys_root": sys_root}, check_mode=True)
+    assert checked["changed"] and [m["irq"] for m in checked["moved"]] == [12]
+    assert open(proc + "/irq/12/smp_affinity_list").read().strip() == "1"
