@@ -28,11 +28,11 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     CpuListError,
     format_cpulist,
     parse_cpulist,
+    parse_libvirt_cpuset,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
     METADATA_NS,
     DomainXMLError,
-    parse_libvirt_cpuset,
 )
 
 FIFO_MIN = 1
@@ -306,7 +306,12 @@ def _kib(element, what):
 
 
 def _cpuset(text, what):
-    return format_cpulist(parse_libvirt_cpuset(text, what=what)) if text else None
+    if not text:
+        return None
+    try:
+        return format_cpulist(parse_libvirt_cpuset(text, what=what))
+    except CpuListError as exc:
+        raise DomainXMLError(str(exc)) from exc
 
 
 def owned_view(xml_text):

@@ -26,7 +26,7 @@ import re
 import stat
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import discover_layout
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cmdline import CmdlineParseError, plan_edit
+from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import CmdlineParseError, plan_edit
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     CpuListError,
     format_cpulist,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cmdline import split_cmdline
+from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import split_cmdline
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import parse_libvirt_cpuset
 
 PF_USER_WORKER = 0x00004000   # kernel-made tasks inside a user process (vhost, kvm-nx-lpage-recovery)

@@ -77,7 +77,7 @@ def findings(cpuset, present, partitions, partition_dirs, running, violations, r
             "kind": "leftover_guest_cgroup", "target": path,
             "message": "cgroup %s of guest %s, which does not run, is left in %s"
                        % (path, info["guest"], ", ".join(sorted(info["hierarchies"]))),
-            "fix": {"module": "cgroup_cleanup", "path": path, "hierarchies": sorted(info["hierarchies"])},
+            "fix": {"module": "cgroup_cpuset", "path": path, "hierarchies": sorted(info["hierarchies"])},
         })
     # 4. isolation violations
     for violation in violations:

@@ -9,8 +9,8 @@ the full path's modules run, on the same inputs the role gives them:
 
 * the pool and the emulator CPUs as the role settles them (the facts' isolated CPUs recomputed with the
   role's own ``realtime_vm_isolated_cpus``, whatever option the facts were gathered with);
-* every guest planned by ``_pcpu.allocate_all`` (pcpu_allocation), the requests built by
-  ``_pcpu.requests_from_entries`` from ``_domain_xml.allocation_requests``, the holdings from every
+* every guest planned by ``_pcpu_allocator.allocate_all`` (pcpu_allocation), the requests built by
+  ``_pcpu_allocator.requests_from_entries`` from ``_domain_xml.allocation_requests``, the holdings from every
   persistent definition the facts read from libvirt's config directory;
 * every present guest rendered by ``_domain_xml.render`` into its persistent definition and compared
   with ``_domain_xml.differences`` (realtime_domain): any difference, or a guest not defined or not
@@ -38,11 +38,10 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
     PcpuError,
-    allocate_all,
     guest_pins_from_domain_xml,
     holdings_from_domain_xml,
-    requests_from_entries,
 )
+from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu_allocator import allocate_all, requests_from_entries
 from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import Topology, TopologyError
 
 SYSTEM_URI = "qemu:///system"

@@ -139,6 +139,16 @@ options:
         Without it, a cgroup with tasks makes the module fail and list their PIDs.
     type: bool
     default: false
+  all_hierarchies:
+    description:
+      - With V(true), every cgroup with O(state=absent) is also removed from every other mounted cgroup hierarchy
+        (cgroup v1 C(cpu), C(memory), ...; the v2 hierarchy beside a v1 cpuset). Its tasks are moved to the
+        cgroup's parent first (threads one by one through C(tasks) on v1, processes through C(cgroup.procs) on v2),
+        then its directories are removed deepest first. Results in RV(other_hierarchies).
+      - Only for libvirt's trees, paths below C(machine), C(machine.slice) or a top-level partition
+        (C(rt.partition), C(rt.slice)). The memory hierarchy's C(process_api) cgroup is never touched.
+    type: bool
+    default: false
   mountpoint:
     description:
       - The cpuset hierarchy's mount point. Discovered from C(/proc/self/mountinfo) when omitted.
@@ -208,6 +218,13 @@ EXAMPLES = r"""
     path: machine/qemu-3-old.libvirt-qemu
     state: absent
     migrate: true
+
+- name: Remove a dead guest's cgroups from every hierarchy, not only the cpuset one
+  rtvirt.kvm.cgroup_cpuset:
+    path: machine/qemu-3-old.libvirt-qemu
+    state: absent
+    migrate: true
+    all_hierarchies: true
 """
 
 RETURN = r"""
@@ -247,6 +264,15 @@ planned:
   type: list
   elements: str
   sample: ["mkdir '/machine/rt.partition'", "write '1' to machine/rt.partition/cpuset.cpus"]
+other_hierarchies:
+  description:
+    - With O(all_hierarchies), what was done (in check mode, would be done) in the other hierarchies,
+      C(removed), the directories removed deepest first, and C(moved), the tasks moved, with C(tid) and C(to).
+      Both empty without it.
+  returned: always
+  type: dict
+  sample: {removed: [/sys/fs/cgroup/cpu/machine/qemu-3-rt1.libvirt-qemu/vcpu0],
+           moved: [{tid: 4242, to: /sys/fs/cgroup/cpu/machine}]}
 notes:
   description: What the planner decided on its own, such as descendants narrowed to fit a narrowed parent.
   returned: always
@@ -259,6 +285,11 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroup_remove import (
+    CgroupRemoveError,
+    libvirt_path_problem,
+    remove_elsewhere,
+)
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import (
     CgroupDiscoveryError,
     discover_layout,
@@ -299,6 +330,7 @@ def get_argument_spec():
         cgroups=dict(type="list", elements="dict",
                      options=dict(path=dict(type="str", required=True), **CGROUP_OPTIONS)),
         migrate=dict(type="bool", default=False),
+        all_hierarchies=dict(type="bool", default=False),
         mountpoint=dict(type="path"),
         hierarchy_version=dict(type="int", choices=[1, 2]),
         lock_timeout=dict(type="int", default=60),
@@ -372,17 +404,28 @@ def run(module):
     params = module.params
     entries = params["cgroups"] if params["cgroups"] is not None else [params]
     requests = [build_request(entry) for entry in entries]
+    removals = [r.path for r in requests if r.state == "absent"] if params["all_hierarchies"] else []
+    for path in removals:
+        problem = libvirt_path_problem(path)
+        if problem:
+            raise InputError(problem)
     fs = open_hierarchy(params["mountpoint"], params["hierarchy_version"])
     for request in requests:
         try:
             fs.check_no_symlink(request.path)
         except CpusetPathError as exc:
             raise InputError(str(exc)) from None
+    elsewhere = {"removed": [], "moved": []}
 
     def converge():
         result_plan = plan(fs, requests, migrate=params["migrate"])
         if result_plan.changed and not module.check_mode:
             execute(fs, result_plan.ops, before=result_plan.before)
+        if removals:
+            mounts = discover_layout().mounts
+            for path in removals:
+                remove_elsewhere(path, mounts, skip={os.path.realpath(fs.mountpoint)}, check_mode=module.check_mode,
+                                 moved=elsewhere["moved"], removed=elsewhere["removed"])
         return result_plan
 
     if module.check_mode:
@@ -395,13 +438,14 @@ def run(module):
     for entry in cgroups:
         entry["real_path"] = fs.real_path(entry["path"])
     result = dict(
-        changed=result_plan.changed,
+        changed=result_plan.changed or bool(elsewhere["removed"]),
         mountpoint=fs.mountpoint,
         hierarchy_version=fs.version,
         cgroups=cgroups,
         writes=[{"file": path, "value": value} for path, value in fs.writes],
         planned=[op.describe(fs.version) for op in result_plan.ops],
         notes=result_plan.notes,
+        other_hierarchies=elsewhere,
     )
     if module._diff and result_plan.changed:
         result["diff"] = render_diff(fs, result_plan)
@@ -419,6 +463,9 @@ def main():
         result = run(module)
     except (InputError, PlanError, CgroupDiscoveryError, LockTimeout) as exc:
         module.fail_json(msg=str(exc), changed=False)
+    except CgroupRemoveError as exc:
+        module.fail_json(msg=str(exc), changed=bool(exc.moved or exc.removed),
+                         other_hierarchies={"removed": exc.removed, "moved": exc.moved})
     except ApplyError as exc:
         module.fail_json(msg=exc.message, changed=bool(exc.rollback_failures),
                          writes=[{"file": path, "value": value} for path, value in exc.writes],

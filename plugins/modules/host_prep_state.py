@@ -11,10 +11,16 @@ module: host_prep_state
 short_description: Plan a host's realtime layout and report, in one pass, what host_prep would still change
 version_added: "0.2.0"
 description:
-  - The first task of the C(rtvirt.kvm.host_prep) role. It plans the realtime CPUs and the cgroup layout exactly
-    like M(rtvirt.kvm.realtime_cpus) (same options, same results, same errors before any change) and then reads,
-    in the same process, every part of the host the role manages. RV(pending) names each area of the role that
-    differs from the plan, with the reasons; the role runs only those areas, through the same modules as always.
+  - The first task of the C(rtvirt.kvm.host_prep) role. It plans the realtime CPUs and the cgroup layout and then
+    reads, in the same process, every part of the host the role manages. RV(pending) names each area of the role
+    that differs from the plan, with the reasons; the role runs only those areas, through the same modules as always.
+  - "The plan: the realtime CPUs in O(cpus) are validated or, when O(cpus) is empty, chosen: the first
+    O(housekeeping_cores_per_node) whole SMT cores of every NUMA node stay housekeeping, all other whole cores
+    become realtime (deterministic). It fails, before anything on the host is changed by later tasks, when the set
+    names CPUs that do not exist or are offline, takes every CPU of a NUMA node, or leaves no housekeeping CPU; a
+    split SMT core is a warning. The cgroup layout of docs/LAYOUT.md follows: C(/machine) on the housekeeping
+    CPUs, the emulator CPUs, and every realtime partition's CPUs and exclusivity, checked against libvirt's naming
+    and the kernel's rules."
   - Why one pass. Every module task costs a new Python process on the target; asking a dozen tasks whether they
     have anything to do costs seconds on a host where nothing changed. A realtime host is re-converged often
     (CI, remediation, fleets in serial), and a converge that reads instead of writes is also what keeps the
@@ -22,8 +28,9 @@ description:
   - An area is reported pending whenever this module cannot prove its tasks would change nothing (an unparsable
     GRUB file, an IRQ outside the housekeeping CPUs whose changeability debugfs does not tell). It never reports
     converged what the area's tasks would change; the unit tests hold it to the same inputs as those tasks.
-  - With O(verify=true) it also returns C(ansible_facts.cpu_isolation), the facts of
-    M(rtvirt.kvm.cpu_isolation_facts) gathered for the planned realtime CPUs and partitions.
+  - With O(verify=true) it also returns RV(cpu_isolation), the facts of M(rtvirt.kvm.cpu_isolation_facts)
+    gathered for the planned realtime CPUs and partitions (as a result, not as facts; only the facts module sets
+    facts).
   - The module never changes anything.
 author:
   - rtvirt.kvm contributors (@rtvirt-kvm)
@@ -31,55 +38,135 @@ extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 options:
   cpus:
-    description: As M(rtvirt.kvm.realtime_cpus)'s O(rtvirt.kvm.realtime_cpus#module:cpus).
+    description:
+      - The realtime CPUs in the kernel's list syntax (C(2-5,8)). Empty or omitted chooses them automatically.
     type: str
   housekeeping_cores_per_node:
-    description: As M(rtvirt.kvm.realtime_cpus)'s option of that name.
+    description:
+      - For the automatic choice, how many whole cores of every NUMA node stay housekeeping.
     type: int
     default: 1
   partitions:
-    description: As M(rtvirt.kvm.realtime_cpus)'s option of that name.
+    description:
+      - Realtime partitions to plan, beside C(/machine).
     type: list
     elements: dict
     default: []
+    suboptions:
+      name:
+        description: libvirt's C(<partition>), such as C(/rt).
+        type: str
+        required: true
+      cpus:
+        description:
+          - Its CPUs. Default the realtime CPUs plus the emulator CPUs, because libvirt puts a guest's emulator cgroup
+            inside its partition, and a cpuset must hold its children's CPUs (see docs/LAYOUT.md).
+        type: str
+      exclusive:
+        description:
+          - Defaults to true with dedicated O(emulator_cpus) and false without; true without them is refused,
+            because the partition then overlaps C(/machine) on the housekeeping CPUs.
+        type: bool
   emulator_cpus:
-    description: As M(rtvirt.kvm.realtime_cpus)'s option of that name.
+    description:
+      - CPUs dedicated to the realtime guests' emulator threads, neither realtime nor needed by the host. Empty
+        shares the housekeeping CPUs with C(/machine) and the host.
     type: str
     default: ""
   narrow_machine:
-    description: As M(rtvirt.kvm.realtime_cpus)'s option of that name.
+    description:
+      - Plan C(/machine) on the housekeeping CPUs (minus dedicated emulator CPUs), which rules out realtime
+        partitions below C(/machine).
     type: bool
     default: true
   cmdline:
     description:
-      - "Check the kernel command line in a GRUB defaults file: C(path) and C(isolcpus_flags). Omit when the role
-        does not manage it."
+      - Check the kernel command line in a GRUB defaults file. Omit when the role does not manage it.
     type: dict
+    suboptions:
+      path:
+        description: The GRUB defaults file.
+        type: path
+        required: true
+      isolcpus_flags:
+        description: Flags put before the CPU list in C(isolcpus=).
+        type: str
+        default: ""
   libvirt:
     description:
-      - "Check that libvirt is installed and running: C(packages) (checked in dpkg's status where dpkg exists),
-        C(service_packages) (checked too on systemd hosts), C(starter) (the content of the daemon starter for hosts
-        without systemd) and C(starter_path)."
+      - Check that libvirt is installed and running.
       - "Also that QEMU can use KVM as on a packaged install: group C(kvm) exists with C(libvirt-qemu) in it, and,
         where no udev manages C(/dev), C(/dev/kvm) is C(root:kvm 0660) (RV(manage_kvm_device))."
     type: dict
+    suboptions:
+      packages:
+        description: Packages to find in dpkg's status (where dpkg exists).
+        type: list
+        elements: str
+        default: []
+      service_packages:
+        description: Packages to find as well on systemd hosts (those that bring the service units).
+        type: list
+        elements: str
+        default: []
+      starter:
+        description: The content of the daemon starter for hosts without systemd.
+        type: str
+      starter_path:
+        description: Where the starter is installed.
+        type: path
   hook:
     description:
-      - "Check the libvirt qemu hook: C(path), C(content) (the rendered script) and C(layout_path) (the JSON file
-        the hook reads the layout from; its content is RV(hook_layout)); on hosts without systemd also the daemon
-        helper its reload handler uses, C(starter) and C(starter_path)."
+      - Check the libvirt qemu hook.
     type: dict
+    suboptions:
+      path:
+        description: The hook script.
+        type: path
+        required: true
+      content:
+        description: The rendered script.
+        type: str
+        required: true
+      layout_path:
+        description: The JSON file the hook reads the layout from; its content is RV(hook_layout).
+        type: path
+        required: true
+      starter:
+        description: On hosts without systemd, the daemon helper the hook's reload handler uses.
+        type: str
+      starter_path:
+        description: Where that helper is installed.
+        type: path
   irqs:
     description:
-      - "Check IRQ affinities (against RV(irq_cpus)) and irqbalance's banned CPUs: C(irqbalance_file)."
+      - Check IRQ affinities (against RV(irq_cpus)) and irqbalance's banned CPUs.
     type: dict
+    suboptions:
+      irqbalance_file:
+        description: irqbalance's environment file.
+        type: path
+        required: true
   sysctl:
     description:
-      - "Check the RT budget: C(path), C(content) (the sysctl.d file) and C(value) (kernel.sched_rt_runtime_us)."
+      - Check the RT budget.
     type: dict
+    suboptions:
+      path:
+        description: The sysctl.d file.
+        type: path
+        required: true
+      content:
+        description: Its content.
+        type: str
+        required: true
+      value:
+        description: kernel.sched_rt_runtime_us.
+        type: int
+        required: true
   verify:
-    description: Return C(ansible_facts.cpu_isolation) (see RV(ansible_facts)) for the planned realtime CPUs and
-      partitions, and the violations of O(verify_kinds) host_prep answers for (RV(violations)).
+    description: Return RV(cpu_isolation) for the planned realtime CPUs and partitions, and the violations of
+      O(verify_kinds) host_prep answers for (RV(violations)).
     type: bool
     default: false
   verify_kinds:
@@ -101,7 +188,6 @@ attributes:
     platforms: posix
     details: Linux hosts with sysfs and procfs.
 seealso:
-  - module: rtvirt.kvm.realtime_cpus
   - module: rtvirt.kvm.cpu_isolation_facts
 """
 
@@ -123,11 +209,52 @@ EXAMPLES = r"""
 
 RETURN = r"""
 realtime_cpus:
-  description: As M(rtvirt.kvm.realtime_cpus) returns it; so are housekeeping_cpus, online_cpus, source,
-    numa_nodes, partitions, machine_cpus, emulator_cpus and emulator_mode.
+  description: The realtime CPUs, normalized.
   returned: success
   type: str
   sample: "2-7"
+housekeeping_cpus:
+  description: The online CPUs that are not realtime.
+  returned: success
+  type: str
+  sample: "0-1"
+source:
+  description: V(given) when O(cpus) was set, V(automatic) otherwise.
+  returned: success
+  type: str
+  sample: automatic
+online_cpus:
+  description: The online CPUs.
+  returned: success
+  type: str
+  sample: "0-7"
+numa_nodes:
+  description: Every NUMA node with its online CPUs.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{node: 0, cpus: "0-7"}]
+partitions:
+  description: O(partitions) with C(cpus) and C(exclusive) settled.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{name: /rt, cpus: "0-7", exclusive: false}]
+machine_cpus:
+  description: The CPUs planned for libvirt's default partition C(/machine).
+  returned: success
+  type: str
+  sample: "0-1"
+emulator_cpus:
+  description: The CPUs of the realtime guests' emulator threads (dedicated, or the housekeeping CPUs).
+  returned: success
+  type: str
+  sample: "0-1"
+emulator_mode:
+  description: V(dedicated) with O(emulator_cpus), V(shared) without.
+  returned: success
+  type: str
+  sample: shared
 pending:
   description: Each checked area that differs from the plan, with the reasons in words. Empty when converged.
   returned: success
@@ -199,10 +326,11 @@ verdict:
   type: dict
   sample: {ok: true, failures: [], msg: "realtime CPUs 2-7 (automatic), ...; the host matches the plan; no
     irq_default_affinity/irq_affinity/cgroup_cpuset violation host_prep answers for on the realtime CPUs"}
-ansible_facts:
-  description: With O(verify=true), C(cpu_isolation) as M(rtvirt.kvm.cpu_isolation_facts) returns it.
+cpu_isolation:
+  description: With O(verify=true), the C(cpu_isolation) fact as M(rtvirt.kvm.cpu_isolation_facts) returns it.
   returned: when verify is true
   type: dict
+  sample: {isolated_cpus: "2-7", housekeeping_cpus: "0-1", violations: []}
 """
 
 import os
@@ -212,7 +340,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError, parse_cpulist
-from ansible_collections.rtvirt.kvm.plugins.module_utils._housekeeping import RealtimeCpusError, plan_argument_spec, plan_host
+from ansible_collections.rtvirt.kvm.plugins.module_utils._realtime_cpus import RealtimeCpusError, plan_argument_spec, plan_host
 from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import (
     check_cmdline,
     check_file,
@@ -241,11 +369,19 @@ SYSTEMD_DIR = "/run/systemd/system"
 def get_argument_spec():
     return dict(
         plan_argument_spec(),
-        cmdline=dict(type="dict"),
-        libvirt=dict(type="dict"),
-        hook=dict(type="dict"),
-        irqs=dict(type="dict"),
-        sysctl=dict(type="dict"),
+        cmdline=dict(type="dict", options=dict(path=dict(type="path", required=True),
+                                               isolcpus_flags=dict(type="str", default=""))),
+        libvirt=dict(type="dict", options=dict(packages=dict(type="list", elements="str", default=[]),
+                                               service_packages=dict(type="list", elements="str", default=[]),
+                                               starter=dict(type="str"), starter_path=dict(type="path"))),
+        hook=dict(type="dict", options=dict(path=dict(type="path", required=True),
+                                            content=dict(type="str", required=True),
+                                            layout_path=dict(type="path", required=True),
+                                            starter=dict(type="str"), starter_path=dict(type="path"))),
+        irqs=dict(type="dict", options=dict(irqbalance_file=dict(type="path", required=True))),
+        sysctl=dict(type="dict", options=dict(path=dict(type="path", required=True),
+                                              content=dict(type="str", required=True),
+                                              value=dict(type="int", required=True))),
         verify=dict(type="bool", default=False),
         verify_kinds=dict(type="list", elements="str", default=list(VERIFY_KINDS)),
     )
@@ -320,7 +456,7 @@ def main():
         module.warn(warning)
     try:
         plan.update(check(params, plan))
-    except (CgroupDiscoveryError, CpuListError, PartitionNameError, OSError, KeyError) as exc:
+    except (CgroupDiscoveryError, CpuListError, PartitionNameError, OSError) as exc:
         module.fail_json(msg="cannot read the host's state: %s" % exc, **plan)
     if params["verify"]:
         try:
@@ -330,7 +466,7 @@ def main():
             module.fail_json(msg="cannot gather CPU isolation facts: %s" % exc, **plan)
         for warning in facts["warnings"]:
             module.warn(warning)
-        plan["ansible_facts"] = {"cpu_isolation": facts}
+        plan["cpu_isolation"] = facts
         # The verify step's answer, small: a task that reads the whole facts costs the role more than this.
         plan["violations"] = host_prep_violations(facts["violations"], params["verify_kinds"])
         plan["other_violations"] = len(facts["violations"]) - len(plan["violations"])

@@ -30,10 +30,18 @@ options:
     description: Where procfs is mounted. For tests against a fake tree.
     type: path
     default: /proc
+  sys_root:
+    description: Where sysfs is mounted (debugfs's IRQ flags, in check mode). For tests against a fake tree.
+    type: path
+    default: /sys
 attributes:
   check_mode:
     support: full
-    details: Reports what would be moved; writes nothing (so RV(unmovable) is only known in a real run).
+    details:
+      - Reports what would be moved; writes nothing.
+      - An IRQ the kernel is known to refuse (a read-only C(smp_affinity), or debugfs's managed, per-CPU or
+        no-balancing flags) is listed in RV(unmovable) instead, as a real run would, so a converged host reports
+        no change. Other refusals are only known in a real run.
   diff_mode:
     support: none
   platform:
@@ -54,7 +62,8 @@ moved:
   elements: dict
   sample: [{irq: 24, before: "0-7", after: "0-1"}]
 unmovable:
-  description: IRQs the kernel refused to move, with C(irq), C(affinity) and C(error).
+  description: IRQs the kernel refused to move (in check mode, is known to refuse), with C(irq), C(affinity) and
+    C(error).
   returned: always
   type: list
   elements: dict
@@ -77,10 +86,14 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     parse_cpulist,
     parse_cpumask,
 )
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_irqs import irq_changeable
+
+UNMOVABLE = "the kernel does not let user space move it (read-only smp_affinity, or a managed or per-CPU IRQ)"
 
 
 def get_argument_spec():
-    return dict(cpus=dict(type="str", required=True), proc_root=dict(type="path", default="/proc"))
+    return dict(cpus=dict(type="str", required=True), proc_root=dict(type="path", default="/proc"),
+                sys_root=dict(type="path", default="/sys"))
 
 
 def _read(path):
@@ -125,6 +138,10 @@ def main():
             continue
         item = {"irq": int(entry), "before": format_cpulist(current), "after": format_cpulist(wanted)}
         if module.check_mode:
+            # A real run's write would fail on it and count no change, so neither may the dry run.
+            if irq_changeable(module.params["proc_root"], module.params["sys_root"], entry) is False:
+                unmovable.append({"irq": int(entry), "affinity": format_cpulist(current), "error": UNMOVABLE})
+                continue
             moved.append(item)
             changed = True
             continue

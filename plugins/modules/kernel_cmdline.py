@@ -109,7 +109,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cmdline import (
+from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import (
     CmdlineParseError,
     missing_from_running,
     parse,

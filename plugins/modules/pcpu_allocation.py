@@ -299,13 +299,12 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     parse_cpulist,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._libvirt import LibvirtError, import_libvirt
-from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
+from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import PcpuError, holdings_from_domain_xml
+from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu_allocator import (
     SMT_POLICIES,
-    PcpuError,
     Request,
     allocate,
     allocate_all,
-    holdings_from_domain_xml,
     ordered_pcpus,
     requests_from_entries,
 )

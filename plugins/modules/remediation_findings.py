@@ -35,7 +35,7 @@ options:
     description:
       - Gather the CPU isolation facts in this call (what M(rtvirt.kvm.cpu_isolation_facts) returns, with its
         O(isolated_cpus) and O(realtime_partitions)), use their C(violations) and return them as
-        C(ansible_facts.cpu_isolation). One module call instead of two.
+        RV(cpu_isolation) (a result, not facts). One module call instead of two.
     type: bool
     default: false
   isolated_cpus:
@@ -95,15 +95,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-ansible_facts:
-  description: With O(gather_isolation), the facts M(rtvirt.kvm.cpu_isolation_facts) returns.
+cpu_isolation:
+  description: With O(gather_isolation), the C(cpu_isolation) fact as M(rtvirt.kvm.cpu_isolation_facts) returns it.
   returned: when O(gather_isolation) is true
   type: dict
-  contains:
-    cpu_isolation:
-      description: The CPU isolation state of the host; see M(rtvirt.kvm.cpu_isolation_facts).
-      returned: when O(gather_isolation) is true
-      type: dict
+  sample: {isolated_cpus: "2-7", housekeeping_cpus: "0-1", violations: []}
 findings:
   description: Every problem, with C(kind), C(target), C(message) and C(fix) (null when it is reported only).
   returned: always
@@ -295,7 +291,7 @@ def main():
               and (not module.params["targets"] or re.search(module.params["targets"], f["target"]))]
     previous = module.params["previous"]
     summary = report(result, None) if previous is None else report(previous, result)
-    extra = {} if facts is None else {"ansible_facts": {"cpu_isolation": facts}}
+    extra = {} if facts is None else {"cpu_isolation": facts}
     module.exit_json(changed=False, findings=result, report=summary, hierarchies={h.key: h.mountpoint for h in hierarchies},
                      partitions=partitions, running=sorted(running), **extra)
 

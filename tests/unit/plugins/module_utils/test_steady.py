@@ -23,11 +23,8 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
     differences,
     render,
 )
-from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
-    allocate_all,
-    holdings_from_domain_xml,
-    requests_from_entries,
-)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import holdings_from_domain_xml
+from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu_allocator import allocate_all, requests_from_entries
 from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import Topology, read_topology
 from ansible_collections.rtvirt.kvm.plugins.module_utils._steady import changes_needed, role_isolated_cpus
 from tests.unit.fixtures.hosts import make_hosts

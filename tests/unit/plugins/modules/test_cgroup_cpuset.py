@@ -1,8 +1,10 @@
 """cgroup_cpuset through main() against fake trees: cgroup v2 semantics, check mode, diff, idempotence."""
 import os
+from unittest import mock
 
 import pytest
 
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupMount
 from ansible_collections.rtvirt.kvm.plugins.modules import cgroup_cpuset
 from _module_runner import run_module
 
@@ -128,3 +130,49 @@ def test_remote_partition_writes_exclusive_top_down_where_the_kernel_has_it(v2_t
         ("/machine/rt/cpuset.cpus.exclusive", "2-3"),
         ("/machine/rt/cpuset.cpus.partition", "root"),
     ]
+
+
+def _other_hierarchies(tmp_path, v2_tree, tasks):
+    """A v1 cpu hierarchy holding a dead guest's cgroup, a v1 cpuset one (never touched) and the cpuset tree."""
+    guest = "machine/qemu-3-rt1.libvirt-qemu"
+    for top in ("cpu", "cpuset1"):
+        os.makedirs(str(tmp_path / top / guest / "vcpu0"))
+        if tasks:
+            (tmp_path / top / guest / "vcpu0" / "tasks").write_text("4242\n")
+            (tmp_path / top / "machine" / "tasks").write_text("")
+    layout = mock.Mock(mounts=(CgroupMount(str(tmp_path / "cpu"), 1, ("cpu", "cpuacct")),
+                               CgroupMount(str(tmp_path / "cpuset1"), 1, ("cpuset",)),
+                               CgroupMount(str(v2_tree), 2, ("cpuset", "cpu", "memory"))))
+    return guest, layout
+
+
+def test_all_hierarchies_check_mode_lists_and_keeps(tmp_path, v2_tree):
+    guest, layout = _other_hierarchies(tmp_path, v2_tree, tasks=True)
+    with mock.patch.object(cgroup_cpuset, "discover_layout", return_value=layout):
+        result = run(v2_tree, check=True, path=guest, state="absent", migrate=True, all_hierarchies=True)
+    top = str(tmp_path / "cpu" / guest)
+    assert result["changed"] and not result.get("failed"), result
+    assert result["other_hierarchies"] == {"removed": [top + "/vcpu0", top],
+                                           "moved": [{"tid": 4242, "to": str(tmp_path / "cpu" / "machine")}]}
+    assert os.path.isdir(top + "/vcpu0") and (tmp_path / "cpu" / "machine" / "tasks").read_text() == ""
+
+
+def test_all_hierarchies_removes_deepest_first_then_changes_nothing(tmp_path, v2_tree):
+    guest, layout = _other_hierarchies(tmp_path, v2_tree, tasks=False)
+    args = dict(path=guest, state="absent", migrate=True, all_hierarchies=True)
+    with mock.patch.object(cgroup_cpuset, "discover_layout", return_value=layout):
+        result = run(v2_tree, **args)
+        again = run(v2_tree, **args)
+    top = str(tmp_path / "cpu" / guest)
+    assert result["changed"] and result["other_hierarchies"]["removed"] == [top + "/vcpu0", top], result
+    assert not os.path.exists(top) and os.path.isdir(str(tmp_path / "cpuset1" / guest / "vcpu0"))
+    assert not again["changed"] and again["other_hierarchies"] == {"removed": [], "moved": []}
+
+
+@pytest.mark.parametrize("path", ["system.slice/foo", "machine", "user.slice/x"])
+def test_all_hierarchies_only_below_libvirts_trees(tmp_path, v2_tree, path):
+    _guest, layout = _other_hierarchies(tmp_path, v2_tree, tasks=False)
+    with mock.patch.object(cgroup_cpuset, "discover_layout", return_value=layout):
+        result = run(v2_tree, path=path, state="absent", all_hierarchies=True)
+    assert result["failed"] and "must lie below machine/" in result["msg"], result
+    assert os.path.isdir(str(tmp_path / "cpu" / _guest))

@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""realtime_cpus, kernel_cmdline and irq_affinity through main() against fake trees."""
+"""kernel_cmdline and irq_affinity through main() against fake trees."""
 from __future__ import annotations
 
 import os
@@ -7,70 +7,13 @@ import os
 import pytest
 
 from _module_runner import run_module
-from ansible_collections.rtvirt.kvm.plugins.modules import irq_affinity, kernel_cmdline, realtime_cpus
+from ansible_collections.rtvirt.kvm.plugins.modules import irq_affinity, kernel_cmdline
 
 
 def write(path, text):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as handle:
         handle.write(text + "\n")
-
-
-@pytest.fixture
-def sysfs(tmp_path):
-    cpu = tmp_path / "devices/system/cpu"
-    write(str(cpu / "online"), "0-2")
-    write(str(cpu / "present"), "0-3")
-    for n in range(4):
-        write(str(cpu / ("cpu%d/topology/thread_siblings_list" % n)), str(n))
-    write(str(tmp_path / "devices/system/node/node0/cpulist"), "0-1")
-    write(str(tmp_path / "devices/system/node/node1/cpulist"), "2-3")
-    return str(tmp_path)
-
-
-def test_realtime_cpus_automatic(sysfs):
-    result = run_module(realtime_cpus, {"sys_root": sysfs, "partitions": [{"name": "/rt"}]})
-    assert not result.get("failed"), result
-    assert result["realtime_cpus"] == "1" and result["housekeeping_cpus"] == "0,2"
-    # Shared emulator CPUs: the partition holds them, so it cannot be exclusive, and the module says so.
-    assert result["partitions"] == [{"name": "/rt", "cpus": "0-2", "exclusive": False}]
-    assert (result["machine_cpus"], result["emulator_cpus"], result["emulator_mode"]) == ("0,2", "0,2", "shared")
-    assert any("cannot be exclusive" in w for w in result.get("warnings", []))
-    assert result["changed"] is False
-
-
-def test_realtime_cpus_dedicated_emulator_cpus(sysfs):
-    result = run_module(realtime_cpus, {"sys_root": sysfs, "cpus": "1", "emulator_cpus": "2",
-                                        "partitions": [{"name": "/rt"}]})
-    assert not result.get("failed"), result
-    assert result["partitions"] == [{"name": "/rt", "cpus": "1-2", "exclusive": True}]
-    assert (result["machine_cpus"], result["emulator_cpus"], result["emulator_mode"]) == ("0", "2", "dedicated")
-    assert not any("cannot be exclusive" in w for w in result.get("warnings", []))
-
-
-def test_realtime_cpus_below_machine_when_not_narrowed(sysfs):
-    result = run_module(realtime_cpus, {"sys_root": sysfs, "cpus": "1", "narrow_machine": False,
-                                        "partitions": [{"name": "/machine/rt"}]})
-    assert result["partitions"] == [{"name": "/machine/rt", "cpus": "0-2", "exclusive": False}], result
-
-
-@pytest.mark.parametrize("args, match", [
-    ({"cpus": "1,3"}, "offline"),
-    ({"cpus": "2"}, "NUMA node 1"),
-    ({"cpus": "1", "partitions": [{"name": "/rt", "cpus": "0"}]}, "holds none of the realtime CPUs"),
-    ({"cpus": "1", "partitions": [{"name": "/rt", "cpus": "1,3"}]}, "not online"),
-    ({"cpus": "1", "partitions": [{"name": "rt"}]}, "not absolute"),
-    ({"cpus": "1", "partitions": [{"name": "/machine/rt"}]}, "put it beside /machine (e.g. /rt)"),
-    ({"cpus": "1", "partitions": [{"name": "/rt", "exclusive": True}]}, "cannot be exclusive"),
-    ({"cpus": "1", "emulator_cpus": "1", "partitions": [{"name": "/rt"}]}, "realtime CPUs too"),
-    ({"cpus": "1", "emulator_cpus": "0,2", "partitions": [{"name": "/rt"}]}, "leaves no housekeeping CPU"),
-    ({"cpus": "1", "emulator_cpus": "2", "partitions": [{"name": "/rt"}, {"name": "/rt2"}]},
-     "share CPUs 1-2; give each its own cpus"),
-    ({"cpus": "1-"}, "cpus"),
-])
-def test_realtime_cpus_bad_input(sysfs, args, match):
-    result = run_module(realtime_cpus, dict(args, sys_root=sysfs))
-    assert result.get("failed") and match in result["msg"], result
 
 
 @pytest.fixture
@@ -133,3 +76,25 @@ def test_irq_affinity(proc):
     assert open(os.path.join(proc, "irq/10/smp_affinity_list")).read().strip() == "0"
     again = run_module(irq_affinity, {"cpus": "0", "proc_root": proc})
     assert not again["changed"]
+
+
+def test_irq_affinity_check_mode_on_a_converged_host(tmp_path):
+    proc, sys_root = str(tmp_path / "proc"), str(tmp_path / "sys")
+    write(proc + "/irq/default_smp_affinity", "1")
+    write(proc + "/irq/10/smp_affinity_list", "0")
+    write(proc + "/irq/10/smp_affinity", "1")
+    # Managed IRQs outside the CPUs, which no run can move: a read-only smp_affinity, and debugfs's flag.
+    write(proc + "/irq/11/smp_affinity_list", "1")
+    write(proc + "/irq/11/smp_affinity", "2")
+    os.chmod(proc + "/irq/11/smp_affinity", 0o444)
+    write(proc + "/irq/12/smp_affinity_list", "1")
+    write(proc + "/irq/12/smp_affinity", "2")
+    write(sys_root + "/kernel/debug/irq/irqs/12", "handler: handle_edge_irq\nflags: 0x0\n IRQD_AFFINITY_MANAGED\n")
+    checked = run_module(irq_affinity, {"cpus": "0", "proc_root": proc, "sys_root": sys_root}, check_mode=True)
+    assert not checked["changed"] and checked["moved"] == []
+    assert [u["irq"] for u in checked["unmovable"]] == [11, 12]
+    # Without the flag, IRQ 12 would move: check mode says so.
+    write(sys_root + "/kernel/debug/irq/irqs/12", "handler: handle_edge_irq\n")
+    checked = run_module(irq_affinity, {"cpus": "0", "proc_root": proc, "sys_root": sys_root}, check_mode=True)
+    assert checked["changed"] and [m["irq"] for m in checked["moved"]] == [12]
+    assert open(proc + "/irq/12/smp_affinity_list").read().strip() == "1"

@@ -118,7 +118,7 @@ def test_isolation_facts_returned_only_when_gathered(gather):
     assert result["running"] == ["rt1"]
     if gather:
         gathered.assert_called_once_with(isolated_cpus="1", realtime_partitions=[])
-        assert result["ansible_facts"]["cpu_isolation"] == facts
+        assert result["cpu_isolation"] == facts
     else:
         gathered.assert_not_called()
-        assert "ansible_facts" not in result
+        assert "cpu_isolation" not in result and "ansible_facts" not in result

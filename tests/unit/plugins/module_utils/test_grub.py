@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cmdline import (
+from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import (
     CmdlineParseError,
     apply,
     missing_from_running,

@@ -4,7 +4,7 @@
 """Choose and validate a host's realtime CPU set, and plan the cgroup layout around it.
 
 Pure, except ``plan_host`` at the end, which reads sysfs through ``_topology.read_topology``
-(realtime_cpus and host_prep_state plan through ``plan_host``).
+(host_prep_state plans through ``plan_host``).
 
 Topology is given as plain data:
   online: frozenset of online CPUs; present: frozenset of present CPUs (None: same as online)
@@ -176,11 +176,12 @@ def plan_layout(realtime, online, partitions, emulator_cpus=None, narrow_machine
 
 
 def plan_argument_spec():
-    """The options ``plan_host`` reads: realtime_cpus' whole spec, and the first part of host_prep_state's."""
+    """The options ``plan_host`` reads: the first part of host_prep_state's spec."""
     return dict(
         cpus=dict(type="str"),
         housekeeping_cores_per_node=dict(type="int", default=1),
-        partitions=dict(type="list", elements="dict", default=[]),
+        partitions=dict(type="list", elements="dict", default=[], options=dict(
+            name=dict(type="str", required=True), cpus=dict(type="str"), exclusive=dict(type="bool"))),
         emulator_cpus=dict(type="str", default=""),
         narrow_machine=dict(type="bool", default=True),
         sys_root=dict(type="path", default="/sys"),
@@ -188,8 +189,8 @@ def plan_argument_spec():
 
 
 def plan_host(params):
-    """realtime_cpus' planning: the realtime set (given or chosen), validated, and the cgroup layout.
-    ``params``: realtime_cpus' options. Returns (result, warnings)."""
+    """The realtime set (given or chosen), validated, and the cgroup layout.
+    ``params``: the options of ``plan_argument_spec``. Returns (result, warnings)."""
     try:
         topology = read_topology(params["sys_root"])
     except TopologyError as exc:
