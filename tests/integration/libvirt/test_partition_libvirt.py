@@ -23,7 +23,7 @@ def partition():
     name = "/machine/rtvirt-p-%s" % uuid.uuid4().hex[:8]
     yield name
     leaf = name.rsplit("/", 1)[1] + ".partition"
-    for mount in rig_lib._cgroup_mounts():
+    for mount in rig_lib.cgroup_mounts():
         top = mount / "machine" / leaf
         if top.is_dir():
             for dirpath, _dirs, _files in os.walk(top, topdown=False):
@@ -59,7 +59,7 @@ def test_guest_starts_only_once_the_partition_exists(libvirt_rig, unique_name, p
     checked = run({"name": partition}, check=True, diff=True)
     assert not checked.get("failed"), checked.get("msg")
     assert checked["changed"] and checked["writes"] == []
-    assert not any((mount / "machine" / leaf).exists() for mount in rig_lib._cgroup_mounts())
+    assert not any((mount / "machine" / leaf).exists() for mount in rig_lib.cgroup_mounts())
 
     created = run({"name": partition}, diff=True)
     assert not created.get("failed"), created.get("msg")
@@ -148,7 +148,7 @@ def top_partition():
     """A unique top-level partition /rtvirt-p-<hex> (beside /machine, as host_prep lays them out); removed after."""
     name = "/rtvirt-p-%s" % uuid.uuid4().hex[:8]
     yield name
-    for mount in rig_lib._cgroup_mounts():
+    for mount in rig_lib.cgroup_mounts():
         top = mount / (name.lstrip("/") + ".partition")
         if top.is_dir():
             for dirpath, _dirs, _files in os.walk(top, topdown=False):
@@ -178,7 +178,7 @@ def test_top_level_partition_and_narrowing_refuses_a_pinned_guest(libvirt_rig, u
     assert narrowed["changed"] and not narrowed.get("failed"), narrowed.get("msg")
     assert (pathlib.Path(created["paths"]["cpuset"]) / "cpuset.cpus").read_text().strip() == "0"
     assert not run({"name": top_partition, "state": "absent"}).get("failed")
-    left = [str(mount / leaf) for mount in rig_lib._cgroup_mounts() if (mount / leaf).exists()]
+    left = [str(mount / leaf) for mount in rig_lib.cgroup_mounts() if (mount / leaf).exists()]
     assert not left, left
 
 
