@@ -95,6 +95,10 @@ def _test_name(name):
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in TEST_NAMES)
 
 
+def _test_domain(name):
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in TEST_DOMAINS)
+
+
 def _libvirt_answers():
     return shutil.which("virsh") is not None and _virsh("version", check=False).returncode == 0
 
@@ -174,7 +178,7 @@ def _pinned_guests():
     """The defined domains that hold pCPUs and are not the tests' own: {name: {xml, running}}."""
     guests = {}
     for name in _virsh("list", "--all", "--name").stdout.split():
-        if any(fnmatch.fnmatchcase(name, p) for p in TEST_DOMAINS):
+        if _test_domain(name):
             continue
         xml = _virsh("dumpxml", "--inactive", "--security-info", name).stdout
         if "<vcpupin " in xml:
@@ -216,13 +220,13 @@ def clear_leftovers(report):
     blocked = []
     if _libvirt_answers():
         for name in _virsh("list", "--all", "--name").stdout.split():
-            if any(fnmatch.fnmatchcase(name, p) for p in TEST_DOMAINS):
+            if _test_domain(name):
                 _virsh("destroy", name, check=False)
                 _virsh("undefine", name, check=False)
                 report.append("removed leftover test guest %s" % name)
     else:
         for name in _definitions_on_disk():
-            if any(fnmatch.fnmatchcase(name, p) for p in TEST_DOMAINS):
+            if _test_domain(name):
                 blocked.append("test guest definition /etc/libvirt/qemu/%s.xml (libvirtd is not running: start it "
                                "and run `virsh -c %s undefine %s`)" % (name, URI, name))
     for mount in libvirt_rig.cgroup_mounts():
@@ -274,7 +278,7 @@ def save(holder_pid):
         snapshot["machine_cpus"] = machine.read_text().strip()
     if _libvirt_answers():
         snapshot["guests"] = _pinned_guests()
-    elif [n for n in _definitions_on_disk() if not any(fnmatch.fnmatchcase(n, p) for p in TEST_DOMAINS)]:
+    elif [n for n in _definitions_on_disk() if not _test_domain(n)]:
         raise GuardError("guests are defined in /etc/libvirt/qemu but libvirtd is not running, so the tests cannot "
                          "park them: start it (hack/site.sh, or /usr/local/sbin/rtvirt-libvirtd ensure) and run again")
     # Saved before anything is changed: from here on, an interruption is undone by the next save.
