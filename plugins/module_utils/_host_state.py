@@ -1,19 +1,15 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) rtvirt.kvm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Does the host already look the way a host_prep run would leave it?  One read-only pass.
+"""host_prep's plan call: per area of the role (one task file each), what its tasks would change, in words.
 
-Every module task costs a fresh Python process on the target (a quarter of a second here), so a
-re-converge that asks each task in turn whether it has something to do costs seconds even when
-nothing changes.  ``check_areas`` asks all of them at once and names, per area of the role (one task
-file each), what differs.  The role then runs only the areas with a difference, through the same
-modules as always, so this code never writes and never has to be as complete as those modules:
-it must only never call an area converged that its tasks would still change.  Where it cannot tell
-cheaply (an unparsable file, an IRQ whose changeability is unknown), the area is reported as
-pending and the modules decide.
+An area's tasks run when its list is non-empty.  Where a collection module does the work, the list is that
+module's own plan (``_irq_plan.plan_irqs``, ``_partition_host.converge_partition`` in check mode,
+``_grub.plan_edit``), so an area is never called converged that its task would change.  Files the role writes
+with ansible.builtin.copy are planned by :func:`plan_file`; what only builtin modules do (packages, users,
+lineinfile) keeps a presence check, erring towards "pending": the tasks then decide.
 
-Each ``check_*`` function returns a list of reasons (empty: converged); roots are parameters so
-unit tests can point them at fake trees.
+Roots are parameters so unit tests can point them at fake trees.
 """
 
 from __future__ import annotations
@@ -25,28 +21,13 @@ import pwd
 import re
 import stat
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import discover_layout
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import ApplyError, LockTimeout
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import PlanError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import CmdlineParseError, plan_edit
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
-    CpuListError,
-    format_cpulist,
-    parse_cpulist,
-    parse_cpumask,
-)
-from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_irqs import irq_changeable
+from ansible_collections.rtvirt.kvm.plugins.module_utils._irq_plan import plan_irqs
 from ansible_collections.rtvirt.kvm.plugins.module_utils import _kvm as kvm
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
-    libvirt_hierarchies,
-    parse_name,
-    parse_proc_cgroups,
-    parse_qemu_conf_controllers,
-    partition_kind,
-)
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_systemd import (
-    render_slice_dropin,
-    render_slice_unit,
-    unit_target,
-)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_host import Host, converge_partition, partition_params
 
 # The regexp roles/host_prep/tasks/irqs.yml gives lineinfile: the last matching line is the one it edits.
 _IRQBALANCE_LINE = re.compile(r"^#?\s*IRQBALANCE_BANNED_CPULIST=")
@@ -68,8 +49,8 @@ def _mode(path):
         return None
 
 
-def check_file(path, content, mode):
-    """[reason] when ansible.builtin.copy with this content and mode would change ``path``, else []."""
+def plan_file(path, content, mode):
+    """What ansible.builtin.copy with this content and mode would change on ``path``, in words ([]: nothing)."""
     current = _read(path)
     if current is None:
         return ["%s is missing" % path]
@@ -198,14 +179,14 @@ def check_libvirt(packages, installed, systemd_units, starter=None, proc_root="/
             reasons.append("libvirtd is %s at boot" % systemd_units.get("enabled"))
     else:
         if starter:
-            reasons.extend(check_file(starter["path"], starter["content"], 0o755))
+            reasons.extend(plan_file(starter["path"], starter["content"], 0o755))
         running = running_commands(proc_root)
         reasons.extend("%s is not running" % d for d in ("virtlogd", "libvirtd") if d not in running)
     return reasons
 
 
 def check_hook(path, content, layout_path, layout):
-    reasons = _dir_check(os.path.dirname(path), 0o755) + check_file(path, content, 0o755)
+    reasons = _dir_check(os.path.dirname(path), 0o755) + plan_file(path, content, 0o755)
     text = _read(layout_path)
     try:
         current = json.loads(text) if text is not None else None
@@ -218,101 +199,28 @@ def check_hook(path, content, layout_path, layout):
     return reasons
 
 
-def _first_word(text):
-    return (text or "").split()[0] if (text or "").split() else None
-
-
-def check_partitions(wanted, systemd, kernel_release, proc_root="/proc", qemu_conf="/etc/libvirt/qemu.conf",
-                     unit_dir="/etc/systemd/system", slice_states=None):
+def check_partitions(module, wanted):
     """``wanted``: [{"name", "cpus", "mems" (optional), "exclusive" (bool or None: left alone)}], /machine included
-    when host_prep narrows it.  ``slice_states``: {slice: systemctl is-active} on systemd hosts."""
+    when host_prep narrows it; each is planned by libvirt_partition's own code, in check mode.  A target that cannot
+    be planned on the host as it is (an exclusive partition while /machine still holds its CPUs) is pending: the
+    role's tasks converge the partitions in the order that makes it possible."""
     reasons = []
-    subsystems = parse_proc_cgroups(_read(os.path.join(proc_root, "cgroups")) or "")
-    layout = discover_layout(os.path.join(proc_root, "self", "mountinfo"))
-    conf = _read(qemu_conf)
-    hierarchies = libvirt_hierarchies(layout.mounts, parse_qemu_conf_controllers(conf) if conf else None)
-    kind = partition_kind(kernel_release)
     for entry in wanted:
-        pname = parse_name(entry["name"], subsystems)
-        cpus = parse_cpulist(entry["cpus"], what="cpus of %s" % entry["name"])
-        mems = parse_cpulist(entry["mems"], what="mems of %s" % entry["name"]) if entry.get("mems") else None
-        exclusive = entry.get("exclusive")
-        if systemd:
-            unit, drop_in = unit_target(unit_dir, pname)
-            text = (render_slice_dropin if drop_in else render_slice_unit)(pname, cpus, mems)
-            if _read(unit) != text:
-                reasons.append("%s: %s differs from what libvirt_partition writes" % (entry["name"], unit))
-            if (slice_states or {}).get(pname.slice) != "active":
-                reasons.append("%s: %s is not active" % (entry["name"], pname.slice))
-            unified = layout.unified
-            if unified is not None and "cpuset" in (_read(os.path.join(unified.mountpoint, "cgroup.controllers"))
-                                                    or "").split():
-                directory = os.path.join(unified.mountpoint, pname.slice_path)
-                if os.path.isdir(directory):
-                    reasons.extend("%s: %s" % (entry["name"], r) for r in
-                                   _cpuset_differs(directory, 2, cpus, mems, exclusive, kind))
+        params = partition_params(name=entry["name"], cpus=entry["cpus"], mems=entry.get("mems"),
+                                  exclusive=entry.get("exclusive"))
+        try:
+            result = converge_partition(module, params, Host(), check_mode=True)
+        except (PartitionError, PlanError, LockTimeout, ApplyError) as exc:
+            reasons.append("%s: not converged as it stands (%s)" % (entry["name"], exc))
             continue
-        for hierarchy in hierarchies:
-            directory = os.path.join(hierarchy.mountpoint, pname.cgroup_path)
-            if not os.path.isdir(directory):
-                reasons.append("%s: %s is missing" % (entry["name"], directory))
-            elif "cpuset" in hierarchy.controllers:
-                reasons.extend("%s: %s" % (entry["name"], r) for r in
-                               _cpuset_differs(directory, hierarchy.version, cpus, mems, exclusive, kind))
-    return reasons
-
-
-def _cpuset_differs(directory, version, cpus, mems, exclusive, kind):
-    reasons = []
-    try:
-        have = parse_cpulist((_read(os.path.join(directory, "cpuset.cpus")) or "").strip())
-        have_mems = parse_cpulist((_read(os.path.join(directory, "cpuset.mems")) or "").strip())
-    except CpuListError as exc:
-        return ["%s: %s" % (directory, exc)]
-    if have != cpus:
-        reasons.append("%s/cpuset.cpus is %s, not %s" % (
-            directory, format_cpulist(have) or "empty", format_cpulist(cpus)))
-    if mems is not None and have_mems != mems:
-        reasons.append("%s/cpuset.mems is %s, not %s" % (
-            directory, format_cpulist(have_mems) or "empty", format_cpulist(mems)))
-    elif mems is None and not have_mems and version == 1:
-        reasons.append("%s/cpuset.mems is empty" % directory)
-    if exclusive is not None:
-        if version == 1:
-            flag = (_read(os.path.join(directory, "cpuset.cpu_exclusive")) or "").strip()
-            if flag != ("1" if exclusive else "0"):
-                reasons.append("%s/cpuset.cpu_exclusive is %s" % (directory, flag or "unreadable"))
-        else:
-            state = _first_word(_read(os.path.join(directory, "cpuset.cpus.partition")))
-            if state != (kind if exclusive else "member"):
-                reasons.append("%s/cpuset.cpus.partition is %s" % (directory, state or "unreadable"))
+        reasons.extend("%s: %s" % (entry["name"], step) for step in result["planned"])
     return reasons
 
 
 def check_irqs(cpus, irqbalance_file, banned, proc_root="/proc", sys_root="/sys"):
-    """IRQs the irq_affinity module would move (those the kernel lets user space move: an IRQ outside ``cpus``
-    whose changeability cannot be told counts as pending) and the irqbalance line."""
-    reasons = []
-    irq_dir = os.path.join(proc_root, "irq")
-    default = _read(os.path.join(irq_dir, "default_smp_affinity"))
-    if default is None or parse_cpumask(default.strip(), what="default_smp_affinity") != cpus:
-        reasons.append("default_smp_affinity is not %s" % format_cpulist(cpus))
-    outside = []
-    for entry in os.listdir(irq_dir):
-        if not entry.isdigit():
-            continue
-        text = _read(os.path.join(irq_dir, entry, "smp_affinity_list"))
-        try:
-            current = parse_cpulist(text.strip()) if text is not None else None
-        except CpuListError:
-            continue
-        if current is None or current <= cpus:
-            continue
-        if irq_changeable(proc_root, sys_root, entry) is False:
-            continue                # the kernel refuses to move it; irq_affinity reports it as unmovable
-        outside.append(int(entry))
-    if outside:
-        reasons.append("IRQ(s) %s allowed outside %s" % (", ".join(map(str, sorted(outside))), format_cpulist(cpus)))
+    """irq_affinity's plan for ``cpus`` (IRQs the kernel refuses to move are not pending: the module cannot move
+    them either) and the irqbalance line lineinfile would write."""
+    reasons = plan_irqs(cpus, proc_root, sys_root).reasons()
     text = _read(irqbalance_file)
     if text is not None:
         line = "IRQBALANCE_BANNED_CPULIST=%s" % banned
@@ -323,7 +231,7 @@ def check_irqs(cpus, irqbalance_file, banned, proc_root="/proc", sys_root="/sys"
 
 
 def check_sysctl(path, content, value, proc_root="/proc"):
-    reasons = check_file(path, content, 0o644)
+    reasons = plan_file(path, content, 0o644)
     current = (_read(os.path.join(proc_root, "sys", "kernel", "sched_rt_runtime_us")) or "").strip()
     if current != str(value):
         reasons.append("kernel.sched_rt_runtime_us is %s, not %s" % (current or "unreadable", value))

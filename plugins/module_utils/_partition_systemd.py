@@ -264,7 +264,7 @@ def _desired_unit(desired, current, drop_in):
     return new
 
 
-def converge_systemd(module, host, gate, layout, desired, lock_timeout):
+def converge_systemd(module, host, gate, layout, desired, lock_timeout, check_mode):
     """Plan the slice and, unless in check mode, apply it under the host-wide lock; return the module's result."""
     pname, cpus, mems, exclusive = desired.pname, desired.cpus, desired.mems, desired.exclusive
     check_ranges(desired.tunables, 2)
@@ -294,7 +294,7 @@ def converge_systemd(module, host, gate, layout, desired, lock_timeout):
         _refuse_outside_parent(cpuset_fs, pname, cpus, mems)
     partition_state = None
     if desired.state == "absent":
-        planned, guests = _remove(host, systemctl, gate, desired, paths, current, unit_file, module.check_mode)
+        planned, guests = _remove(host, systemctl, gate, desired, paths, current, unit_file, check_mode)
         new = None
     else:
         planned = []
@@ -327,7 +327,7 @@ def converge_systemd(module, host, gate, layout, desired, lock_timeout):
                         "stopped and started again (systemctl restart, or the last unit in it going away after a "
                         "stop), and it has no property for cpuset.cpus.partition; written again" % (
                             os.path.join(cpuset_fs.mountpoint, pname.slice_path, PARTITION_FILE), partition_state))
-        if planned and not module.check_mode:
+        if planned and not check_mode:
             with HostLock(path=host.lock_path, timeout=lock_timeout):
                 partition_state = _apply(systemctl, gate, pname, unit_file, current, new, rc, cpuset_fs, kind)
     result = dict(changed=bool(planned), name=pname.name, cgroup_path=pname.slice_path, paths=paths,
@@ -335,7 +335,7 @@ def converge_systemd(module, host, gate, layout, desired, lock_timeout):
                   writes=[{"file": f, "value": v} for f, v in gate.writes])
     if partition_state is not None and desired.state == "present":
         result["partition"] = partition_state
-    if module._diff and planned:
+    if getattr(module, "_diff", False) and planned:
         result["diff"] = {"before": current or "", "after": new or "",
                           "before_header": unit_file, "after_header": unit_file}
     return result

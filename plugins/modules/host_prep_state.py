@@ -343,7 +343,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuList
 from ansible_collections.rtvirt.kvm.plugins.module_utils._realtime_cpus import RealtimeCpusError, plan_argument_spec, plan_host
 from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import (
     check_cmdline,
-    check_file,
+    plan_file,
     check_hook,
     check_irqs,
     check_libvirt,
@@ -361,7 +361,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import (
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import gather
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_read import IsolationError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._kvm import DEVICE as KVM_DEVICE, udev_manages_devices
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError
 
 SYSTEMD_DIR = "/run/systemd/system"
 
@@ -394,7 +394,7 @@ def _systemctl_states(verb, units):
     return dict(zip(units, proc.stdout.split()))
 
 
-def check(params, plan):
+def check(module, params, plan):
     """The areas asked for that differ from ``plan``: {area: [reasons]}, plus what the tasks need."""
     systemd = os.path.isdir(SYSTEMD_DIR)
     pending = {}
@@ -409,10 +409,6 @@ def check(params, plan):
                  # Where udev runs, its rules own /dev/kvm; elsewhere the role sets what those rules would.
                  manage_kvm_device=os.path.exists(KVM_DEVICE) and not udev_manages_devices())
     targets = partition_targets(plan, params["narrow_machine"])
-    active = {}
-    if systemd:
-        slices = [parse_name(t["name"]).slice for t in targets]
-        active = _systemctl_states("is-active", slices + ["libvirtd.service"])
     if params["cmdline"] is not None:
         reasons, extra["reboot_required"] = check_cmdline(params["cmdline"]["path"], extra["cmdline_params"])
         pending["cmdline"] = reasons
@@ -420,7 +416,7 @@ def check(params, plan):
         lv = params["libvirt"]
         units = None
         if systemd:
-            units = {"active": active.get("libvirtd.service"),
+            units = {"active": _systemctl_states("is-active", ["libvirtd.service"]).get("libvirtd.service"),
                      "enabled": _systemctl_states("is-enabled", ["libvirtd.service"]).get("libvirtd.service")}
         starter = {"path": lv.get("starter_path"), "content": lv.get("starter")} if lv.get("starter") else None
         # libvirt-daemon-system brings the service units; without a service manager the starter runs the daemons.
@@ -432,8 +428,8 @@ def check(params, plan):
         pending["hook"] = check_hook(hook["path"], hook["content"], hook["layout_path"], extra["hook_layout"])
         if not systemd and hook.get("starter"):
             # The reload handler's helper, installed with the hook on hosts without a service manager.
-            pending["hook"].extend(check_file(hook["starter_path"], hook["starter"], 0o755))
-    pending["partitions"] = check_partitions(targets, systemd, os.uname().release, slice_states=active)
+            pending["hook"].extend(plan_file(hook["starter_path"], hook["starter"], 0o755))
+    pending["partitions"] = check_partitions(module, targets)
     if params["irqs"] is not None:
         pending["irqs"] = check_irqs(parse_cpulist(extra["irq_cpus"]), params["irqs"]["irqbalance_file"],
                                      plan["realtime_cpus"])
@@ -455,7 +451,7 @@ def main():
     for warning in warnings:
         module.warn(warning)
     try:
-        plan.update(check(params, plan))
+        plan.update(check(module, params, plan))
     except (CgroupDiscoveryError, CpuListError, PartitionNameError, OSError) as exc:
         module.fail_json(msg="cannot read the host's state: %s" % exc, **plan)
     if params["verify"]:

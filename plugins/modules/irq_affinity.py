@@ -75,8 +75,6 @@ default_affinity:
   sample: {before: "0-7", after: "0-1"}
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
@@ -84,11 +82,8 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     format_cpulist,
     format_cpumask,
     parse_cpulist,
-    parse_cpumask,
 )
-from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_irqs import irq_changeable
-
-UNMOVABLE = "the kernel does not let user space move it (read-only smp_affinity, or a managed or per-CPU IRQ)"
+from ansible_collections.rtvirt.kvm.plugins.module_utils._irq_plan import UNMOVABLE, plan_irqs
 
 
 def get_argument_spec():
@@ -96,63 +91,35 @@ def get_argument_spec():
                 sys_root=dict(type="path", default="/sys"))
 
 
-def _read(path):
-    with open(path) as handle:
-        return handle.read().strip()
-
-
-def _write(path, text):
-    with open(path, "w") as handle:
-        handle.write(text + "\n")
+def run(module):
+    params = module.params
+    wanted = parse_cpulist(params["cpus"], what="cpus")
+    if not wanted:
+        raise CpuListError("cpus is empty: IRQs need at least one CPU")
+    planned = plan_irqs(wanted, params["proc_root"], params["sys_root"])
+    if module.check_mode:
+        # A real run's write would fail on the IRQs the kernel is known to refuse and count no change; so does this.
+        unmovable = [{"irq": m.irq, "affinity": format_cpulist(m.before), "error": UNMOVABLE} for m in planned.refused]
+        return dict(changed=planned.changed, moved=[planned.item(m) for m in planned.movable], unmovable=unmovable,
+                    default_affinity=planned.default_affinity())
+    try:
+        moved, unmovable = planned.apply()
+    except OSError as exc:
+        raise OSError("cannot write %s (%s): %s" % (planned.default_path, format_cpumask(wanted), exc)) from None
+    return dict(changed=planned.default_changes or bool(moved), moved=moved, unmovable=unmovable,
+                default_affinity=planned.default_affinity())
 
 
 def main():
     module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
-    irq_dir = os.path.join(module.params["proc_root"], "irq")
+    failure = None
     try:
-        wanted = parse_cpulist(module.params["cpus"], what="cpus")
-    except CpuListError as exc:
-        module.fail_json(msg=str(exc))
-    if not wanted:
-        module.fail_json(msg="cpus is empty: IRQs need at least one CPU")
-    changed = False
-    default_path = os.path.join(irq_dir, "default_smp_affinity")
-    before = parse_cpumask(_read(default_path), what=default_path)
-    default = {"before": format_cpulist(before), "after": format_cpulist(before)}
-    if before != wanted:
-        changed = True
-        default["after"] = format_cpulist(wanted)
-        if not module.check_mode:
-            try:
-                _write(default_path, format_cpumask(wanted))
-            except OSError as exc:
-                module.fail_json(msg="cannot write %s (%s): %s" % (default_path, format_cpumask(wanted), exc))
-    moved, unmovable = [], []
-    for entry in sorted((e for e in os.listdir(irq_dir) if e.isdigit()), key=int):
-        path = os.path.join(irq_dir, entry, "smp_affinity_list")
-        try:
-            current = parse_cpulist(_read(path), what=path)
-        except (OSError, CpuListError):
-            continue
-        if current <= wanted:
-            continue
-        item = {"irq": int(entry), "before": format_cpulist(current), "after": format_cpulist(wanted)}
-        if module.check_mode:
-            # A real run's write would fail on it and count no change, so neither may the dry run.
-            if irq_changeable(module.params["proc_root"], module.params["sys_root"], entry) is False:
-                unmovable.append({"irq": int(entry), "affinity": format_cpulist(current), "error": UNMOVABLE})
-                continue
-            moved.append(item)
-            changed = True
-            continue
-        try:
-            _write(path, format_cpulist(wanted))
-        except OSError as exc:
-            unmovable.append({"irq": int(entry), "affinity": format_cpulist(current), "error": str(exc)})
-            continue
-        moved.append(item)
-        changed = True
-    module.exit_json(changed=changed, moved=moved, unmovable=unmovable, default_affinity=default)
+        result = run(module)
+    except (CpuListError, OSError) as exc:
+        failure = str(exc)
+    if failure is not None:
+        module.fail_json(msg=failure)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -238,73 +238,28 @@ guests:
   sample: [{name: rt1, pid: 4242, cgroup: machine/production.partition/qemu-3-rt1.libvirt-qemu}]
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError, discover_layout
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import LOCK_PATH, ApplyError, LockTimeout
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import KernelFiles, WriteGate
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import ApplyError, LockTimeout
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import PlanError
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
-    LIBVIRT_CONTROLLERS,
-    PartitionError,
-    parse_desired,
-    parse_proc_cgroups,
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_host import (
+    Host,
+    converge_partition,
+    partition_argument_spec,
 )
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_cgroupfs import converge_cgroupfs, read_text
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_systemd import converge_systemd
-
-
-class Host:
-    """Where this host keeps what the module reads, and how it writes; unit tests point these at a fake tree
-    (``files``: a ``PlainFiles`` for a tree of plain files)."""
-
-    mountinfo = "/proc/self/mountinfo"
-    proc_cgroups = "/proc/cgroups"
-    proc_root = "/proc"
-    sys_root = "/sys"
-    qemu_run_dir = "/run/libvirt/qemu"
-    systemd_run_dir = "/run/systemd/system"
-    unit_dir = "/etc/systemd/system"
-    qemu_conf = "/etc/libvirt/qemu.conf"
-    lock_path = LOCK_PATH
-    files = None            # None: KernelFiles(sys_root)
 
 
 def get_argument_spec():
-    return dict(
-        name=dict(type="str", required=True),
-        state=dict(type="str", choices=["present", "absent"], default="present"),
-        cpus=dict(type="str"),
-        mems=dict(type="str"),
-        exclusive=dict(type="bool"),
-        cpu_shares=dict(type="int"),
-        memory_hard_limit=dict(type="str"),
-        memory_soft_limit=dict(type="str"),
-        memory_swap_hard_limit=dict(type="str"),
-        blkio_weight=dict(type="int"),
-        controllers=dict(type="list", elements="str", choices=list(LIBVIRT_CONTROLLERS)),
-        lock_timeout=dict(type="int", default=60),
-    )
-
-
-def run(module, host):
-    params = module.params
-    desired = parse_desired(params, parse_proc_cgroups(read_text(host.proc_cgroups) or ""))
-    layout = discover_layout(host.mountinfo)
-    gate = WriteGate(host.files if host.files is not None else KernelFiles(host.sys_root))
-    if os.path.isdir(host.systemd_run_dir):
-        return converge_systemd(module, host, gate, layout, desired, params["lock_timeout"])
-    return converge_cgroupfs(host, gate, layout, desired, module.check_mode, params["lock_timeout"],
-                             diff=module._diff)
+    return partition_argument_spec()
 
 
 def main():
     module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
     failure = None
     try:
-        result = run(module, Host())
+        result = converge_partition(module, module.params, Host(), module.check_mode)
     except ApplyError as exc:
         failure = exc.result()
     except (PartitionError, PlanError, CgroupDiscoveryError, LockTimeout) as exc:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
 from _module_runner import run_module
 from ansible_collections.rtvirt.kvm.plugins.module_utils import _host_state as hs
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import parse_name
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_systemd import render_slice_unit
-from ansible_collections.rtvirt.kvm.plugins.modules import irq_affinity, kernel_cmdline
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import PlainFiles
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_host import Host
+from ansible_collections.rtvirt.kvm.plugins.modules import irq_affinity, kernel_cmdline, libvirt_partition
 
 
 def write(path, text, mode=None):
@@ -150,57 +151,58 @@ def test_dpkg_status_and_commands(tmp_path):
     assert hs.running_commands(str(tmp_path / "proc")) == {"libvirtd"}
 
 
-def _v1_host(tmp_path, cpus="0-3", mems="0", exclusive="0"):
-    """A fake v1 host: cpuset and cpu hierarchies with /rt.partition in both."""
+def _v1_host(tmp_path, monkeypatch, cpus="0-3", mems="0", exclusive="0"):
+    """A fake v1 host of plain files: cpuset and cpu hierarchies with /rt.partition in both, and the planner's
+    Host pointed at it (the seam libvirt_partition's own unit tests use)."""
     root = tmp_path / "cg"
     mountinfo = ("30 25 0:26 / %s/cpuset rw - cgroup cgroup rw,cpuset\n"
                  "31 25 0:27 / %s/cpu rw - cgroup cgroup rw,cpu\n") % (root, root)
     write(str(tmp_path / "proc" / "self" / "mountinfo"), mountinfo)
     write(str(tmp_path / "proc" / "cgroups"), "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t1\t1\t1\n")
-    part = root / "cpuset" / "rt.partition"
-    write(str(part / "cpuset.cpus"), cpus + "\n")
-    write(str(part / "cpuset.mems"), mems + "\n")
-    write(str(part / "cpuset.cpu_exclusive"), exclusive + "\n")
-    os.makedirs(str(root / "cpu" / "rt.partition"))
-    return str(tmp_path / "proc"), part
+    for directory, knobs in ((root / "cpuset", {"cpuset.cpus": "0-3", "cpuset.mems": "0", "cpuset.cpu_exclusive": "1"}),
+                             (root / "cpuset" / "rt.partition",
+                              {"cpuset.cpus": cpus, "cpuset.mems": mems, "cpuset.cpu_exclusive": exclusive}),
+                             (root / "cpu", {}), (root / "cpu" / "rt.partition", {})):
+        for knob, value in dict(knobs, tasks="").items():
+            write(str(directory / knob), value + "\n")
+    for name, value in (("mountinfo", str(tmp_path / "proc" / "self" / "mountinfo")),
+                        ("proc_cgroups", str(tmp_path / "proc" / "cgroups")), ("proc_root", str(tmp_path / "proc")),
+                        ("qemu_run_dir", str(tmp_path / "run-qemu")), ("systemd_run_dir", str(tmp_path / "none")),
+                        ("qemu_conf", str(tmp_path / "none")), ("lock_path", str(tmp_path / "lock")),
+                        ("files", PlainFiles())):
+        monkeypatch.setattr(Host, name, value)
+    return root
 
 
-@pytest.mark.parametrize("target, host, pending", [
-    ({"cpus": "0-3"}, {}, []),
-    ({"cpus": "0-3", "exclusive": True}, {}, ["cpuset.cpu_exclusive is 0"]),
-    ({"cpus": "0-3", "exclusive": True}, {"exclusive": "1"}, []),
-    ({"cpus": "2-3"}, {}, ["cpuset.cpus is 0-3, not 2-3"]),
-    ({"cpus": "0-3"}, {"mems": ""}, ["cpuset.mems is empty"]),
-    ({"cpus": "0-3", "mems": "1"}, {}, ["cpuset.mems is 0, not 1"]),
+@pytest.mark.parametrize("target, host", [
+    ({"cpus": "0-3"}, {}),
+    ({"cpus": "0-3", "exclusive": True}, {}),
+    ({"cpus": "0-3", "exclusive": True}, {"exclusive": "1"}),
+    ({"cpus": "2-3"}, {}),
+    ({"cpus": "0-3"}, {"mems": ""}),
+    ({"cpus": "0-3", "mems": "1"}, {}),
+    ({"cpus": "0-7"}, {}),            # outside the parent: the planner refuses, so the area is pending
 ])
-def test_partitions_v1(tmp_path, target, host, pending):
-    proc, _part = _v1_host(tmp_path, **host)
-    reasons = hs.check_partitions([dict({"name": "/rt"}, **target)], False, "6.1.0", proc_root=proc,
-                                  qemu_conf=str(tmp_path / "none"))
-    assert len(reasons) == len(pending) and all(p in r for p, r in zip(pending, reasons)), reasons
+def test_partitions_are_libvirt_partitions_own_plan(tmp_path, monkeypatch, target, host):
+    _v1_host(tmp_path, monkeypatch, **host)
+    reasons = hs.check_partitions(None, [dict({"name": "/rt"}, **target)])
+    checked = run_module(libvirt_partition, dict({"name": "/rt"}, **target), check_mode=True)
+    if checked.get("failed"):
+        assert reasons == ["/rt: not converged as it stands (%s)" % checked["msg"]]
+        return
+    assert reasons == ["/rt: %s" % step for step in checked["planned"]]
+    assert bool(reasons) == checked["changed"]
+    if reasons:
+        applied = run_module(libvirt_partition, dict({"name": "/rt"}, **target))
+        assert applied["changed"] and not applied.get("failed"), applied
+    assert hs.check_partitions(None, [dict({"name": "/rt"}, **target)]) == []
 
 
-def test_partition_missing_in_one_hierarchy(tmp_path):
-    proc, _part = _v1_host(tmp_path)
-    os.rmdir(str(tmp_path / "cg" / "cpu" / "rt.partition"))
-    reasons = hs.check_partitions([{"name": "/rt", "cpus": "0-3"}], False, "6.1.0", proc_root=proc,
-                                  qemu_conf=str(tmp_path / "none"))
-    assert reasons == ["/rt: %s is missing" % (tmp_path / "cg" / "cpu" / "rt.partition")]
-
-
-def test_partition_systemd_unit_and_slice(tmp_path):
-    proc, _part = _v1_host(tmp_path)
-    unit_dir = str(tmp_path / "units")
-    pname = parse_name("/rt")
-    write(os.path.join(unit_dir, pname.slice), render_slice_unit(pname, frozenset(range(4))))
-    ok = hs.check_partitions([{"name": "/rt", "cpus": "0-3"}], True, "6.1.0", proc_root=proc,
-                             qemu_conf=str(tmp_path / "none"), unit_dir=unit_dir, slice_states={"rt.slice": "active"})
-    assert ok == []
-    stale = hs.check_partitions([{"name": "/rt", "cpus": "2-3"}], True, "6.1.0", proc_root=proc,
-                                qemu_conf=str(tmp_path / "none"), unit_dir=unit_dir,
-                                slice_states={"rt.slice": "inactive"})
-    assert any("differs from what libvirt_partition writes" in r for r in stale)
-    assert any("rt.slice is not active" in r for r in stale)
+def test_partition_missing_in_one_hierarchy_is_pending(tmp_path, monkeypatch):
+    root = _v1_host(tmp_path, monkeypatch)
+    shutil.rmtree(str(root / "cpu" / "rt.partition"))
+    reasons = hs.check_partitions(None, [{"name": "/rt", "cpus": "0-3"}])
+    assert reasons == ["/rt: mkdir %s" % (root / "cpu" / "rt.partition")]
 
 
 VIOLATIONS = [
