@@ -132,7 +132,7 @@ def test_bad_guest_anywhere_in_the_list_defines_nothing(libvirt_rig, unique_name
             result = _play(tmp_path, guests, partition, pool)
             assert result["rc"] != 0 and result["failed"] == 1, result["out"][-3000:]
             assert message in result["out"] and also in result["out"], result["out"][-3000:]
-            assert _failed_task(result["out"]).startswith(("Check the guest list", "Plan every guest's pCPUs"))
+            assert _failed_task(result["out"]).startswith("Plan the guests")
             defined = libvirt_rig.domains()
             assert not {g["name"] for g in guests} & set(defined), (guests, defined)
             assert _partition_dirs(partition) == [], message
@@ -145,9 +145,9 @@ def test_bad_guest_anywhere_in_the_list_defines_nothing(libvirt_rig, unique_name
         # Removing the running guest and adding a bad one: refused before the removal, which must not happen.
         for bad, message, task in (
                 ({"name": second, "vcpus": 1, "partition": "relative"}, "must be an absolute path",
-                 "Render every present guest's definition"),
+                 "Plan the guests"),
                 ({"name": second, "vcpus": 1, "base_xml": "<domain"}, "base_xml is not well-formed XML",
-                 "Render every present guest's definition")):
+                 "Plan the guests")):
             result = _play(tmp_path, [{"name": unique_name, "state": "absent"}, bad], partition, pool)
             assert result["rc"] != 0 and message in result["out"], result["out"][-3000:]
             assert _failed_task(result["out"]).startswith(task), result["out"][-3000:]
