@@ -29,8 +29,9 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu_allocator import 
 
 # pcpu_allocation's top-level defaults: a guest entry leaves nothing to them but what it does not say.
 _ALLOCATION_DEFAULTS = {"state": "present", "vcpus": None, "smt_policy": "prefer", "numa_node": None, "pcpus": None}
-NO_POOL = ("No realtime pool: the host reports no isolated CPUs and host_prep did not run in this play. Run the roles "
-           "together (site.yml), set realtime_vm_pool (or realtime_vm_isolated_cpus), or boot the host with isolcpus=.")
+NO_POOL = ("No realtime pool: the host reports no isolated CPUs, host_prep did not run in this play and left no layout "
+           "on the host. Run the roles together (site.yml), set realtime_vm_pool (or realtime_vm_isolated_cpus), or "
+           "boot the host with isolcpus=.")
 
 
 @dataclass
@@ -104,7 +105,8 @@ def plan_guests(guests, topology, host, pool, emulator_cpus, defaults=Defaults()
         return result
     if not pool:
         raise GuestPlanError(NO_POOL)
-    requests, emulators = requests_from_entries(allocation_requests(wanted, defaults.smt_policy, emulator_cpus),
+    # Absent guests go in too: the allocator frees their pCPUs before it plans the present ones.
+    requests, emulators = requests_from_entries(allocation_requests(present, defaults.smt_policy, emulator_cpus),
                                                 _ALLOCATION_DEFAULTS)
     holdings = holdings_from_domain_xml(list(host.definitions.values()))
     plans = {plan.name: plan for plan in allocate_all(topology, _cpus(pool, "pool"), holdings, requests, emulators)}

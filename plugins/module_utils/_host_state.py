@@ -251,9 +251,12 @@ def partition_targets(plan, narrow_machine):
 
 
 def hook_layout(plan, narrow_machine):
-    """What the qemu hook re-creates at a guest's prepare (the JSON file it reads)."""
+    """What the qemu hook re-creates at a guest's prepare (the JSON file it reads), and the CPUs guest_plan takes
+    when realtime_vm runs without host_prep in the play."""
     return {"partitions": {p["name"]: p for p in plan["partitions"]},
-            "machine": {"cpus": plan["machine_cpus"]} if narrow_machine else {}}
+            "machine": {"cpus": plan["machine_cpus"]} if narrow_machine else {},
+            # Not read by the hook: the layout host_prep leaves on the host, for realtime_vm run on its own.
+            "realtime_cpus": plan["realtime_cpus"], "emulator_cpus": plan["emulator_cpus"]}
 
 
 def summary(plan, narrow_machine):

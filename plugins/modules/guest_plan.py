@@ -74,7 +74,8 @@ options:
         type: str
         choices: [kvm, qemu]
   pool:
-    description: CPUs guests may be pinned to. Empty - the isolated CPUs (the kernel's, plus O(isolated_cpus)).
+    description: CPUs guests may be pinned to. Empty - the isolated CPUs (the kernel's, plus O(isolated_cpus) or the
+      realtime CPUs of O(layout_file)).
     type: str
     default: ""
   isolated_cpus:
@@ -82,7 +83,8 @@ options:
     type: str
     default: ""
   emulator_cpus:
-    description: CPUs for the emulator threads of guests that name none. Empty - the housekeeping CPUs.
+    description: CPUs for the emulator threads of guests that name none. Empty - the emulator CPUs of O(layout_file),
+      else the housekeeping CPUs.
     type: str
     default: ""
   partition:
@@ -110,6 +112,13 @@ options:
     description: Check the running guests' thread placement.
     type: bool
     default: true
+  layout_file:
+    description:
+      - The layout rtvirt.kvm.host_prep leaves on the host (C(host_prep_hook_layout_file)). When O(isolated_cpus) is
+        empty, its realtime CPUs count as isolated; when O(emulator_cpus) is empty, its emulator CPUs are the
+        default. Missing - neither.
+    type: path
+    default: /etc/libvirt/hooks/rtvirt-kvm-layout.json
   uri:
     description: libvirt connection URI.
     type: str
@@ -198,6 +207,8 @@ msg:
   type: str
 """
 
+import json
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError
@@ -251,6 +262,7 @@ def get_argument_spec():
         fifo_priority=dict(type="int", default=1),
         verify=dict(type="bool", default=True),
         uri=dict(type="str", default="qemu:///system"),
+        layout_file=dict(type="path", default="/etc/libvirt/hooks/rtvirt-kvm-layout.json"),
     )
 
 
@@ -272,6 +284,16 @@ def read_libvirt(uri):
         conn.close()
 
 
+def read_layout(path):
+    """The layout file host_prep writes ({} when there is none, or it is not host_prep's)."""
+    try:
+        with open(path) as handle:
+            layout = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return layout if isinstance(layout, dict) else {}
+
+
 def _partition_changes(module, partitions):
     """Each partition as libvirt_partition would converge it (its own planner, in check mode)."""
     for partition in partitions:
@@ -284,8 +306,11 @@ def _partition_changes(module, partitions):
 def run(module):
     params = module.params
     partitions = sorted({g["partition"] or params["partition"] for g in params["guests"] if g["state"] == "present"})
-    facts = gather(isolated_cpus=params["isolated_cpus"] or None, realtime_partitions=partitions,
-                   gather_threads=params["verify"])
+    # Without host_prep in the play, the layout it left on the host says which CPUs it made realtime (a host not
+    # booted with isolcpus= yet has no other record of them) and where the emulators go.
+    layout = read_layout(params["layout_file"])
+    facts = gather(isolated_cpus=params["isolated_cpus"] or layout.get("realtime_cpus") or None,
+                   realtime_partitions=partitions, gather_threads=params["verify"])
     try:
         host = read_libvirt(params["uri"])
     except LibvirtError as exc:
@@ -296,8 +321,8 @@ def run(module):
     defaults = Defaults(partition=params["partition"], smt_policy=params["smt_policy"],
                         memory_mib=params["memory_mib"], fifo_priority=params["fifo_priority"])
     plan = plan_guests(params["guests"], Topology.from_dict(facts["topology"]), host,
-                       params["pool"] or facts["isolated_cpus"], params["emulator_cpus"] or facts["housekeeping_cpus"],
-                       defaults)
+                       params["pool"] or facts["isolated_cpus"],
+                       params["emulator_cpus"] or layout.get("emulator_cpus") or facts["housekeeping_cpus"], defaults)
     for warning in plan.warnings:
         module.warn(warning)
     for guest in plan.present:
