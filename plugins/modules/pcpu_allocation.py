@@ -311,6 +311,10 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu_allocator import 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import TopologyError, read_topology
 
 
+class InputError(Exception):
+    """Options that cannot go together, found before anything is read."""
+
+
 def get_argument_spec():
     return dict(
         name=dict(type="str"),
@@ -384,10 +388,11 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if params["guests"] is None and params["state"] == "present" and params["vcpus"] is None \
-            and params["pcpus"] is None:
-        module.fail_json(msg="state is present but any of the following are missing: vcpus, pcpus")
+    failure = None
     try:
+        if params["guests"] is None and params["state"] == "present" and params["vcpus"] is None \
+                and params["pcpus"] is None:
+            raise InputError("state is present but any of the following are missing: vcpus, pcpus")
         pool = parse_cpulist(params["pool"], what="pool")
         requests, emulators = _requests(params)
         topology = read_topology(params["sysfs_root"])
@@ -397,10 +402,14 @@ def main():
             plans = [allocate(topology, pool, holdings, requests[0])]
         else:
             plans = allocate_all(topology, pool, holdings, requests, emulators)
+    except InputError as exc:
+        failure = dict(msg=str(exc))
     except LibvirtError as exc:
-        module.fail_json(msg=str(exc), exception=exc.exception)
+        failure = dict(msg=str(exc), exception=exc.exception)
     except (PcpuError, TopologyError, CpuListError) as exc:
-        module.fail_json(msg=str(exc), guest=params["name"], pool=params["pool"])
+        failure = dict(msg=str(exc), guest=params["name"], pool=params["pool"])
+    if failure is not None:
+        module.fail_json(**failure)
 
     for plan in plans:
         for warning in plan.warnings:
