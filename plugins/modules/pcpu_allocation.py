@@ -126,12 +126,14 @@ options:
       - Include the guest's own XML so that its existing pins are kept.
     type: list
     elements: str
-  sysfs_root:
+  sys_root:
     description:
       - Where sysfs is mounted; the topology is read from C(devices/system/cpu) and C(devices/system/node) below it.
       - Meant for tests.
+      - Spelled as in M(rtvirt.kvm.cpu_isolation_facts); the alias O(sysfs_root) is the name it had before.
     type: path
     default: /sys
+    aliases: [sysfs_root]
 attributes:
   check_mode:
     support: full
@@ -334,7 +336,7 @@ def get_argument_spec():
         numa_node=dict(type="int"),
         pcpus=dict(type="list", elements="str"),
         domains_xml=dict(type="list", elements="str"),
-        sysfs_root=dict(type="path", default="/sys"),
+        sys_root=dict(type="path", default="/sys", aliases=["sysfs_root"]),
     )
 
 
@@ -395,7 +397,7 @@ def main():
             raise InputError("state is present but any of the following are missing: vcpus, pcpus")
         pool = parse_cpulist(params["pool"], what="pool")
         requests, emulators = _requests(params)
-        topology = read_topology(params["sysfs_root"])
+        topology = read_topology(params["sys_root"])
         xml_texts = params["domains_xml"] if params["domains_xml"] is not None else _read_domains()
         holdings = holdings_from_domain_xml(xml_texts)
         if params["guests"] is None:
