@@ -22,6 +22,8 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     format_cpulist,
     parse_cpulist,
 )
+# parent_of is also imported from here by _partition_systemd and the tests.
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_paths import display_path, join_path, parent_of
 
 # Knob names per hierarchy version.  Keys are the engine's own vocabulary.
 KNOBS = {
@@ -96,31 +98,6 @@ class KernelRuleError(Exception):
             return "cgroup %s: %s is refused: %s" % (where, what, self.rule)
         return "cgroup %s: %s is refused: %s (the kernel answers %s)" % (
             where, what, self.rule, _errno.errorcode.get(self.errno, str(self.errno)))
-
-
-def join_path(path, name):
-    return "%s/%s" % (path, name) if path else name
-
-
-def parent_of(path):
-    return path.rsplit("/", 1)[0] if "/" in path else ""
-
-
-def depth_of(path):
-    return 0 if not path else path.count("/") + 1
-
-
-def display_path(path):
-    return "'/%s'" % path if path else "the root cgroup"
-
-
-def ancestors_of(path):
-    """All ancestors from the root ("") down to the parent."""
-    result = [""]
-    parts = path.split("/") if path else []
-    for index in range(1, len(parts)):
-        result.append("/".join(parts[:index]))
-    return result
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,14 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import (
     KernelRuleError,
     Node,
     Op,
+    partition_base,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_paths import (
     ancestors_of,
     depth_of,
     display_path,
     join_path,
     parent_of,
-    partition_base,
 )
 
 

@@ -459,17 +459,18 @@ def main():
         required_one_of=[("path", "cgroups")],
         supports_check_mode=True,
     )
+    failure = None
     try:
         result = run(module)
     except (InputError, PlanError, CgroupDiscoveryError, LockTimeout) as exc:
-        module.fail_json(msg=str(exc), changed=False)
+        failure = dict(msg=str(exc), changed=False)
     except CgroupRemoveError as exc:
-        module.fail_json(msg=str(exc), changed=bool(exc.moved or exc.removed),
-                         other_hierarchies={"removed": exc.removed, "moved": exc.moved})
+        failure = dict(msg=str(exc), changed=bool(exc.moved or exc.removed),
+                       other_hierarchies={"removed": exc.removed, "moved": exc.moved})
     except ApplyError as exc:
-        module.fail_json(msg=exc.message, changed=bool(exc.rollback_failures),
-                         writes=[{"file": path, "value": value} for path, value in exc.writes],
-                         rolled_back=exc.rolled_back, rollback_failures=exc.rollback_failures)
+        failure = exc.result()
+    if failure is not None:
+        module.fail_json(**failure)
     module.exit_json(**result)
 
 

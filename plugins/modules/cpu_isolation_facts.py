@@ -349,6 +349,7 @@ def get_argument_spec():
 def main():
     module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
     params = module.params
+    failure = None
     try:
         facts = gather(
             proc_root=params["proc_root"],
@@ -360,7 +361,9 @@ def main():
             libvirt_config_dir=params["libvirt_config_dir"],
         )
     except (IsolationError, CpuListError) as exc:
-        module.fail_json(msg="cannot gather CPU isolation facts: %s" % exc)
+        failure = dict(msg="cannot gather CPU isolation facts: %s" % exc)
+    if failure is not None:
+        module.fail_json(**failure)
     for warning in facts["warnings"]:
         module.warn(warning)
     module.exit_json(changed=False, ansible_facts={"cpu_isolation": facts})

@@ -117,6 +117,14 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import (
 )
 
 
+class CmdlineError(Exception):
+    """What stops the run; ``result`` holds fail_json's arguments (the message and what was done)."""
+
+    def __init__(self, msg, **result):
+        super().__init__(msg)
+        self.result = dict(msg=msg, **result)
+
+
 def get_argument_spec():
     return dict(
         params=dict(type="dict", default={}),
@@ -128,26 +136,25 @@ def get_argument_spec():
     )
 
 
-def main():
-    module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
+def run(module):
     p = module.params
     wanted = {str(k): (None if v is None else str(v)) for k, v in p["params"].items()}
     try:
         with open(p["proc_cmdline"]) as handle:
             running = handle.read()
     except OSError as exc:
-        module.fail_json(msg="cannot read %s: %s" % (p["proc_cmdline"], exc))
+        raise CmdlineError("cannot read %s: %s" % (p["proc_cmdline"], exc)) from None
     pending = missing_from_running(running, wanted, p["absent"])
     if not os.path.exists(p["path"]):
-        module.exit_json(changed=False, bootloader="none", cmdline=None, reboot_required=False, pending=pending,
-                         msg="%s does not exist: not a GRUB host, the kernel command line is not managed" % p["path"])
+        return dict(changed=False, bootloader="none", cmdline=None, reboot_required=False, pending=pending,
+                    msg="%s does not exist: not a GRUB host, the kernel command line is not managed" % p["path"])
     with open(p["path"]) as handle:
         old = handle.read()
     try:
         changed, new, _pending = plan_edit(old, p["variable"], wanted, p["absent"], running)
         _index, new_words = parse(new, p["variable"])
     except CmdlineParseError as exc:
-        module.fail_json(msg="cannot edit %s safely, nothing written: %s" % (p["path"], exc))
+        raise CmdlineError("cannot edit %s safely, nothing written: %s" % (p["path"], exc)) from None
     result = dict(changed=changed, bootloader="grub", cmdline=" ".join(new_words),
                   reboot_required=bool(pending), pending=pending)
     if module._diff:
@@ -166,12 +173,24 @@ def main():
         if command:
             rc, out, err = module.run_command(command, environ_update={"LC_ALL": "C"})
             if rc != 0:
-                module.fail_json(msg="%s changed, but %s failed (rc %d): %s" % (p["path"], " ".join(command), rc,
-                                                                                err.strip() or out.strip()), **result)
+                raise CmdlineError("%s changed, but %s failed (rc %d): %s" % (p["path"], " ".join(command), rc,
+                                                                              err.strip() or out.strip()), **result)
             msg += "; ran %s" % " ".join(command)
     elif changed:
         msg = "would update %s in %s" % (p["variable"], p["path"])
     result["msg"] = msg
+    return result
+
+
+def main():
+    module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
+    failure = None
+    try:
+        result = run(module)
+    except CmdlineError as exc:
+        failure = exc.result
+    if failure is not None:
+        module.fail_json(**failure)
     module.exit_json(**result)
 
 

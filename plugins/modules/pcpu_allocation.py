@@ -126,12 +126,14 @@ options:
       - Include the guest's own XML so that its existing pins are kept.
     type: list
     elements: str
-  sysfs_root:
+  sys_root:
     description:
       - Where sysfs is mounted; the topology is read from C(devices/system/cpu) and C(devices/system/node) below it.
       - Meant for tests.
+      - Spelled as in M(rtvirt.kvm.cpu_isolation_facts); the alias O(sysfs_root) is the name it had before.
     type: path
     default: /sys
+    aliases: [sysfs_root]
 attributes:
   check_mode:
     support: full
@@ -311,6 +313,10 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu_allocator import 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import TopologyError, read_topology
 
 
+class InputError(Exception):
+    """Options that cannot go together, found before anything is read."""
+
+
 def get_argument_spec():
     return dict(
         name=dict(type="str"),
@@ -330,7 +336,7 @@ def get_argument_spec():
         numa_node=dict(type="int"),
         pcpus=dict(type="list", elements="str"),
         domains_xml=dict(type="list", elements="str"),
-        sysfs_root=dict(type="path", default="/sys"),
+        sys_root=dict(type="path", default="/sys", aliases=["sysfs_root"]),
     )
 
 
@@ -384,23 +390,28 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if params["guests"] is None and params["state"] == "present" and params["vcpus"] is None \
-            and params["pcpus"] is None:
-        module.fail_json(msg="state is present but any of the following are missing: vcpus, pcpus")
+    failure = None
     try:
+        if params["guests"] is None and params["state"] == "present" and params["vcpus"] is None \
+                and params["pcpus"] is None:
+            raise InputError("state is present but any of the following are missing: vcpus, pcpus")
         pool = parse_cpulist(params["pool"], what="pool")
         requests, emulators = _requests(params)
-        topology = read_topology(params["sysfs_root"])
+        topology = read_topology(params["sys_root"])
         xml_texts = params["domains_xml"] if params["domains_xml"] is not None else _read_domains()
         holdings = holdings_from_domain_xml(xml_texts)
         if params["guests"] is None:
             plans = [allocate(topology, pool, holdings, requests[0])]
         else:
             plans = allocate_all(topology, pool, holdings, requests, emulators)
+    except InputError as exc:
+        failure = dict(msg=str(exc))
     except LibvirtError as exc:
-        module.fail_json(msg=str(exc), exception=exc.exception)
+        failure = dict(msg=str(exc), exception=exc.exception)
     except (PcpuError, TopologyError, CpuListError) as exc:
-        module.fail_json(msg=str(exc), guest=params["name"], pool=params["pool"])
+        failure = dict(msg=str(exc), guest=params["name"], pool=params["pool"])
+    if failure is not None:
+        module.fail_json(**failure)
 
     for plan in plans:
         for warning in plan.warnings:

@@ -152,6 +152,10 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
 from ansible_collections.rtvirt.kvm.plugins.module_utils._remediation import findings, report
 
 
+class FindingsError(Exception):
+    """What stops the run; main() hands it to fail_json as ``msg``."""
+
+
 def get_argument_spec():
     return dict(violations=dict(type="list", elements="dict", default=[]), kinds=dict(type="list", elements="str"), targets=dict(type="str"),
                 realtime_partitions=dict(type="list", elements="str", default=[]),
@@ -184,7 +188,7 @@ def _virsh(module, *args, **kwargs):
     if rc != 0 and kwargs.get("optional"):
         return None
     if rc != 0:
-        module.fail_json(msg="virsh %s failed (rc %d): %s" % (" ".join(args), rc, err.strip()))
+        raise FindingsError("virsh %s failed (rc %d): %s" % (" ".join(args), rc, err.strip()))
     return out
 
 
@@ -197,7 +201,7 @@ def _domains_libvirt(module):
     try:
         conn = libvirt.open(module.params["uri"])
     except libvirt.libvirtError as exc:
-        module.fail_json(msg="cannot connect to %s: %s" % (module.params["uri"], exc))
+        raise FindingsError("cannot connect to %s: %s" % (module.params["uri"], exc)) from None
     try:
         running = set()
         xmls = {}
@@ -213,7 +217,7 @@ def _domains_libvirt(module):
                 raise
         return running, xmls
     except libvirt.libvirtError as exc:
-        module.fail_json(msg="reading the guests of %s failed: %s" % (module.params["uri"], exc))
+        raise FindingsError("reading the guests of %s failed: %s" % (module.params["uri"], exc)) from None
     finally:
         conn.close()
 
@@ -229,25 +233,24 @@ def _domains_virsh(module):
     return running, xmls
 
 
-def main():
-    module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
+def run(module):
     facts = None
     if module.params["gather_isolation"]:
         if module.params["violations"]:
-            module.fail_json(msg="violations and gather_isolation are mutually exclusive: with gather_isolation the "
-                                 "module gathers the violations itself")
+            raise FindingsError("violations and gather_isolation are mutually exclusive: with gather_isolation the "
+                                "module gathers the violations itself")
         try:
             facts = gather(isolated_cpus=module.params["isolated_cpus"],
                            realtime_partitions=module.params["realtime_partitions"])
         except (IsolationError, CpuListError) as exc:
-            module.fail_json(msg="cannot gather CPU isolation facts: %s" % exc)
+            raise FindingsError("cannot gather CPU isolation facts: %s" % exc) from None
         for warning in facts["warnings"]:
             module.warn(warning)
         module.params["violations"] = facts["violations"]
     try:
         layout = discover_layout()
     except CgroupDiscoveryError as exc:
-        module.fail_json(msg=str(exc))
+        raise FindingsError(str(exc)) from None
     conf = _read("/etc/libvirt/qemu.conf")
     hierarchies = libvirt_hierarchies(layout.mounts, parse_qemu_conf_controllers(conf) if conf else None)
     subsystems = parse_proc_cgroups(_read("/proc/cgroups") or "")
@@ -273,7 +276,7 @@ def main():
         try:
             realtime_dirs.append(parse_name(name, subsystems).cgroup_path)
         except PartitionNameError as exc:
-            module.fail_json(msg="realtime_partitions: %s" % exc)
+            raise FindingsError("realtime_partitions: %s" % exc) from None
     # libvirt's /machine and the top level of every partition in use or planned (/rt lives beside /machine).
     tops = sorted({"machine"} | {d.split("/")[0] for d in list(dirs.values()) + realtime_dirs})
     present = {h.key: _walk(h.mountpoint, tops) for h in hierarchies if not h.optional}
@@ -292,8 +295,20 @@ def main():
     previous = module.params["previous"]
     summary = report(result, None) if previous is None else report(previous, result)
     extra = {} if facts is None else {"cpu_isolation": facts}
-    module.exit_json(changed=False, findings=result, report=summary, hierarchies={h.key: h.mountpoint for h in hierarchies},
-                     partitions=partitions, running=sorted(running), **extra)
+    return dict(changed=False, findings=result, report=summary, hierarchies={h.key: h.mountpoint for h in hierarchies},
+                partitions=partitions, running=sorted(running), **extra)
+
+
+def main():
+    module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
+    failure = None
+    try:
+        result = run(module)
+    except FindingsError as exc:
+        failure = dict(msg=str(exc))
+    if failure is not None:
+        module.fail_json(**failure)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def domain(name, pins, metadata="", emulator="0-1"):
 
 
 def args(sysfs, **kwargs):
-    base = dict(pool="2-7", sysfs_root=sysfs, domains_xml=[])
+    base = dict(pool="2-7", sys_root=sysfs, domains_xml=[])
     base.update(kwargs)
     return base
 
@@ -88,6 +88,15 @@ def test_second_run_with_own_xml_is_idempotent(sysfs_smt):
     other = run_module(pcpu_allocation, args(sysfs_smt, name="rt2", vcpus=2, pool="0-15", domains_xml=[own]))
     assert other["cpus"] == "3,11"
     assert other["holders"]["rt1"] == "0-2,8-10"
+
+
+def test_sysfs_root_is_an_alias_of_sys_root(sysfs_flat):
+    new = run_module(pcpu_allocation, args(sysfs_flat, name="g", vcpus=2))
+    old = dict(args(sysfs_flat, name="g", vcpus=2))
+    old["sysfs_root"] = old.pop("sys_root")
+    result = run_module(pcpu_allocation, old)
+    assert not result.get("failed"), result
+    assert result["pins"] == new["pins"] and not result.get("warnings")
 
 
 def test_check_mode_gives_the_same_plan(sysfs_flat):
