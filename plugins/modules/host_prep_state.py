@@ -441,25 +441,32 @@ def check(module, params, plan):
     return extra
 
 
-def main():
-    module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
+class _Failure(Exception):
+    """What stops the run: fail_json's arguments."""
+
+    def __init__(self, **result):
+        super().__init__(result.get("msg"))
+        self.result = result
+
+
+def run(module):
     params = module.params
     try:
         plan, warnings = plan_host(params)
     except (RealtimeCpusError, CpuListError) as exc:
-        module.fail_json(msg="realtime CPUs: %s" % exc)
+        raise _Failure(msg="realtime CPUs: %s" % exc) from None
     for warning in warnings:
         module.warn(warning)
     try:
         plan.update(check(module, params, plan))
     except (CgroupDiscoveryError, CpuListError, PartitionNameError, OSError) as exc:
-        module.fail_json(msg="cannot read the host's state: %s" % exc, **plan)
+        raise _Failure(msg="cannot read the host's state: %s" % exc, **plan) from None
     if params["verify"]:
         try:
             facts = gather(isolated_cpus=plan["realtime_cpus"],
                            realtime_partitions=[p["name"] for p in plan["partitions"]])
         except (IsolationError, CpuListError) as exc:
-            module.fail_json(msg="cannot gather CPU isolation facts: %s" % exc, **plan)
+            raise _Failure(msg="cannot gather CPU isolation facts: %s" % exc, **plan) from None
         for warning in facts["warnings"]:
             module.warn(warning)
         plan["cpu_isolation"] = facts
@@ -470,7 +477,19 @@ def main():
     # converged run more than this whole function.
     plan["verdict"] = verdict(plan["summary"], plan.get("violations"), plan.get("other_violations", 0),
                               params["verify_kinds"], check_mode=module.check_mode, verify=params["verify"])
-    module.exit_json(**plan)
+    return plan
+
+
+def main():
+    module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
+    failure = None
+    try:
+        result = run(module)
+    except _Failure as exc:
+        failure = exc.result
+    if failure is not None:
+        module.fail_json(**failure)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -369,7 +369,7 @@ def main():
     params = module.params
     result = dict(changed=False, xml="", differences=[], defined=False, started=False, destroyed=False,
                   undefined=False, restart_needed=False)
-    virt = None
+    virt = failure = None
     try:
         check_name(params["name"])
         spec = None
@@ -383,12 +383,14 @@ def main():
         else:
             _absent(module, virt, params["name"], result)
     except LibvirtError as exc:
-        module.fail_json(msg=str(exc), guest=params["name"], exception=exc.exception, **result)
+        failure = dict(result, msg=str(exc), guest=params["name"], exception=exc.exception)
     except (DomainSpecError, DomainXMLError, CpuListError) as exc:
-        module.fail_json(msg=str(exc), guest=params["name"], **result)
+        failure = dict(result, msg=str(exc), guest=params["name"])
     finally:
         if virt is not None:
             virt.close()
+    if failure is not None:
+        module.fail_json(**failure)
     result["changed"] = any(result[key] for key in ("defined", "started", "destroyed", "undefined"))
     module.exit_json(**result)
 
