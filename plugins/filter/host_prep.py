@@ -2,7 +2,7 @@
 # Copyright (c) rtvirt.kvm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Filters of the host_prep role: which of the facts' violations host_prep answers for, and its verify step's
-verdict after a change (on a converged host rtvirt.kvm.host_prep_state returns both itself)."""
+verdict after a change (on a converged host rtvirt.kvm.host_plan returns both itself)."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ def _violations(cpu_isolation, name):
 
 def host_prep_violations(cpu_isolation, kinds, unmovable_irqs=()):
     # Imported here: a task that uses any of the collection's filters loads every filter file.
-    from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import host_prep_violations as select
+    from ansible_collections.rtvirt.kvm.plugins.module_utils._host_plan import host_prep_violations as select
 
     return select(_violations(cpu_isolation, "host_prep_violations"), kinds, unmovable_irqs)
 
 
 def host_prep_verdict(cpu_isolation, kinds, unmovable_irqs=(), summary="", areas=(), check_mode=False, verify=True):
-    from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import host_prep_violations as select
-    from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import verdict
+    from ansible_collections.rtvirt.kvm.plugins.module_utils._host_plan import host_prep_violations as select
+    from ansible_collections.rtvirt.kvm.plugins.module_utils._host_plan import verdict
 
     kept, others = [], 0
     if verify:  # without the verify step converge.yml reads no facts again

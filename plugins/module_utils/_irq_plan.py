@@ -2,7 +2,7 @@
 # Copyright (c) rtvirt.kvm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What keeping IRQs on a set of CPUs changes: one plan, used by irq_affinity (which applies it) and by
-host_prep_state (which only asks whether it is empty)."""
+host_plan (which only asks whether it is empty)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 # Copyright (c) rtvirt.kvm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """One libvirt partition, planned and converged on this host: the entry point libvirt_partition runs, and the
-one the roles' plan calls (host_prep_state, guest_plan) run in check mode, so "what would the partition task
+one the roles' plan calls (host_plan, guest_plan) run in check mode, so "what would the partition task
 change" is answered by the task's own code."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 """Choose and validate a host's realtime CPU set, and plan the cgroup layout around it.
 
 Pure, except ``plan_host`` at the end, which reads sysfs through ``_topology.read_topology``
-(host_prep_state plans through ``plan_host``).
+(host_plan plans through ``plan_host``).
 
 Topology is given as plain data:
   online: frozenset of online CPUs; present: frozenset of present CPUs (None: same as online)
@@ -176,7 +176,7 @@ def plan_layout(realtime, online, partitions, emulator_cpus=None, narrow_machine
 
 
 def plan_argument_spec():
-    """The options ``plan_host`` reads: the first part of host_prep_state's spec."""
+    """The options ``plan_host`` reads: the first part of host_plan's spec."""
     return dict(
         cpus=dict(type="str"),
         housekeeping_cores_per_node=dict(type="int", default=1),

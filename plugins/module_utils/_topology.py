@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The host's CPU topology as sysfs tells it: online and present CPUs, NUMA nodes, SMT siblings.
 
-One reader for every planner (pcpu_allocation, host_prep_state, the isolation facts), in a
+One reader for every planner (pcpu_allocation, host_plan, the isolation facts), in a
 module of its own so that a module that only needs the topology does not carry the pCPU planner in its
 payload.
 """
@@ -35,7 +35,7 @@ class Topology:
     def __init__(self, node_of, siblings=None, core_id=None, package_id=None, present=None):
         self._node_of = {int(c): int(n) for c, n in node_of.items()}
         cpus = frozenset(self._node_of)
-        # Present but offline CPUs are no part of the topology; host_prep_state names them in its errors.
+        # Present but offline CPUs are no part of the topology; host_plan names them in its errors.
         self.present = cpus if present is None else frozenset(present) | cpus
         siblings = siblings or {}
         self._siblings = {}

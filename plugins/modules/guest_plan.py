@@ -9,7 +9,7 @@ DOCUMENTATION = r"""
 ---
 module: guest_plan
 short_description: Plan realtime guests - settings, pCPUs, definitions, partitions and placement - writing nothing
-version_added: 0.3.0
+version_added: "0.2.0"
 description:
   - Resolves every guest's settings once (the entry's own values, else the module's defaults), plans all guests'
     pCPUs as one change as M(rtvirt.kvm.pcpu_allocation) does, renders each definition as M(rtvirt.kvm.realtime_domain)

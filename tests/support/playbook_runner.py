@@ -2,7 +2,7 @@
 
     run = run_playbook(tmp_path, [{"hosts": "localhost", "gather_facts": False, "roles": [...]}])
     assert run["rc"] == 0 and run["changed"] == 0, run["out"]
-    assert [t["action"] for t in module_runs(run["tasks"])] == ["rtvirt.kvm.host_prep_state"]
+    assert [t["action"] for t in module_runs(run["tasks"])] == ["rtvirt.kvm.host_plan"]
 
 A module run is a task result that was not skipped and whose action the controller does not carry out by
 itself: each one is a Python process on the host, the cost the fast paths avoid.

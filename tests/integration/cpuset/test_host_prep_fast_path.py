@@ -66,7 +66,7 @@ def test_converged_host_costs_one_module_call_and_drift_is_repaired(tmp_path, pa
 
     again = _play(tmp_path, partition)
     assert again["rc"] == 0 and again["changed"] == 0, again["out"][-4000:]
-    assert _modules_run(again) == ["rtvirt.kvm.host_prep_state"], again["tasks"]
+    assert _modules_run(again) == ["rtvirt.kvm.host_plan"], again["tasks"]
     # The line and the verdict come from the plan task on a converged host.
     assert ("the host matches the plan; no cgroup_cpuset violation host_prep answers for on the realtime CPUs"
             in again["out"]), again["out"][-3000:]
@@ -95,7 +95,7 @@ def test_converged_host_costs_one_module_call_and_drift_is_repaired(tmp_path, pa
     assert "converged partitions, sysctl; no cgroup_cpuset violation host_prep answers for" in repaired["out"]
 
     settled = _play(tmp_path, partition)
-    assert settled["changed"] == 0 and _modules_run(settled) == ["rtvirt.kvm.host_prep_state"], settled["out"][-3000:]
+    assert settled["changed"] == 0 and _modules_run(settled) == ["rtvirt.kvm.host_plan"], settled["out"][-3000:]
 
 
 def test_full_path_on_request_changes_nothing_on_a_converged_host(tmp_path, partition):
@@ -127,7 +127,7 @@ def test_a_violation_on_a_converged_host_fails_the_verdict_and_check_mode_lists_
     failed = _play(tmp_path, partition, extra=kinds)
     assert failed["rc"] != 0 and failed["failed"] == 1 and failed["changed"] == 0, failed["out"][-3000:]
     assert "new IRQs get affinity" in failed["out"], failed["out"][-3000:]
-    assert _modules_run(failed) == ["rtvirt.kvm.host_prep_state"]
+    assert _modules_run(failed) == ["rtvirt.kvm.host_plan"]
     dry = _play(tmp_path, partition, check=True, extra=kinds)
     assert dry["rc"] == 0 and dry["changed"] == 0, dry["out"][-3000:]
     assert "the host matches the plan; a real run would still have to fix: new IRQs get affinity" in dry["out"]
@@ -138,7 +138,7 @@ def test_bad_input_fails_in_the_plan_task_before_any_change(tmp_path, partition)
     bad = _play(tmp_path, partition, extra={"host_prep_realtime_cpus": online})
     assert bad["rc"] != 0 and bad["failed"] == 1
     assert "housekeeping" in bad["out"], bad["out"][-3000:]
-    assert _modules_run(bad) == ["rtvirt.kvm.host_prep_state"]
+    assert _modules_run(bad) == ["rtvirt.kvm.host_plan"]
     assert not _cpuset_dir(partition).exists()
     assert not (tmp_path / "90-rtvirt-test.conf").exists()
 

@@ -208,7 +208,7 @@ def _brief(violations):
     return [(v["kind"], v["offender"], v.get("cpus")) for v in violations]
 
 
-def test_v1_isolcpus_host_state(v1_isolcpus_root):
+def test_v1_isolcpus_host_plan(v1_isolcpus_root):
     facts = _gather_root(v1_isolcpus_root, realtime_partitions=["/machine/rt"])
     json.dumps(facts)  # facts must be JSON
     assert facts["cgroup"]["mode"] == "hybrid"

@@ -113,7 +113,7 @@ def test_read_topology_offline_cpus(tmp_path):
 
 
 def test_read_topology_present_cpus(tmp_path):
-    # host_prep_state tells an offline CPU ("bring it online") from a missing one by the present list.
+    # host_plan tells an offline CPU ("bring it online") from a missing one by the present list.
     root = write_sysfs(tmp_path, "0-1,3", {0: {0}, 1: {1}, 3: {3}}, {0: "0-3"})
     (tmp_path / "devices" / "system" / "cpu" / "present").write_text("0-3\n")
     assert read_topology(root).present == frozenset(range(4))

@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""_host_state: the one-pass checks behind host_prep's fast path, held to what the writing modules would do.
+"""_host_plan: the one-pass checks behind host_prep's fast path, held to what the writing modules would do.
 
 The rule under test: an area the checks call converged must be one its module leaves unchanged. Where a
 module exists (kernel_cmdline, irq_affinity), both run on the same fake tree and must agree.
@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from _module_runner import run_module
-from ansible_collections.rtvirt.kvm.plugins.module_utils import _host_state as hs
+from ansible_collections.rtvirt.kvm.plugins.module_utils import _host_plan as hs
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import PlainFiles
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_host import Host
 from ansible_collections.rtvirt.kvm.plugins.modules import irq_affinity, kernel_cmdline, libvirt_partition

@@ -260,7 +260,7 @@ def hook_layout(plan, narrow_machine):
 
 
 def summary(plan, narrow_machine):
-    """The role's one line about the plan and what differs (``plan`` as host_prep_state returns it)."""
+    """The role's one line about the plan and what differs (``plan`` as host_plan returns it)."""
     partitions = ", ".join("%s on %s%s" % (p["name"], p["cpus"], " (exclusive)" if p["exclusive"] else "")
                            for p in plan["partitions"])
     pending = plan.get("pending") or {}

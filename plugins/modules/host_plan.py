@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: host_prep_state
+module: host_plan
 short_description: Plan a host's realtime layout and report, in one pass, what host_prep would still change
 version_added: "0.2.0"
 description:
@@ -193,7 +193,7 @@ seealso:
 
 EXAMPLES = r"""
 - name: Plan, and see what a host_prep run would change
-  rtvirt.kvm.host_prep_state:
+  rtvirt.kvm.host_plan:
     partitions:
       - name: /rt
     sysctl:
@@ -341,7 +341,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError, parse_cpulist
 from ansible_collections.rtvirt.kvm.plugins.module_utils._realtime_cpus import RealtimeCpusError, plan_argument_spec, plan_host
-from ansible_collections.rtvirt.kvm.plugins.module_utils._host_state import (
+from ansible_collections.rtvirt.kvm.plugins.module_utils._host_plan import (
     check_cmdline,
     plan_file,
     check_hook,
