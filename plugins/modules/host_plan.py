@@ -340,6 +340,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError, parse_cpulist
+from ansible_collections.rtvirt.kvm.plugins.module_utils._failure import ModuleFailure, finish
 from ansible_collections.rtvirt.kvm.plugins.module_utils._realtime_cpus import RealtimeCpusError, plan_argument_spec, plan_host
 from ansible_collections.rtvirt.kvm.plugins.module_utils._host_plan import (
     check_cmdline,
@@ -441,32 +442,24 @@ def check(module, params, plan):
     return extra
 
 
-class _Failure(Exception):
-    """What stops the run: fail_json's arguments."""
-
-    def __init__(self, **result):
-        super().__init__(result.get("msg"))
-        self.result = result
-
-
 def run(module):
     params = module.params
     try:
         plan, warnings = plan_host(params)
     except (RealtimeCpusError, CpuListError) as exc:
-        raise _Failure(msg="realtime CPUs: %s" % exc) from None
+        raise ModuleFailure("realtime CPUs: %s" % exc) from None
     for warning in warnings:
         module.warn(warning)
     try:
         plan.update(check(module, params, plan))
     except (CgroupDiscoveryError, CpuListError, PartitionNameError, OSError) as exc:
-        raise _Failure(msg="cannot read the host's state: %s" % exc, **plan) from None
+        raise ModuleFailure("cannot read the host's state: %s" % exc, **plan) from None
     if params["verify"]:
         try:
             facts = gather(isolated_cpus=plan["realtime_cpus"],
                            realtime_partitions=[p["name"] for p in plan["partitions"]])
         except (IsolationError, CpuListError) as exc:
-            raise _Failure(msg="cannot gather CPU isolation facts: %s" % exc, **plan) from None
+            raise ModuleFailure("cannot gather CPU isolation facts: %s" % exc, **plan) from None
         for warning in facts["warnings"]:
             module.warn(warning)
         plan["cpu_isolation"] = facts
@@ -482,14 +475,7 @@ def run(module):
 
 def main():
     module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
-    failure = None
-    try:
-        result = run(module)
-    except _Failure as exc:
-        failure = exc.result
-    if failure is not None:
-        module.fail_json(**failure)
-    module.exit_json(**result)
+    finish(module, run)
 
 
 if __name__ == "__main__":

@@ -115,14 +115,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import (
     parse,
     plan_edit,
 )
-
-
-class CmdlineError(Exception):
-    """What stops the run; ``result`` holds fail_json's arguments (the message and what was done)."""
-
-    def __init__(self, msg, **result):
-        super().__init__(msg)
-        self.result = dict(msg=msg, **result)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._failure import ModuleFailure, finish
 
 
 def get_argument_spec():
@@ -143,7 +136,7 @@ def run(module):
         with open(p["proc_cmdline"]) as handle:
             running = handle.read()
     except OSError as exc:
-        raise CmdlineError("cannot read %s: %s" % (p["proc_cmdline"], exc)) from None
+        raise ModuleFailure("cannot read %s: %s" % (p["proc_cmdline"], exc)) from None
     pending = missing_from_running(running, wanted, p["absent"])
     if not os.path.exists(p["path"]):
         return dict(changed=False, bootloader="none", cmdline=None, reboot_required=False, pending=pending,
@@ -154,7 +147,7 @@ def run(module):
         changed, new, _pending = plan_edit(old, p["variable"], wanted, p["absent"], running)
         _index, new_words = parse(new, p["variable"])
     except CmdlineParseError as exc:
-        raise CmdlineError("cannot edit %s safely, nothing written: %s" % (p["path"], exc)) from None
+        raise ModuleFailure("cannot edit %s safely, nothing written: %s" % (p["path"], exc)) from None
     result = dict(changed=changed, bootloader="grub", cmdline=" ".join(new_words),
                   reboot_required=bool(pending), pending=pending)
     if module._diff:
@@ -173,8 +166,8 @@ def run(module):
         if command:
             rc, out, err = module.run_command(command, environ_update={"LC_ALL": "C"})
             if rc != 0:
-                raise CmdlineError("%s changed, but %s failed (rc %d): %s" % (p["path"], " ".join(command), rc,
-                                                                              err.strip() or out.strip()), **result)
+                raise ModuleFailure("%s changed, but %s failed (rc %d): %s"
+                                    % (p["path"], " ".join(command), rc, err.strip() or out.strip()), **result)
             msg += "; ran %s" % " ".join(command)
     elif changed:
         msg = "would update %s in %s" % (p["variable"], p["path"])
@@ -184,14 +177,7 @@ def run(module):
 
 def main():
     module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
-    failure = None
-    try:
-        result = run(module)
-    except CmdlineError as exc:
-        failure = exc.result
-    if failure is not None:
-        module.fail_json(**failure)
-    module.exit_json(**result)
+    finish(module, run)
 
 
 if __name__ == "__main__":

@@ -149,11 +149,8 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     parse_proc_cgroups,
     parse_qemu_conf_controllers,
 )
+from ansible_collections.rtvirt.kvm.plugins.module_utils._failure import ModuleFailure, finish
 from ansible_collections.rtvirt.kvm.plugins.module_utils._remediation import findings, report
-
-
-class FindingsError(Exception):
-    """What stops the run; main() hands it to fail_json as ``msg``."""
 
 
 def get_argument_spec():
@@ -188,7 +185,7 @@ def _virsh(module, *args, **kwargs):
     if rc != 0 and kwargs.get("optional"):
         return None
     if rc != 0:
-        raise FindingsError("virsh %s failed (rc %d): %s" % (" ".join(args), rc, err.strip()))
+        raise ModuleFailure("virsh %s failed (rc %d): %s" % (" ".join(args), rc, err.strip()))
     return out
 
 
@@ -201,7 +198,7 @@ def _domains_libvirt(module):
     try:
         conn = libvirt.open(module.params["uri"])
     except libvirt.libvirtError as exc:
-        raise FindingsError("cannot connect to %s: %s" % (module.params["uri"], exc)) from None
+        raise ModuleFailure("cannot connect to %s: %s" % (module.params["uri"], exc)) from None
     try:
         running = set()
         xmls = {}
@@ -217,7 +214,7 @@ def _domains_libvirt(module):
                 raise
         return running, xmls
     except libvirt.libvirtError as exc:
-        raise FindingsError("reading the guests of %s failed: %s" % (module.params["uri"], exc)) from None
+        raise ModuleFailure("reading the guests of %s failed: %s" % (module.params["uri"], exc)) from None
     finally:
         conn.close()
 
@@ -237,20 +234,20 @@ def run(module):
     facts = None
     if module.params["gather_isolation"]:
         if module.params["violations"]:
-            raise FindingsError("violations and gather_isolation are mutually exclusive: with gather_isolation the "
+            raise ModuleFailure("violations and gather_isolation are mutually exclusive: with gather_isolation the "
                                 "module gathers the violations itself")
         try:
             facts = gather(isolated_cpus=module.params["isolated_cpus"],
                            realtime_partitions=module.params["realtime_partitions"])
         except (IsolationError, CpuListError) as exc:
-            raise FindingsError("cannot gather CPU isolation facts: %s" % exc) from None
+            raise ModuleFailure("cannot gather CPU isolation facts: %s" % exc) from None
         for warning in facts["warnings"]:
             module.warn(warning)
         module.params["violations"] = facts["violations"]
     try:
         layout = discover_layout()
     except CgroupDiscoveryError as exc:
-        raise FindingsError(str(exc)) from None
+        raise ModuleFailure(str(exc)) from None
     conf = _read("/etc/libvirt/qemu.conf")
     hierarchies = libvirt_hierarchies(layout.mounts, parse_qemu_conf_controllers(conf) if conf else None)
     subsystems = parse_proc_cgroups(_read("/proc/cgroups") or "")
@@ -276,7 +273,7 @@ def run(module):
         try:
             realtime_dirs.append(parse_name(name, subsystems).cgroup_path)
         except PartitionNameError as exc:
-            raise FindingsError("realtime_partitions: %s" % exc) from None
+            raise ModuleFailure("realtime_partitions: %s" % exc) from None
     # libvirt's /machine and the top level of every partition in use or planned (/rt lives beside /machine).
     tops = sorted({"machine"} | {d.split("/")[0] for d in list(dirs.values()) + realtime_dirs})
     present = {h.key: _walk(h.mountpoint, tops) for h in hierarchies if not h.optional}
@@ -301,14 +298,7 @@ def run(module):
 
 def main():
     module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
-    failure = None
-    try:
-        result = run(module)
-    except FindingsError as exc:
-        failure = dict(msg=str(exc))
-    if failure is not None:
-        module.fail_json(**failure)
-    module.exit_json(**result)
+    finish(module, run)
 
 
 if __name__ == "__main__":
