@@ -136,12 +136,16 @@ def _goals(sections):
     noop = pb.get("results", {}).get(("noop", 32)) if pb else None
     if site and noop and site.get("times"):
         ratio = median(site["times"]) / median(noop["times"])
-        rows.append("| site.yml re-converge with 32 guests within 1.5× the no-op playbook | %s vs %s = %s, %s changed, %s writes | %s |" % (
-            fmt_s(median(site["times"])), fmt_s(median(noop["times"])), fmt_ratio(ratio), site.get("changed"),
-            site.get("writes"), "yes" if ratio <= 1.5 and site.get("writes") == 0 else "**no**"))
+        # Issue 18: the 1.5x goal is withdrawn (it measured ansible-core's per-task cost more than ours); 2x stays,
+        # and the time above the no-op is what the roles themselves cost.
+        rows.append("| site.yml re-converge with 32 guests within 2× the no-op playbook | %s vs %s = %s (%s above it), "
+                    "%s changed, %s writes | %s |" % (
+                        fmt_s(median(site["times"])), fmt_s(median(noop["times"])), fmt_ratio(ratio),
+                        fmt_s(median(site["times"]) - median(noop["times"])), site.get("changed"),
+                        site.get("writes"), "yes" if ratio <= 2 and site.get("writes") == 0 else "**no**"))
     else:
         why = "; ".join(pb.get("not_run", [])) or pb.get("error") or "case not selected or fewer than 32 guests"
-        rows.append("| site.yml re-converge with 32 guests within 1.5× the no-op playbook | %s | not measured |" % why)
+        rows.append("| site.yml re-converge with 32 guests within 2× the no-op playbook | %s | not measured |" % why)
     fx = sections.get("facts", {})
     rec = fx.get("results", {}).get(("facts", 10000)) if fx else None
     if rec:
