@@ -80,6 +80,15 @@ def _cpus(text, what):
         raise GuestPlanError(str(exc)) from None
 
 
+def guest_spec(resolved):
+    """The DomainSpec realtime_domain builds from a resolved guest's options."""
+    return DomainSpec(name=resolved["name"], vcpus=resolved["vcpus"], memory_mib=resolved["memory_mib"],
+                      vcpupin=resolved["vcpupin"], emulator_cpus=resolved["emulator_cpus"],
+                      fifo_priority=resolved["fifo_priority"], partition=resolved["partition"],
+                      numa_nodes=tuple(resolved["numa_nodes"]), metadata=resolved["metadata"],
+                      domain_type=resolved["domain_type"])
+
+
 def _given(guest):
     return {key: value for key, value in guest.items() if value is not None}
 
@@ -94,22 +103,23 @@ def plan_guests(guests, topology, host, pool, emulator_cpus, defaults=Defaults()
     problems = guest_list_problems(entries)
     if problems:
         raise GuestPlanError("; ".join(problems))
-    present = [dict(e, state=e.get("state", "present")) for e in entries]
+    entries = [dict(e, state=e.get("state", "present")) for e in entries]
     result = GuestsPlan(pool=pool, emulator_cpus=emulator_cpus, guests=[], partitions=[])
-    for guest in present:
+    for guest in entries:
         if guest["state"] == "absent":
             gone = guest["name"] in host.definitions or guest["name"] in host.running
             result.guests.append({"name": guest["name"], "state": "absent", "changes": ["remove"] if gone else []})
-    wanted = [g for g in present if g["state"] == "present"]
+    wanted = [g for g in entries if g["state"] == "present"]
     if not wanted:
         return result
     if not pool:
         raise GuestPlanError(NO_POOL)
+    pool_cpus = _cpus(pool, "pool")
     # Absent guests go in too: the allocator frees their pCPUs before it plans the present ones.
-    requests, emulators = requests_from_entries(allocation_requests(present, defaults.smt_policy, emulator_cpus),
+    requests, emulators = requests_from_entries(allocation_requests(entries, defaults.smt_policy, emulator_cpus),
                                                 _ALLOCATION_DEFAULTS)
     holdings = holdings_from_domain_xml(list(host.definitions.values()))
-    plans = {plan.name: plan for plan in allocate_all(topology, _cpus(pool, "pool"), holdings, requests, emulators)}
+    plans = {plan.name: plan for plan in allocate_all(topology, pool_cpus, holdings, requests, emulators)}
     for guest in wanted:
         plan = plans[guest["name"]]
         result.warnings.extend(plan.warnings)
@@ -123,11 +133,7 @@ def plan_guests(guests, topology, host, pool, emulator_cpus, defaults=Defaults()
             "numa_nodes": list(plan.numa_nodes), "metadata": plan.metadata_xml(),
             "base_xml": guest.get("base_xml"), "domain_type": guest.get("domain_type", defaults.domain_type),
         }
-        spec = DomainSpec(name=resolved["name"], vcpus=resolved["vcpus"], memory_mib=resolved["memory_mib"],
-                          vcpupin=resolved["vcpupin"], emulator_cpus=resolved["emulator_cpus"],
-                          fifo_priority=resolved["fifo_priority"], partition=resolved["partition"],
-                          numa_nodes=tuple(resolved["numa_nodes"]), metadata=resolved["metadata"],
-                          domain_type=resolved["domain_type"])
+        spec = guest_spec(resolved)
         check_spec(spec)
         current = host.definitions.get(spec.name)
         changed = differences(current, render(spec, current if current is not None else resolved["base_xml"]))
@@ -138,21 +144,20 @@ def plan_guests(guests, topology, host, pool, emulator_cpus, defaults=Defaults()
         if spec.name not in host.running:
             resolved["changes"].append("start")
         result.guests.append(resolved)
-    cpus = format_cpulist(_cpus(pool, "pool") | _cpus(emulator_cpus, "emulator CPUs"))
+    cpus = format_cpulist(pool_cpus | _cpus(emulator_cpus, "emulator CPUs"))
     for name in sorted({g["partition"] for g in result.present}):
         result.partitions.append({"name": name, "cpus": cpus})
     return result
 
 
-def status_line(plan, partition_changes, placement):
-    """The role's one line: what is to be done, or the steady state with the guests' vCPU pins."""
-    todo = plan.changes() + partition_changes + placement
-    if todo:
-        return "to do: " + "; ".join(todo)
+def status_line(plan, changes):
+    """The role's one line: what is to be done (``changes``, all of it), or the steady state with the vCPU pins."""
+    if changes:
+        return "to do: " + "; ".join(changes)
     pins = {g["name"]: g["vcpupin"] for g in plan.present}
     return "steady state: %s as asked (vCPU pins %s); nothing else runs" % (
         ", ".join(g["name"] for g in plan.guests) or "no guests", pins)
 
 
-__all__ = ["Defaults", "DomainSpecError", "GuestPlanError", "GuestsPlan", "HostGuests", "NO_POOL", "plan_guests",
-           "status_line"]
+__all__ = ["Defaults", "DomainSpecError", "GuestPlanError", "GuestsPlan", "HostGuests", "NO_POOL", "guest_spec",
+           "plan_guests", "status_line"]

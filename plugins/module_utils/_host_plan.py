@@ -27,7 +27,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import CmdlinePar
 from ansible_collections.rtvirt.kvm.plugins.module_utils._irq_plan import plan_irqs
 from ansible_collections.rtvirt.kvm.plugins.module_utils import _kvm as kvm
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionError
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_host import Host, converge_partition, partition_params
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_host import planned_steps
 
 # The regexp roles/host_prep/tasks/irqs.yml gives lineinfile: the last matching line is the one it edits.
 _IRQBALANCE_LINE = re.compile(r"^#?\s*IRQBALANCE_BANNED_CPULIST=")
@@ -206,14 +206,13 @@ def check_partitions(module, wanted):
     role's tasks converge the partitions in the order that makes it possible."""
     reasons = []
     for entry in wanted:
-        params = partition_params(name=entry["name"], cpus=entry["cpus"], mems=entry.get("mems"),
-                                  exclusive=entry.get("exclusive"))
         try:
-            result = converge_partition(module, params, Host(), check_mode=True)
+            steps = planned_steps(module, name=entry["name"], cpus=entry["cpus"], mems=entry.get("mems"),
+                                  exclusive=entry.get("exclusive"))
         except (PartitionError, PlanError, LockTimeout, ApplyError) as exc:
             reasons.append("%s: not converged as it stands (%s)" % (entry["name"], exc))
             continue
-        reasons.extend("%s: %s" % (entry["name"], step) for step in result["planned"])
+        reasons.extend("%s: %s" % (entry["name"], step) for step in steps)
     return reasons
 
 

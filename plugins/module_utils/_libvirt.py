@@ -28,3 +28,24 @@ def import_libvirt(reason=None):
     except ImportError as exc:
         raise LibvirtError(missing_required_lib(LIBVIRT_PYTHON, reason=reason), exc) from exc
     return libvirt
+
+
+def read_domains(uri, reason, hint="", running=False):
+    """({name: inactive XML} of every domain of ``uri``, the names of the running ones or None), in one connection;
+    the running ones are asked for only when ``running`` (one more call).  ``reason`` says what for (Ansible's
+    missing-library message), ``hint`` is added to the connection error's advice."""
+    libvirt = import_libvirt(reason=reason)
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise LibvirtError("cannot connect to %s to read the defined domains: %s (is libvirtd running?%s)"
+                           % (uri, exc, hint), exc) from exc
+    try:
+        definitions = {dom.name(): dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) for dom in conn.listAllDomains(0)}
+        active = frozenset(dom.name() for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)) \
+            if running else None
+        return definitions, active
+    except libvirt.libvirtError as exc:
+        raise LibvirtError("cannot read the domain XML from %s: %s" % (uri, exc), exc) from exc
+    finally:
+        conn.close()

@@ -72,3 +72,9 @@ def converge_partition(module, params, host, check_mode):
         return converge_systemd(module, host, gate, layout, desired, params["lock_timeout"], check_mode)
     return converge_cgroupfs(host, gate, layout, desired, check_mode, params["lock_timeout"],
                              diff=getattr(module, "_diff", False))
+
+
+def planned_steps(module, **given):
+    """What libvirt_partition with ``given`` would do on this host, in its words ([]: nothing): its own planner, in
+    check mode.  Raises as converge_partition does."""
+    return converge_partition(module, partition_params(**given), Host(), check_mode=True)["planned"]

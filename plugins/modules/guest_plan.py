@@ -227,9 +227,9 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._guest_plan import (
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import gather
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_read import IsolationError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._kvm import read_access
-from ansible_collections.rtvirt.kvm.plugins.module_utils._libvirt import LibvirtError, import_libvirt
+from ansible_collections.rtvirt.kvm.plugins.module_utils._libvirt import LibvirtError, read_domains
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionError
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_host import Host, converge_partition, partition_params
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_host import planned_steps
 from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import PcpuError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import Topology, TopologyError
 
@@ -268,20 +268,8 @@ def get_argument_spec():
 
 def read_libvirt(uri):
     """libvirt's guests: every domain's inactive definition, and the running ones."""
-    libvirt = import_libvirt(reason="to read the defined guests")
-    try:
-        conn = libvirt.open(uri)
-    except libvirt.libvirtError as exc:
-        raise LibvirtError("cannot connect to %s to read the defined guests: %s (is libvirtd running?)"
-                           % (uri, exc), exc) from exc
-    try:
-        domains = conn.listAllDomains(0)
-        return HostGuests(definitions={d.name(): d.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) for d in domains},
-                          running=frozenset(d.name() for d in domains if d.isActive()))
-    except libvirt.libvirtError as exc:
-        raise LibvirtError("cannot read the guests of %s: %s" % (uri, exc), exc) from exc
-    finally:
-        conn.close()
+    definitions, running = read_domains(uri, "to read the defined guests", running=True)
+    return HostGuests(definitions=definitions, running=running)
 
 
 def read_layout(path):
@@ -297,20 +285,19 @@ def read_layout(path):
 def _partition_changes(module, partitions):
     """Each partition as libvirt_partition would converge it (its own planner, in check mode)."""
     for partition in partitions:
-        result = converge_partition(module, partition_params(name=partition["name"], cpus=partition["cpus"]),
-                                    Host(), check_mode=True)
-        partition["changes"] = result["planned"]
+        partition["changes"] = planned_steps(module, name=partition["name"], cpus=partition["cpus"])
     return ["partition %s: %s" % (p["name"], change) for p in partitions for change in p["changes"]]
 
 
 def run(module):
     params = module.params
-    partitions = sorted({g["partition"] or params["partition"] for g in params["guests"] if g["state"] == "present"})
     # Without host_prep in the play, the layout it left on the host says which CPUs it made realtime (a host not
     # booted with isolcpus= yet has no other record of them) and where the emulators go.
     layout = read_layout(params["layout_file"])
+    # The facts give the topology, the isolated and housekeeping CPUs and (verify) the guests' threads; the
+    # partitions are planned by libvirt_partition's planner below, not read here.
     facts = gather(isolated_cpus=params["isolated_cpus"] or layout.get("realtime_cpus") or None,
-                   realtime_partitions=partitions, gather_threads=params["verify"])
+                   gather_threads=params["verify"])
     try:
         host = read_libvirt(params["uri"])
     except LibvirtError as exc:
@@ -325,12 +312,12 @@ def run(module):
                        params["emulator_cpus"] or layout.get("emulator_cpus") or facts["housekeeping_cpus"], defaults)
     for warning in plan.warnings:
         module.warn(warning)
-    for guest in plan.present:
-        if guest["domain_type"] == "kvm" and "start" in guest["changes"]:
-            _user, problem = read_access()
-            if problem is not None:
-                module.warn("guest %s: KVM is not usable by QEMU: %s; starting it fails unless host_prep fixes that "
-                            "first" % (guest["name"], problem))
+    starting = [g["name"] for g in plan.present if g["domain_type"] == "kvm" and "start" in g["changes"]]
+    problem = read_access()[1] if starting else None
+    if problem is not None:
+        module.warn("guest%s %s: KVM is not usable by QEMU: %s; starting %s fails unless host_prep fixes that first"
+                    % ("s" if len(starting) > 1 else "", ", ".join(starting), problem,
+                       "them" if len(starting) > 1 else "it"))
     partition_changes = _partition_changes(module, plan.partitions) if params["manage_partitions"] else []
     placement = []
     if params["verify"] and not plan.changes():
@@ -338,7 +325,7 @@ def run(module):
     changes = plan.changes() + partition_changes + placement
     return dict(changed=False, guests=plan.guests, partitions=plan.partitions if params["manage_partitions"] else [],
                 pool=plan.pool, emulator_cpus=plan.emulator_cpus, placement=placement, changes=changes,
-                msg=status_line(plan, partition_changes, placement))
+                msg=status_line(plan, changes))
 
 
 def main():

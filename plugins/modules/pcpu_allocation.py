@@ -300,7 +300,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     format_cpulist,
     parse_cpulist,
 )
-from ansible_collections.rtvirt.kvm.plugins.module_utils._libvirt import LibvirtError, import_libvirt
+from ansible_collections.rtvirt.kvm.plugins.module_utils._libvirt import LibvirtError, read_domains
 from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import PcpuError, holdings_from_domain_xml
 from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu_allocator import (
     SMT_POLICIES,
@@ -341,19 +341,10 @@ def get_argument_spec():
 
 
 def _read_domains():
-    """Inactive XML of every domain on qemu:///system (libvirt-python, imported only here)."""
-    libvirt = import_libvirt(reason="to read the defined domains when domains_xml is not given")
-    try:
-        conn = libvirt.open("qemu:///system")
-    except libvirt.libvirtError as exc:
-        raise LibvirtError("cannot connect to qemu:///system to read the defined domains: %s "
-                           "(is libvirtd running? or pass domains_xml)" % exc, exc) from exc
-    try:
-        return [dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) for dom in conn.listAllDomains(0)]
-    except libvirt.libvirtError as exc:
-        raise LibvirtError("cannot read the domain XML from qemu:///system: %s" % exc, exc) from exc
-    finally:
-        conn.close()
+    """Inactive XML of every domain on qemu:///system."""
+    definitions, _running = read_domains("qemu:///system", "to read the defined domains when domains_xml is not given",
+                                         hint=" or pass domains_xml")
+    return list(definitions.values())
 
 
 def _result(plan):

@@ -144,7 +144,7 @@ def test_bad_guest_anywhere_in_the_list_defines_nothing(libvirt_rig, unique_name
 
         # Removing the running guest and adding a bad one: refused before the removal, which must not happen.
         for bad, message, task in (
-                ({"name": second, "vcpus": 1, "partition": "relative"}, "partition 'relative' is not absolute",
+                ({"name": second, "vcpus": 1, "partition": "relative"}, "must be an absolute path",
                  "Plan the guests"),
                 ({"name": second, "vcpus": 1, "base_xml": "<domain"}, "base_xml is not well-formed XML",
                  "Plan the guests")):

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import DomainSpec, DomainSpecError, render
+from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import DomainSpecError, render
 from ansible_collections.rtvirt.kvm.plugins.module_utils._guest_plan import (
     NO_POOL,
     Defaults,
     GuestPlanError,
     HostGuests,
+    guest_spec,
     plan_guests,
     status_line,
 )
@@ -22,8 +23,6 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import read_t
 from tests.unit.fixtures.hosts import make_hosts
 
 POOL, EMULATOR = "2-3,6-7", "0-1"
-SPEC_KEYS = ("name", "vcpus", "memory_mib", "vcpupin", "emulator_cpus", "fifo_priority", "partition", "numa_nodes",
-             "metadata", "domain_type")
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +41,7 @@ def _apply(plan, host=None):
             definitions.pop(guest["name"], None)
             running.discard(guest["name"])
             continue
-        spec = DomainSpec(**dict({k: guest[k] for k in SPEC_KEYS}, numa_nodes=tuple(guest["numa_nodes"])))
-        definitions[guest["name"]] = render(spec, definitions.get(guest["name"], guest["base_xml"]))
+        definitions[guest["name"]] = render(guest_spec(guest), definitions.get(guest["name"], guest["base_xml"]))
         running.add(guest["name"])
     return HostGuests(definitions=definitions, running=frozenset(running))
 
@@ -82,8 +80,8 @@ def test_an_applied_plan_plans_nothing_and_says_steady(topology):
     assert not pinned[0] & pinned[1], pinned
     again = _plan(topology, guests, _apply(first))
     assert again.changes() == [] and [g["vcpupin"] for g in again.guests] == [g["vcpupin"] for g in first.guests]
-    assert status_line(again, [], []).startswith("steady state: rt1, rt2 as asked")
-    assert status_line(again, ["partition /rt: mkdir x"], []) == "to do: partition /rt: mkdir x"
+    assert status_line(again, again.changes()).startswith("steady state: rt1, rt2 as asked")
+    assert status_line(again, ["partition /rt: mkdir x"]) == "to do: partition /rt: mkdir x"
 
 
 def test_a_hand_change_or_a_stopped_guest_is_planned(topology):

@@ -174,6 +174,9 @@ def _fake_libvirt(xmls, fail_open=False):
         def __init__(self, text):
             self.text = text
 
+        def name(self):
+            return self.text.split("<name>", 1)[1].split("</name>", 1)[0]
+
         def XMLDesc(self, flags):
             calls.append(flags)
             return self.text
