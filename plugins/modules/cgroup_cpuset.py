@@ -285,6 +285,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import nul_byte_problem
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroup_remove import (
     CgroupRemoveError,
     libvirt_path_problem,
@@ -459,6 +460,9 @@ def main():
         required_one_of=[("path", "cgroups")],
         supports_check_mode=True,
     )
+    problem = nul_byte_problem(module.params)
+    if problem is not None:
+        module.fail_json(msg=problem)
     failure = None
     try:
         result = run(module)

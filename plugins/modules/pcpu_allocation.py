@@ -295,6 +295,7 @@ metadata:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import nul_byte_problem
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     CpuListError,
     format_cpulist,
@@ -380,6 +381,9 @@ def main():
         mutually_exclusive=[("name", "guests")],
         supports_check_mode=True,
     )
+    problem = nul_byte_problem(module.params)
+    if problem is not None:
+        module.fail_json(msg=problem)
     params = module.params
     failure = None
     try:

@@ -202,6 +202,7 @@ import xml.etree.ElementTree as ET
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import nul_byte_problem
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
     DomainSpec,
@@ -366,6 +367,9 @@ def main():
         required_if=[("state", "present", ("vcpus", "memory_mib", "vcpupin", "emulator_cpus"))],
         supports_check_mode=True,
     )
+    problem = nul_byte_problem(module.params)
+    if problem is not None:
+        module.fail_json(msg=problem)
     params = module.params
     result = dict(changed=False, xml="", differences=[], defined=False, started=False, destroyed=False,
                   undefined=False, restart_needed=False)
