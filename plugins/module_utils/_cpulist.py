@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import re
 
+# The most CPUs a Linux kernel can be built for (x86_64 MAXSMP: CONFIG_NR_CPUS=8192; NUMA nodes are fewer still).
+# A number at or above it names no CPU or node on any host, and ranges up to it stay cheap to expand: without it
+# "0-99999999999999999999" would be expanded one number at a time, and a mask of CPU 10**20 never built.
+MAX_CPUS = 8192
+
 _ELEMENT = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+)/(\d+))?)?$")
 
 
@@ -58,6 +63,9 @@ def parse_cpulist(text, what="CPU list", limit=None):
                     "%s %r: stride %r needs 0 < used <= group" % (what, text, element))
         if limit is not None and last >= limit:
             raise CpuListError("%s %r: %d is out of range (this host has 0-%d)" % (what, text, last, limit - 1))
+        if last >= MAX_CPUS:
+            raise CpuListError("%s %r: %d is beyond any CPU or NUMA node Linux can have (at most %d, numbered 0-%d)"
+                               % (what, text, last, MAX_CPUS, MAX_CPUS - 1))
         for number in range(first, last + 1):
             if (number - first) % group < used:
                 result.add(number)

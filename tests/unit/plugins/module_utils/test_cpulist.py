@@ -45,6 +45,22 @@ def test_parse_rejects(text, fragment):
         parse_cpulist(text, what="cpus")
 
 
+@pytest.mark.parametrize("text, number", [
+    ("0-99999999999999999999", "99999999999999999999"),   # once expanded one number at a time: a hang
+    ("99999999999999999999", "99999999999999999999"),     # once parsed, then a mask of 1 << 10**20 built
+    ("8192", "8192"),
+    (2 ** 64, str(2 ** 64)),
+])
+def test_numbers_no_linux_can_have_are_refused(text, number):
+    with pytest.raises(CpuListError, match=r"cpus '?%s'?: %s is beyond any CPU or NUMA node Linux can have "
+                                           r"\(at most 8192" % (text, number)):
+        parse_cpulist(text, what="cpus")
+
+
+def test_the_largest_linux_cpu_is_accepted():
+    assert parse_cpulist("8190-8191") == {8190, 8191}
+
+
 def test_out_of_range_names_the_host_range():
     with pytest.raises(CpuListError, match=r"8 is out of range \(this host has 0-3\)"):
         parse_cpulist("2,8", limit=4)

@@ -98,3 +98,11 @@ def test_irq_affinity_check_mode_on_a_converged_host(tmp_path):
     checked = run_module(irq_affinity, {"cpus": "0", "proc_root": proc, "sys_root": sys_root}, check_mode=True)
     assert checked["changed"] and [m["irq"] for m in checked["moved"]] == [12]
     assert open(proc + "/irq/12/smp_affinity_list").read().strip() == "1"
+
+
+@pytest.mark.parametrize("cpus", ["99999999999999999999", "0-99999999999999999999", "4294967296"])
+def test_irq_affinity_refuses_a_cpu_no_host_has_without_hanging(proc, cpus):
+    # Found by test_hostile_arguments: the mask of CPU 10**20 was built before any write (a hang, then MemoryError).
+    result = run_module(irq_affinity, {"cpus": cpus, "proc_root": proc})
+    assert result.get("failed") and "beyond any CPU or NUMA node Linux can have" in result["msg"], result
+    assert open(os.path.join(proc, "irq/default_smp_affinity")).read().strip() == "3"
