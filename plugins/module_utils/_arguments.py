@@ -44,3 +44,24 @@ def _find(value, where):
             if found is not None:
                 return found
     return None
+
+
+def new_module(module_class, argument_spec, **kwargs):
+    """``module_class(argument_spec, **kwargs)`` (an AnsibleModule), with a clean failure where ansible-core
+    crashes.
+
+    ansible-core (2.19, and devel as of this writing) looks up a dict option's suboption fallbacks before it checks
+    that the value is a dict: ``cmdline: false`` for a ``type=dict`` option with ``options`` raises TypeError inside
+    its validator, a traceback instead of a message. Validating the same arguments again against the spec without
+    the suboptions makes ansible-core's own type check speak ("argument 'cmdline' is of type bool and we were
+    unable to convert to dict") and fail_json with it."""
+    try:
+        return module_class(argument_spec=argument_spec, **kwargs)
+    except TypeError:
+        module_class(argument_spec=_without_suboptions(argument_spec), **kwargs)
+        raise  # the arguments were fine after all: not the crash worked around here
+
+
+def _without_suboptions(spec):
+    return {name: {key: value for key, value in option.items() if key != "options"} if option.get("type") == "dict"
+            else option for name, option in spec.items()}

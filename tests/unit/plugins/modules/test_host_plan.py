@@ -292,3 +292,13 @@ def test_summary_names_the_plan_and_what_differs():
     text = hs.summary(dict(plan, pending={"sysctl": ["value 950000, not -1"], "irqs": ["IRQ 30 on 3", "banned"]}), False)
     assert text.endswith("/machine on its CPUs (left alone), emulator threads on 1 (dedicated), partitions /rt on 1-3 "
                          "(exclusive), /b on 3; differs: sysctl (value 950000, not -1); irqs (IRQ 30 on 3; banned)")
+
+
+@pytest.mark.parametrize("value", [False, 5, 1.5, [1]])
+def test_a_dict_option_given_a_scalar_fails_with_a_message(tmp_path, value):
+    # Found by test_hostile_arguments: ansible-core's validator raised TypeError ("argument of type 'bool' is not
+    # iterable") for a dict option with suboptions given anything but a dict or a string.
+    from ansible_collections.rtvirt.kvm.plugins.modules import host_plan
+    result = run_module(host_plan, {"cmdline": value, "sys_root": str(tmp_path / "sys")})
+    assert result.get("failed"), result
+    assert result["msg"].startswith("argument 'cmdline' is of type %s" % type(value).__name__), result["msg"]
