@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     CpuListError,
+    MAX_CPUS,
     format_cpulist,
     parse_cpulist,
     parse_libvirt_cpuset,
@@ -153,6 +154,11 @@ def check_spec(spec):
         raise DomainSpecError("guest %s: vcpus must be at least 1, got %r" % (spec.name, spec.vcpus))
     if not isinstance(spec.memory_mib, int) or spec.memory_mib < 1:
         raise DomainSpecError("guest %s: memory_mib must be at least 1, got %r" % (spec.name, spec.memory_mib))
+    if spec.vcpus > MAX_CPUS:
+        # Every vCPU is pinned to a pCPU of its own, and no Linux host has more than MAX_CPUS; the check also keeps
+        # the set of vCPU numbers below from growing with a mistyped count.
+        raise DomainSpecError("guest %s: vcpus %d is more than any host has CPUs to pin them to (at most %d)"
+                              % (spec.name, spec.vcpus, MAX_CPUS))
     wanted = set(range(spec.vcpus))
     given = set()
     for key, cpus in spec.vcpupin.items():

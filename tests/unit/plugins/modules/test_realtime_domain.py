@@ -136,6 +136,9 @@ def test_failed_start_of_a_new_guest_leaves_nothing_defined(host):
     (dict(name="bad/name"), "guest name 'bad/name' is not accepted"),
     (dict(fifo_priority=100), "fifo_priority 100 is out of range"),
     (dict(vcpupin={"0": "1"}), "must pin exactly vCPUs 0-1"),
+    # Found by test_hostile_arguments: the set of 2**31 vCPU numbers was built to compare with vcpupin (MemoryError).
+    (dict(vcpus=2 ** 31), "vcpus 2147483648 is more than any host has CPUs to pin them to (at most 8192)"),
+    (dict(vcpus=10 ** 30), "is more than any host has CPUs"),
 ])
 def test_bad_input_fails_before_libvirt_is_touched(host, change, message):
     result = run_module(realtime_domain, dict(ARGS, **change))
