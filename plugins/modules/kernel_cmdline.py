@@ -130,20 +130,38 @@ def get_argument_spec():
     )
 
 
+def _replace(path, text):
+    """Write ``text`` to ``path`` whole or not at all (a temporary file beside it, renamed over it)."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".grub.")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ModuleFailure("cannot write %s, left as it was: %s" % (path, exc)) from None
+
+
 def run(module):
     p = module.params
     wanted = {str(k): (None if v is None else str(v)) for k, v in p["params"].items()}
     try:
         with open(p["proc_cmdline"]) as handle:
             running = handle.read()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ModuleFailure("cannot read %s: %s" % (p["proc_cmdline"], exc)) from None
     pending = missing_from_running(running, wanted, p["absent"])
     if not os.path.exists(p["path"]):
         return dict(changed=False, bootloader="none", cmdline=None, reboot_required=False, pending=pending,
                     msg="%s does not exist: not a GRUB host, the kernel command line is not managed" % p["path"])
-    with open(p["path"]) as handle:
-        old = handle.read()
+    try:
+        with open(p["path"]) as handle:
+            old = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModuleFailure("cannot read %s (path): %s" % (p["path"], exc)) from None
     try:
         changed, new, _pending = plan_edit(old, p["variable"], wanted, p["absent"], running)
         _index, new_words = parse(new, p["variable"])
@@ -155,11 +173,7 @@ def run(module):
         result["diff"] = dict(before=old, after=new, before_header=p["path"], after_header=p["path"])
     msg = "%s of %s already as wanted" % (p["variable"], p["path"])
     if changed and not module.check_mode:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(p["path"]), prefix=".grub.")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(new)
-        os.chmod(tmp, os.stat(p["path"]).st_mode & 0o7777)
-        os.replace(tmp, p["path"])
+        _replace(p["path"], new)
         msg = "updated %s in %s" % (p["variable"], p["path"])
         command = p["update_command"]
         if command is None:

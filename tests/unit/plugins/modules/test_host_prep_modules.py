@@ -106,3 +106,19 @@ def test_irq_affinity_refuses_a_cpu_no_host_has_without_hanging(proc, cpus):
     result = run_module(irq_affinity, {"cpus": cpus, "proc_root": proc})
     assert result.get("failed") and "beyond any CPU or NUMA node Linux can have" in result["msg"], result
     assert open(os.path.join(proc, "irq/default_smp_affinity")).read().strip() == "3"
+
+
+def test_kernel_cmdline_path_that_is_a_directory_fails_with_a_message(tmp_path, grub):
+    # Found by test_hostile_arguments: open() of a directory raised IsADirectoryError out of the module.
+    result = run_module(kernel_cmdline, dict(grub, path=str(tmp_path), params={"isolcpus": "1"}))
+    assert result.get("failed") and result["msg"].startswith("cannot read %s (path): [Errno 21]" % tmp_path), result
+
+
+def test_kernel_cmdline_unwritable_directory_fails_and_leaves_the_file(tmp_path, grub, monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(kernel_cmdline.tempfile, "mkstemp", refuse)
+    before = open(grub["path"]).read()
+    result = run_module(kernel_cmdline, dict(grub, params={"isolcpus": "1"}))
+    assert result.get("failed") and result["msg"].startswith("cannot write %s, left as it was" % grub["path"]), result
+    assert open(grub["path"]).read() == before
