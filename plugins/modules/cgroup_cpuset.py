@@ -340,6 +340,10 @@ def get_argument_spec():
     return spec
 
 
+# The kernel's ceiling for pid_max (PID_MAX_LIMIT on 64-bit): every task ID is below it.
+PID_MAX_LIMIT = 4194304
+
+
 class InputError(Exception):
     pass
 
@@ -355,6 +359,11 @@ def build_request(entry):
         mems = None if entry.get("mems") is None else parse_cpulist(entry["mems"], what="cgroup '/%s' mems" % path)
     except CpuListError as exc:
         raise InputError(str(exc)) from None
+    for kind in ("procs", "threads"):
+        for task in entry.get(kind) or ():
+            if not 0 < task < PID_MAX_LIMIT:
+                raise InputError("cgroup '/%s' %s: %d is not a process or thread ID (Linux numbers them 1-%d)"
+                                 % (path, kind, task, PID_MAX_LIMIT - 1))
     return Request(path=path, state=entry.get("state") or "present", cpus=cpus, mems=mems,
                    cpu_exclusive=entry.get("cpu_exclusive"), mem_exclusive=entry.get("mem_exclusive"),
                    sched_load_balance=entry.get("sched_load_balance"), partition=entry.get("partition"),

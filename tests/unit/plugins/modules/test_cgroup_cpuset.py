@@ -97,6 +97,10 @@ def test_diff_names_real_paths(v2_tree):
     ({"path": "/rt"}, "is absolute"),
     ({"path": "rt", "cgroups": [{"path": "x"}]}, "mutually exclusive"),
     ({"cgroups": [{"path": "a", "cpus": "1"}, {"path": "a", "cpus": "2"}]}, "listed twice"),
+    # Found by test_hostile_arguments: these were looked up in the real /proc (/proc/-1/task).
+    ({"path": "rt", "procs": [-1]}, "cgroup '/rt' procs: -1 is not a process or thread ID (Linux numbers them 1-4194303)"),
+    ({"path": "rt", "threads": [0]}, "cgroup '/rt' threads: 0 is not a process or thread ID"),
+    ({"path": "rt", "threads": [4194304]}, "cgroup '/rt' threads: 4194304 is not a process or thread ID"),
 ])
 def test_bad_input_fails_and_touches_nothing(v2_tree, args, fragment):
     before = files_of(v2_tree)
