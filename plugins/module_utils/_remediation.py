@@ -21,6 +21,32 @@ import re
 GUEST_DIR = re.compile(r"^qemu-(?P<id>\d+)-(?P<name>.+)\.libvirt-qemu$")
 
 
+# What each kind of entry must hold, as strings: violations come from cpu_isolation_facts, previous from an earlier
+# run of remediation_findings; a hand-written or truncated entry is refused before it is read.
+_VIOLATION_KEYS = ("kind", "offender", "message")
+_DRIFT_KEYS = ("guest", "xml")
+_FINDING_KEYS = ("kind", "target", "message")
+
+
+def entries_problem(violations, previous):
+    """The first entry of ``violations`` or ``previous`` that is not a dict holding its keys as strings, in words
+    (None: all are)."""
+    lists = (("violations", violations or [], _VIOLATION_KEYS, "cpu_isolation_facts' violations"),
+             ("previous", previous or [], _FINDING_KEYS, "the findings of an earlier run"))
+    for name, entries, keys, source in lists:
+        for index, entry in enumerate(entries):
+            wanted = keys
+            if name == "violations" and entry.get("kind") == "pinning_drift" \
+                    and entry.get("role") in ("vcpu", "emulator"):
+                wanted = keys + _DRIFT_KEYS
+            missing = [key for key in wanted if not isinstance(entry.get(key), str)]
+            if missing:
+                return ("%s[%d] has no %s string (it has %s): each entry must be one of %s, with %s"
+                        % (name, index, " or ".join(repr(k) for k in missing),
+                           ", ".join(sorted(repr(str(k)) for k in entry)) or "no keys", source, ", ".join(wanted)))
+    return None
+
+
 def _is_guest_path(path):
     return any(GUEST_DIR.match(part) for part in path.split("/"))
 

@@ -151,7 +151,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     parse_qemu_conf_controllers,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._failure import ModuleFailure, finish
-from ansible_collections.rtvirt.kvm.plugins.module_utils._remediation import findings, report
+from ansible_collections.rtvirt.kvm.plugins.module_utils._remediation import entries_problem, findings, report
 
 
 def get_argument_spec():
@@ -232,11 +232,20 @@ def _domains_virsh(module):
 
 
 def run(module):
+    if module.params["gather_isolation"] and module.params["violations"]:
+        raise ModuleFailure("violations and gather_isolation are mutually exclusive: with gather_isolation the "
+                            "module gathers the violations itself")
+    problem = entries_problem(module.params["violations"], module.params["previous"])
+    if problem is not None:
+        raise ModuleFailure(problem)
+    targets = None
+    if module.params["targets"]:
+        try:
+            targets = re.compile(module.params["targets"])
+        except re.error as exc:
+            raise ModuleFailure("targets %r is not a regular expression: %s" % (module.params["targets"], exc)) from None
     facts = None
     if module.params["gather_isolation"]:
-        if module.params["violations"]:
-            raise ModuleFailure("violations and gather_isolation are mutually exclusive: with gather_isolation the "
-                                "module gathers the violations itself")
         try:
             facts = gather(isolated_cpus=module.params["isolated_cpus"],
                            realtime_partitions=module.params["realtime_partitions"])
@@ -289,7 +298,7 @@ def run(module):
     result = [f for f in findings(cpuset, present, partitions, dirs, running, module.params["violations"],
                                   realtime_dirs)
               if (kinds is None or f["kind"] in kinds)
-              and (not module.params["targets"] or re.search(module.params["targets"], f["target"]))]
+              and (targets is None or targets.search(f["target"]))]
     previous = module.params["previous"]
     summary = report(result, None) if previous is None else report(previous, result)
     extra = {} if facts is None else {"cpu_isolation": facts}

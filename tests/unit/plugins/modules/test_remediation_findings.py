@@ -122,3 +122,22 @@ def test_isolation_facts_returned_only_when_gathered(gather):
     else:
         gathered.assert_not_called()
         assert "cpu_isolation" not in result and "ansible_facts" not in result
+
+
+@pytest.mark.parametrize("args, message", [
+    # Found by test_hostile_arguments: a violation or an earlier finding without its keys raised KeyError.
+    ({"violations": [{"offender": "irq 1", "message": "m"}]},
+     "violations[0] has no 'kind' string (it has 'message', 'offender'): each entry must be one of "
+     "cpu_isolation_facts' violations, with kind, offender, message"),
+    ({"violations": [{"kind": "pinning_drift", "role": "vcpu", "offender": "o", "message": "m", "guest": "rt1"}]},
+     "violations[0] has no 'xml' string"),
+    ({"previous": [{"kind": "irq_affinity", "target": 5, "message": "m"}]}, "previous[0] has no 'target' string"),
+    ({"targets": "("}, "targets '(' is not a regular expression: missing ), unterminated subpattern"),
+])
+def test_malformed_entries_and_targets_fail_before_anything_is_read(args, message):
+    with mock.patch.object(remediation_findings, "discover_layout") as discover, \
+            mock.patch.object(remediation_findings, "_domains_libvirt") as domains:
+        result = run_module(remediation_findings, args)
+    assert result["failed"] and result["msg"].startswith(message), result["msg"]
+    discover.assert_not_called()
+    domains.assert_not_called()
