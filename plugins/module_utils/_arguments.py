@@ -47,21 +47,60 @@ def _find(value, where):
 
 
 def new_module(module_class, argument_spec, **kwargs):
-    """``module_class(argument_spec, **kwargs)`` (an AnsibleModule), with a clean failure where ansible-core
-    crashes.
+    """``module_class(argument_spec, **kwargs)`` (an AnsibleModule), with a clean failure where ansible-core's
+    argument validation crashes instead of failing (ansible-core 2.19, and devel as of this writing):
 
-    ansible-core (2.19, and devel as of this writing) looks up a dict option's suboption fallbacks before it checks
-    that the value is a dict: ``cmdline: false`` for a ``type=dict`` option with ``options`` raises TypeError inside
-    its validator, a traceback instead of a message. Validating the same arguments again against the spec without
-    the suboptions makes ansible-core's own type check speak ("argument 'cmdline' is of type bool and we were
-    unable to convert to dict") and fail_json with it."""
+    - a dict option with suboptions given a boolean, a number or a list: its suboption fallbacks are looked up
+      before the value is checked to be a dict (TypeError, "argument of type 'bool' is not iterable");
+    - an int option given a three-item list with a huge number in it: ``decimal.Decimal`` reads the list as a
+      (sign, digits, exponent) tuple and overflows (OverflowError).
+
+    The arguments are then validated again against a lenient copy of the spec (suboptions of dicts dropped, ints
+    taken as they are), so that ansible-core's own type check speaks where it can; what it lets through is named
+    here. Any other exception, or one this cannot explain, is raised again."""
     try:
         return module_class(argument_spec=argument_spec, **kwargs)
-    except TypeError:
-        module_class(argument_spec=_without_suboptions(argument_spec), **kwargs)
-        raise  # the arguments were fine after all: not the crash worked around here
+    except (TypeError, OverflowError):
+        lenient = module_class(argument_spec=_lenient(argument_spec), **kwargs)
+        problem = _int_problem(argument_spec, lenient.params, "")
+        if problem is None:
+            raise
+        lenient.fail_json(msg=problem)
 
 
-def _without_suboptions(spec):
-    return {name: {key: value for key, value in option.items() if key != "options"} if option.get("type") == "dict"
-            else option for name, option in spec.items()}
+def _lenient(spec):
+    result = {}
+    for name, option in spec.items():
+        option = dict(option)
+        if option.get("type") == "int":
+            option["type"] = "raw"
+        if option.get("elements") == "int":
+            option["elements"] = "raw"
+        if option.get("options"):
+            if option.get("type") == "dict":
+                del option["options"]
+            else:
+                option["options"] = _lenient(option["options"])
+        result[name] = option
+    return result
+
+
+def _int_problem(spec, params, prefix):
+    """The first int option (or element of a list of ints) that holds a list, in words."""
+    for name in sorted(spec):
+        option, value = spec[name], (params or {}).get(name)
+        where = prefix + name
+        if option.get("type") == "int" and isinstance(value, (list, tuple)):
+            return "argument '%s' is of type list and we were unable to convert to int: give a number" % where
+        if option.get("elements") == "int" and isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                if isinstance(item, (list, tuple)):
+                    return ("argument '%s[%d]' is of type list and we were unable to convert to int: give a number"
+                            % (where, index))
+        if option.get("options") and option.get("type") == "list" and isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, dict):
+                    found = _int_problem(option["options"], item, "%s[%d]." % (where, index))
+                    if found is not None:
+                        return found
+    return None

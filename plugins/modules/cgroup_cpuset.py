@@ -285,7 +285,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import nul_byte_problem
+from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import new_module, nul_byte_problem
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroup_remove import (
     CgroupRemoveError,
     libvirt_path_problem,
@@ -463,8 +463,9 @@ def run(module):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=get_argument_spec(),
+    module = new_module(
+        AnsibleModule,
+        get_argument_spec(),
         mutually_exclusive=[("path", "cgroups")],
         required_one_of=[("path", "cgroups")],
         supports_check_mode=True,

@@ -77,7 +77,7 @@ default_affinity:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import nul_byte_problem
+from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import new_module, nul_byte_problem
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     CpuListError,
     format_cpulist,
@@ -112,7 +112,7 @@ def run(module):
 
 
 def main():
-    module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
+    module = new_module(AnsibleModule, get_argument_spec(), supports_check_mode=True)
     problem = nul_byte_problem(module.params)
     if problem is not None:
         module.fail_json(msg=problem)

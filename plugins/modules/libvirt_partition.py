@@ -240,7 +240,7 @@ guests:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import nul_byte_problem
+from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import new_module, nul_byte_problem
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import ApplyError, LockTimeout
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import PlanError
@@ -257,7 +257,7 @@ def get_argument_spec():
 
 
 def main():
-    module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
+    module = new_module(AnsibleModule, get_argument_spec(), supports_check_mode=True)
     problem = nul_byte_problem(module.params)
     if problem is not None:
         module.fail_json(msg=problem)

@@ -295,7 +295,7 @@ metadata:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import nul_byte_problem
+from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import new_module, nul_byte_problem
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     CpuListError,
     format_cpulist,
@@ -375,8 +375,9 @@ def _requests(params):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=get_argument_spec(),
+    module = new_module(
+        AnsibleModule,
+        get_argument_spec(),
         required_one_of=[("name", "guests")],
         mutually_exclusive=[("name", "guests")],
         supports_check_mode=True,

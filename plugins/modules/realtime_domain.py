@@ -202,7 +202,7 @@ import xml.etree.ElementTree as ET
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import nul_byte_problem
+from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import new_module, nul_byte_problem
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
     DomainSpec,
@@ -362,8 +362,9 @@ def _absent(module, virt, name, result):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=get_argument_spec(),
+    module = new_module(
+        AnsibleModule,
+        get_argument_spec(),
         required_if=[("state", "present", ("vcpus", "memory_mib", "vcpupin", "emulator_cpus"))],
         supports_check_mode=True,
     )

@@ -137,7 +137,7 @@ import xml.etree.ElementTree as ET
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import nul_byte_problem
+from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import new_module, nul_byte_problem
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError, discover_layout
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import gather
@@ -307,7 +307,7 @@ def run(module):
 
 
 def main():
-    module = AnsibleModule(argument_spec=get_argument_spec(), supports_check_mode=True)
+    module = new_module(AnsibleModule, get_argument_spec(), supports_check_mode=True)
     problem = nul_byte_problem(module.params)
     if problem is not None:
         module.fail_json(msg=problem)
