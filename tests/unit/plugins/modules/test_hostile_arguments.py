@@ -110,10 +110,11 @@ def value_strategy(spec, where):
     return st.one_of(base, wrong_types, st.none())
 
 
-def options_strategy(options, where, base):
+def options_strategy(options, where, base, kept=()):
     """A call (or suboption dict) from ``base``: a few options changed to hostile values or dropped, unknown keys.
 
-    ``base`` None: every option decided at random (suboptions of a list of dicts)."""
+    ``base`` None: every option decided at random (suboptions of a list of dicts). ``kept``: options that are
+    changed but never dropped (left out, they mean the real host)."""
     base = dict(base) if base is not None else {}
     keys = sorted(options)
     aliases = sorted(alias for spec in options.values() for alias in spec.get("aliases") or ())
@@ -128,7 +129,7 @@ def options_strategy(options, where, base):
         for key in sorted(changed):
             spec = options.get(key) or next(s for s in options.values() if key in (s.get("aliases") or ()))
             # A path option's default is a real host path: it is changed, never dropped.
-            droppable = spec.get("type") != "path" or spec.get("default") is None
+            droppable = key not in kept and (spec.get("type") != "path" or spec.get("default") is None)
             value = draw(st.one_of(value_strategy(spec, where), st.just(OMIT)) if droppable
                          else value_strategy(spec, where))
             if value is OMIT:
@@ -452,6 +453,10 @@ def _seams(name, fake, monkeypatch):
     return module
 
 
+# Options of type path without a default that, left out, mean the real host: changed, never dropped.
+KEPT = {"cgroup_cpuset": ("mountpoint",)}
+
+
 def calls(fake):
     """{module: (a valid call, options never changed)}. Pinned options keep a run off the real host: a command
     kernel_cmdline would run, for one."""
@@ -536,7 +541,7 @@ def test_hostile_arguments_fail_cleanly_and_write_nothing(name, tmp_path, monkey
     @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                      HealthCheck.filter_too_much])
-    @given(args=options_strategy(spec, fake, base), check_mode=st.booleans(), diff=st.booleans())
+    @given(args=options_strategy(spec, fake, base, KEPT.get(name, ())), check_mode=st.booleans(), diff=st.booleans())
     def hostile(args, check_mode, diff):
         before = dict(domains)
         guard = Guard(tmp_path, REAL_READS.get(name))
