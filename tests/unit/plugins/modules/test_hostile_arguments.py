@@ -53,7 +53,7 @@ MODULES_DIR = REPO / "plugins" / "modules"
 sys.path.insert(0, str(REPO / "tests" / "unit" / "fixtures" / "hosts"))
 import make_hosts  # noqa: E402
 
-EXAMPLES = int(os.environ.get("RTVIRT_HOSTILE_EXAMPLES", "60"))
+HOSTILE_EXAMPLES = int(os.environ.get("RTVIRT_HOSTILE_EXAMPLES", "60"))
 
 # --------------------------------------------------------------------------------------------------------------
 # Hostile values, by the type an option declares.
@@ -538,7 +538,7 @@ def test_hostile_arguments_fail_cleanly_and_write_nothing(name, tmp_path, monkey
     assert not valid.get("failed"), "the valid call of %s fails: %s" % (name, valid.get("msg"))
     fake.restore()
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=HOSTILE_EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                      HealthCheck.filter_too_much])
     @given(args=options_strategy(spec, fake, base, KEPT.get(name, ())), check_mode=st.booleans(), diff=st.booleans())
