@@ -147,6 +147,11 @@ def allocation_requests(guests, smt_policy, emulator_cpus):
 def check_spec(spec):
     """Validate a DomainSpec before anything is read or written; raise DomainSpecError."""
     check_name(spec.name)
+    # ansible-core's int check passes a boolean through (bool is an int), and True would be written as "True".
+    for option in ("fifo_priority", "vcpus", "memory_mib"):
+        if isinstance(getattr(spec, option), bool):
+            raise DomainSpecError("guest %s: %s is %r, a boolean: give a number"
+                                  % (spec.name, option, getattr(spec, option)))
     if not isinstance(spec.fifo_priority, int) or not FIFO_MIN <= spec.fifo_priority <= FIFO_MAX:
         raise DomainSpecError("guest %s: fifo_priority %r is out of range: SCHED_FIFO priorities are %d-%d"
                               % (spec.name, spec.fifo_priority, FIFO_MIN, FIFO_MAX))

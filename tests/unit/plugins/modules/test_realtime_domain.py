@@ -139,6 +139,10 @@ def test_failed_start_of_a_new_guest_leaves_nothing_defined(host):
     # Found by test_hostile_arguments: the set of 2**31 vCPU numbers was built to compare with vcpupin (MemoryError).
     (dict(vcpus=2 ** 31), "vcpus 2147483648 is more than any host has CPUs to pin them to (at most 8192)"),
     (dict(vcpus=10 ** 30), "is more than any host has CPUs"),
+    # Found by test_hostile_arguments: ansible-core passes True as an int; the XML said priority='True', and
+    # reading it back raised ValueError.
+    (dict(fifo_priority=True), "guest rt1: fifo_priority is True, a boolean: give a number"),
+    (dict(vcpus=True), "guest rt1: vcpus is True, a boolean: give a number"),
 ])
 def test_bad_input_fails_before_libvirt_is_touched(host, change, message):
     result = run_module(realtime_domain, dict(ARGS, **change))
