@@ -23,8 +23,9 @@ only ever name places inside the fake host: a path option's default is the real 
 An audit hook (``sys.addaudithook``) turns any other touch of the real host into a failure: a write, a process, a
 socket, or a read outside the fake host and Python's own files.
 
-Reproducible: ``derandomize=True`` and no example database. ``RTVIRT_HOSTILE_EXAMPLES`` raises the number of
-examples per module for a longer local hunt (CI uses the default).
+Reproducible: ``derandomize=True`` and no example database. For a longer local hunt (CI uses neither),
+``RTVIRT_HOSTILE_EXAMPLES`` raises the number of examples per module and ``RTVIRT_HOSTILE_SEED`` draws other
+examples than CI's.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ import types
 import xml.etree.ElementTree as ET
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from _module_runner import run_module
@@ -54,6 +55,7 @@ sys.path.insert(0, str(REPO / "tests" / "unit" / "fixtures" / "hosts"))
 import make_hosts  # noqa: E402
 
 HOSTILE_EXAMPLES = int(os.environ.get("RTVIRT_HOSTILE_EXAMPLES", "60"))
+HOSTILE_SEED = os.environ.get("RTVIRT_HOSTILE_SEED")
 
 # --------------------------------------------------------------------------------------------------------------
 # Hostile values, by the type an option declares.
@@ -538,7 +540,7 @@ def test_hostile_arguments_fail_cleanly_and_write_nothing(name, tmp_path, monkey
     assert not valid.get("failed"), "the valid call of %s fails: %s" % (name, valid.get("msg"))
     fake.restore()
 
-    @settings(max_examples=HOSTILE_EXAMPLES, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=HOSTILE_EXAMPLES, deadline=None, database=None, derandomize=HOSTILE_SEED is None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                      HealthCheck.filter_too_much])
     @given(args=options_strategy(spec, fake, base, KEPT.get(name, ())), check_mode=st.booleans(), diff=st.booleans())
@@ -560,4 +562,4 @@ def test_hostile_arguments_fail_cleanly_and_write_nothing(name, tmp_path, monkey
         fake.restore()
         domains.clear()
 
-    hostile()
+    (seed(int(HOSTILE_SEED))(hostile) if HOSTILE_SEED is not None else hostile)()
