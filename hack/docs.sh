@@ -30,10 +30,12 @@ antsibull-docs sphinx-init --use-current --squash-hierarchy --fail-on-error \
 cat >> "$dest/conf.py" <<CONF
 
 # hack/docs.sh: no intersphinx downloads; rtvirt_offline_refs links the Ansible pages the generated RST names.
+# rtvirt_images puts docs/images/ beside the pages of docs/docsite/rst/ (antsibull-docs copies only .rst files).
 import sys  # noqa: E402
 sys.path.insert(0, "$RTVIRT_REPO/hack/docsite")
 intersphinx_mapping = {}
-extensions.append("rtvirt_offline_refs")
+extensions += ["rtvirt_offline_refs", "rtvirt_images"]
+rtvirt_images_source = "$RTVIRT_REPO/docs/images"
 CONF
 
 bash "$dest/build.sh"

@@ -22,6 +22,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 DOCSITE = REPO / "docs" / "docsite"
 
 sys.path.insert(0, str(REPO / "hack" / "docsite"))
+import rtvirt_images  # noqa: E402
 import rtvirt_offline_refs  # noqa: E402
 
 # Sphinx's smartypants turns quotes and dashes typographic; the sources use plain ones.
@@ -182,6 +183,24 @@ def test_ansible_links_point_at_docs_ansible_com(site):
 def test_offline_refs_link_only_ansible_pages(target, expected):
     found = rtvirt_offline_refs.external_page(target)
     assert (found[0] if found else None) == expected
+
+
+def test_images_are_copied_beside_the_pages(tmp_path):
+    source = tmp_path / "images"
+    source.mkdir()
+    (source / "map.png").write_bytes(b"\x89PNG map")
+    (source / "notes.txt").write_text("not an image")
+    (source / "sub.png").mkdir()
+    pages = tmp_path / "rst" / "docsite"
+    assert rtvirt_images.copy_images(str(source), str(pages)) == ["map.png"]
+    assert sorted(p.name for p in (pages / "images").iterdir()) == ["map.png"]
+    assert (pages / "images" / "map.png").read_bytes() == b"\x89PNG map"
+
+
+def test_no_images_directory_copies_nothing(tmp_path):
+    pages = tmp_path / "rst" / "docsite"
+    assert rtvirt_images.copy_images(str(tmp_path / "missing"), str(pages)) == []
+    assert not pages.exists()
 
 
 def test_docs_sh_refuses_a_directory_it_did_not_build(tmp_path):
