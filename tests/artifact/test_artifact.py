@@ -28,7 +28,7 @@ SHIPPED_FILES = ("README.md", "LICENSE", "changelogs/changelog.yaml", "bindep.tx
                  "meta/runtime.yml", "meta/execution-environment.yml", "MANIFEST.json", "FILES.json")
 # The workshop, named so that a leak reads as what it is.
 WORKSHOP = ("hack", "bench", "tests", "extensions", "inventories", ".ci", ".venv", ".git", "ansible.cfg",
-            "pytest.ini", ".ansible-lint", ".gitignore", "execution-environment.yml",
+            "pytest.ini", ".ansible-lint", ".gitignore", "execution-environment.yml", "ee-requirements.yml",
             "changelogs/fragments", "changelogs/config.yaml")
 
 
