@@ -135,14 +135,22 @@ def test_role_docs_render_from_the_artifact(installed, role):
     assert "[WARNING]" not in proc.stderr and "[ERROR]" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("form", ["fqcn", "import_playbook"])
 @pytest.mark.parametrize("playbook", playbooks())
-def test_playbooks_parse_from_the_artifact(installed, playbook, tmp_path):
+def test_playbooks_parse_from_the_artifact(installed, playbook, form, tmp_path):
+    # AWX/Controller job templates and ansible-navigator run a playbook file of a project, so the README's
+    # operators wrap the collection's playbook in one import_playbook line; plain ansible-playbook takes the name.
+    fqcn = "rtvirt.kvm." + playbook
+    target = fqcn
+    if form == "import_playbook":
+        target = tmp_path / "site.yml"
+        target.write_text("---\n- name: rtvirt.kvm's %s\n  ansible.builtin.import_playbook: %s\n" % (playbook, fqcn))
     # Interpreter discovery is broken on the project's machines; name the interpreter, as operators' inventories do.
     inventory = tmp_path / "hosts.yml"
     inventory.write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
                          "      ansible_python_interpreter: %s\n" % sys.executable)
-    proc = run([BIN / "ansible-playbook", "-i", inventory, "rtvirt.kvm." + playbook, "--syntax-check"],
-               env=installed.env, cwd=tmp_path)
+    proc = run([BIN / "ansible-playbook", "-i", inventory, target, "--syntax-check"], env=installed.env, cwd=tmp_path)
     assert "playbook: " in proc.stdout, proc.stdout
-    assert str(installed.root / "playbooks" / (playbook + ".yml")) in proc.stdout, \
-        "rtvirt.kvm.%s was not read from the artifact: %s" % (playbook, proc.stdout)
+    if form == "fqcn":
+        assert str(installed.root / "playbooks" / (playbook + ".yml")) in proc.stdout, \
+            "%s was not read from the artifact: %s" % (fqcn, proc.stdout)
