@@ -43,7 +43,7 @@ def origins(merged):
     """(requirement, collection) for each line of introspection's merged file, `req  # from collection X`."""
     pairs = []
     for line in requirement_lines(merged):
-        requirement, _, origin = line.partition("  # from collection ")
+        requirement, origin = (line.split("  # from collection ", 1) + [""])[:2]
         pairs.append((requirement.strip(), origin.strip()))
     return pairs
 
