@@ -5,9 +5,9 @@
 
 An area's tasks run when its list is non-empty.  Where a collection module does the work, the list is that
 module's own plan (``_irq_plan.plan_irqs``, ``_partition_host.converge_partition`` in check mode,
-``_grub.plan_edit``), so an area is never called converged that its task would change.  Files the role writes
-with ansible.builtin.copy are planned by :func:`plan_file`; what only builtin modules do (packages, users,
-lineinfile) keeps a presence check, erring towards "pending": the tasks then decide.
+``_bootloader.detect`` with ``_grub.plan_edit`` or ``_bootloader.plan_bls``), so an area is never called
+converged that its task would change.  Files the role writes with ansible.builtin.copy are planned by
+:func:`plan_file`; what only builtin modules do (packages, users, lineinfile) keeps a presence check, erring towards "pending": the tasks then decide.
 
 Roots are parameters so unit tests can point them at fake trees.
 """
@@ -23,7 +23,13 @@ import stat
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import ApplyError, LockTimeout
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import PlanError
-from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import CmdlineParseError, plan_edit
+from ansible_collections.rtvirt.kvm.plugins.module_utils._bootloader import (
+    BootloaderError,
+    NoBootloader,
+    detect,
+    plan_bls_host,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import CmdlineParseError, missing_from_running, plan_edit
 from ansible_collections.rtvirt.kvm.plugins.module_utils._irq_plan import plan_irqs
 from ansible_collections.rtvirt.kvm.plugins.module_utils import _kvm as kvm
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionError
@@ -80,11 +86,30 @@ def cmdline_params(realtime, housekeeping, isolcpus_flags):
     }
 
 
-def check_cmdline(path, params, proc_cmdline="/proc/cmdline", variable="GRUB_CMDLINE_LINUX"):
-    """Returns (reasons, reboot_required)."""
-    text = _read(path)
+def check_cmdline(path, params, proc_cmdline="/proc/cmdline", variable="GRUB_CMDLINE_LINUX", root="/"):
+    """Returns (reasons, reboot_required): kernel_cmdline's own detection and plan (GRUB's defaults file, or every
+    BLS entry through grubby)."""
+    try:
+        found = detect(root, path)
+    except NoBootloader:
+        return [], False            # no boot loader: the task only says so
+    except BootloaderError as exc:
+        return [str(exc)], False    # the task fails with it
+    if found.kind == "bls":
+        try:
+            plan = plan_bls_host(root, params)
+        except BootloaderError as exc:
+            return ["the BLS entries cannot be changed safely (%s)" % exc], False
+        pending = missing_from_running(_read(proc_cmdline) or "", params)
+        reasons = ["BLS entries lack %s (%s)" % (", ".join(sorted(params)), " ".join(plan.argv))] if plan.changed else []
+        if pending:
+            reasons.append("the running kernel lacks %s (reboot required)" % ", ".join(pending))
+        return reasons, bool(pending)
+    if found.kind != "grub":
+        return [], False            # recognised, not managed: the task warns and changes nothing
+    text = _read(path if root == "/" else os.path.join(root, path.lstrip("/")))
     if text is None:
-        return [], False            # not a GRUB host: the task only says so
+        return [], False
     try:
         changed, _new, pending = plan_edit(text, variable, params, (), _read(proc_cmdline) or "")
     except CmdlineParseError as exc:
