@@ -95,6 +95,11 @@ def parse_os_release(text):
     return result
 
 
+def read_os_release(root="/"):
+    """``/etc/os-release`` below ``root`` as a dict ({} where it is missing)."""
+    return parse_os_release(_read(_under(root, "/etc/os-release")))
+
+
 def os_family(release):
     """``RedHat``, ``Debian`` (the names of Ansible's os_family fact) or None, from os-release's ID and ID_LIKE."""
     ids = {release.get("ID", "")} | set(release.get("ID_LIKE", "").split())
@@ -209,7 +214,7 @@ def looked_for(grub_file):
 def detect(root="/", grub_file="/etc/default/grub"):
     """The boot loader below ``root`` (see the module's docstring for the rule); raises NoBootloader, or
     BootloaderError for a half-set-up BLS host that grubby is missing on."""
-    release = parse_os_release(_read(_under(root, "/etc/os-release")))
+    release = read_os_release(root)
     entries = glob.glob(os.path.join(_under(root, ENTRIES_DIR), "*.conf"))
     grub_text = _read(_under(root, grub_file))
     if entries and which(root, "grubby"):

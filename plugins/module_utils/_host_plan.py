@@ -27,6 +27,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._bootloader import (
     BootloaderError,
     NoBootloader,
     detect,
+    os_family,
     plan_bls_host,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import CmdlineParseError, missing_from_running, plan_edit
@@ -122,6 +123,51 @@ def check_cmdline(path, params, proc_cmdline="/proc/cmdline", variable="GRUB_CMD
     return reasons, bool(pending)
 
 
+# The package and service names the role uses, per OS family (roles/host_prep/vars/<family>.yml), and what each
+# is where neither the family's table nor the role's variables name it: host_plan's behaviour before it knew
+# families (a direct call checks no package, libvirtd's unit, Debian's irqbalance file).
+OS_NAME_DEFAULTS = {
+    "libvirt_packages": [],
+    "libvirt_service_packages": [],
+    "libvirt_units": ["libvirtd.service"],
+    "libvirt_reload_unit": "libvirtd.service",
+    "irqbalance_file": "/etc/default/irqbalance",
+    "irqbalance_service": "irqbalance",
+}
+
+
+class OsNamesError(ValueError):
+    """host_plan's os_names names something it does not know."""
+
+
+def os_release_family(release):
+    """(family, major version) from os-release, in the names of Ansible's os_family and
+    distribution_major_version facts (family None where the OS is neither Debian's nor the RHEL family)."""
+    return os_family(release), (release.get("VERSION_ID") or "").split(".")[0] or None
+
+
+def resolve_os_names(table, family, major=None, overrides=None):
+    """The names for this host: ``table[family]`` with ``table["<family>_<major>"]`` over it (RHEL 8 is
+    monolithic libvirtd, 9 modular), ``table["Debian"]`` for a family the table lacks (what the role used on
+    every host before), then ``overrides`` that are not None (the role's variables). Returns the names and
+    the table keys used."""
+    if family in table:
+        used = [family]
+    else:
+        used = ["Debian"] if "Debian" in table else []
+    if family in table and major and "%s_%s" % (family, major) in table:
+        used.append("%s_%s" % (family, major))
+    names = dict(OS_NAME_DEFAULTS)
+    for key in used:
+        unknown = sorted(set(table[key]) - set(OS_NAME_DEFAULTS))
+        if unknown:
+            raise OsNamesError("os_names[%r] names %s, which host_plan does not know (it knows %s)"
+                               % (key, ", ".join(unknown), ", ".join(sorted(OS_NAME_DEFAULTS))))
+        names.update(table[key])
+    names.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    return names, used
+
+
 def installed_packages(status_path="/var/lib/dpkg/status"):
     """Names dpkg lists as installed, or None without dpkg."""
     text = _read(status_path)
@@ -173,9 +219,10 @@ def check_kvm(manage_device, device=kvm.DEVICE):
 
 def check_libvirt(packages, installed, systemd_units, starter=None, proc_root="/proc", log_dir="/var/log/libvirt",
                   manage_kvm_device=False):
-    """``installed``: installed_packages() (None: no dpkg, the role installs nothing); ``systemd_units``: the
-    states of libvirtd from systemctl ({"active": ..., "enabled": ...}) or None without systemd; ``starter``:
-    {"path", "content"} of the daemon starter on hosts without systemd."""
+    """``installed``: the names of ``packages`` installed (installed_packages() from dpkg, or rpm's answer; None:
+    neither, the role installs nothing); ``systemd_units``: {unit: {"active": ..., "enabled": ...}} from systemctl
+    for the OS family's libvirt units (libvirtd.service, or virtqemud's sockets), or None without systemd;
+    ``starter``: {"path", "content"} of the daemon starter on hosts without systemd."""
     reasons = []
     if installed is not None:
         missing = [p for p in packages if p not in installed]
@@ -198,10 +245,12 @@ def check_libvirt(packages, installed, systemd_units, starter=None, proc_root="/
     reasons.extend(_dir_check(log_dir, 0o755))
     reasons.extend(check_kvm(manage_kvm_device))
     if systemd_units is not None:
-        if systemd_units.get("active") != "active":
-            reasons.append("libvirtd is %s" % systemd_units.get("active"))
-        if systemd_units.get("enabled") != "enabled":
-            reasons.append("libvirtd is %s at boot" % systemd_units.get("enabled"))
+        for unit, states in systemd_units.items():
+            name = unit[:-len(".service")] if unit.endswith(".service") else unit
+            if states.get("active") != "active":
+                reasons.append("%s is %s" % (name, states.get("active")))
+            if states.get("enabled") != "enabled":
+                reasons.append("%s is %s at boot" % (name, states.get("enabled")))
     else:
         if starter:
             reasons.extend(plan_file(starter["path"], starter["content"], 0o755))
