@@ -81,11 +81,12 @@ options:
     default: true
   cmdline:
     description:
-      - Check the kernel command line in a GRUB defaults file. Omit when the role does not manage it.
+      - Check the kernel command line where M(rtvirt.kvm.kernel_cmdline) sets it, with its detection and plan (BLS
+        entries through grubby on the RHEL family, else GRUB's defaults file). Omit when the role does not manage it.
     type: dict
     suboptions:
       path:
-        description: The GRUB defaults file.
+        description: GRUB's defaults file (kernel_cmdline's O(rtvirt.kvm.kernel_cmdline#module:path)).
         type: path
         required: true
       isolcpus_flags:
@@ -327,7 +328,7 @@ os:
     virtlogd.socket], libvirt_reload_unit: virtqemud.service, irqbalance_file: /etc/sysconfig/irqbalance,
     irqbalance_service: irqbalance, from: [RedHat]}
 reboot_required:
-  description: The running kernel lacks kernel parameters the GRUB file asks for (only with O(cmdline)).
+  description: The running kernel lacks kernel parameters the boot loader is asked for (only with O(cmdline)).
   returned: success
   type: bool
   sample: false
