@@ -453,13 +453,14 @@ def _systemctl_states(units):
 
 
 def _rpm_installed(names):
-    """The names of ``names`` rpm lists as installed (one rpm -q for all; a missing one is a line of its own)."""
+    """The names of ``names`` rpm lists as installed: one rpm -q for all, a name per line for an installed package,
+    "package NAME is not installed" for a missing one (so whole lines are matched, never words)."""
     if not names:
         return set()
     proc = subprocess.run(["rpm", "-q", "--queryformat", "%{NAME}\n"] + list(names), stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL, universal_newlines=True, check=False,
                           env=dict(os.environ, LC_ALL="C"))
-    return set(proc.stdout.split()) & set(names)
+    return {line.strip() for line in proc.stdout.splitlines()} & set(names)
 
 
 def host_os(params):

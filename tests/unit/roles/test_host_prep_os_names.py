@@ -110,3 +110,20 @@ def test_libvirt_check_names_every_unit_that_is_not_up():
     reasons = hs.check_libvirt([], None, units, log_dir="/")
     assert "virtproxyd.socket is inactive" in reasons and "virtproxyd.socket is disabled at boot" in reasons
     assert "libvirtd is failed" in reasons and not any(r.startswith("virtqemud.socket") for r in reasons)
+
+
+def test_rpm_answer_is_read_line_by_line(monkeypatch):
+    asked = []
+
+    class Proc:
+        stdout = "libvirt-daemon-kvm\npackage qemu-kvm is not installed\nlibvirt-client\n"
+
+    def fake_run(argv, **kwargs):
+        asked.append(argv)
+        return Proc()
+
+    monkeypatch.setattr(host_plan.subprocess, "run", fake_run)
+    names = ["libvirt-daemon-kvm", "qemu-kvm", "libvirt-client"]
+    assert host_plan._rpm_installed(names) == {"libvirt-daemon-kvm", "libvirt-client"}
+    assert asked == [["rpm", "-q", "--queryformat", "%{NAME}\n"] + names]
+    assert host_plan._rpm_installed([]) == set() and len(asked) == 1
