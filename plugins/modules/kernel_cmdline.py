@@ -70,7 +70,7 @@ options:
     default: false
   root:
     description: Where the host's files are for the detection (BLS entries, grubenv, os-release, the tools). For
-      tests against a recorded tree.
+      tests against a recorded tree; the commands still run on the host itself, not in a chroot below it.
     type: path
     default: /
   proc_cmdline:
