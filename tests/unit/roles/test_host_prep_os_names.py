@@ -16,9 +16,11 @@ REPO = pathlib.Path(__file__).resolve().parents[3]
 VARS = REPO / "roles" / "host_prep" / "vars"
 FIXTURES = REPO / "tests" / "unit" / "fixtures" / "bootloader"
 
-# What the role installed, started and edited on every host before it knew OS families.
+# What the role installed, started and edited on every host before it knew OS families, plus the libvirt bindings
+# for the host's own Python, which the libvirt modules need on a target whose interpreter is /usr/bin/python3.
 DEBIAN = {
-    "libvirt_packages": ["libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-clients", "qemu-system-x86"],
+    "libvirt_packages": ["libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-clients", "qemu-system-x86",
+                         "python3-libvirt"],
     "libvirt_service_packages": ["libvirt-daemon-system"],
     "libvirt_units": ["libvirtd.service"],
     "libvirt_reload_unit": "libvirtd.service",
@@ -45,10 +47,10 @@ def test_vars_main_reads_every_family_file():
     ("Debian", "12", DEBIAN, ["Debian"]),
     ("Suse", "15", DEBIAN, ["Debian"]),
     (None, None, DEBIAN, ["Debian"]),
-    ("RedHat", "9", dict(libvirt_packages=["libvirt-daemon-kvm", "qemu-kvm", "libvirt-client"],
+    ("RedHat", "9", dict(libvirt_packages=["libvirt-daemon-kvm", "qemu-kvm", "libvirt-client", "python3-libvirt"],
                          libvirt_service_packages=[], libvirt_units=MODULAR, libvirt_reload_unit="virtqemud.service",
                          irqbalance_file="/etc/sysconfig/irqbalance", irqbalance_service="irqbalance"), ["RedHat"]),
-    ("RedHat", "8", dict(libvirt_packages=["libvirt-daemon-kvm", "qemu-kvm", "libvirt-client"],
+    ("RedHat", "8", dict(libvirt_packages=["libvirt-daemon-kvm", "qemu-kvm", "libvirt-client", "python3-libvirt"],
                          libvirt_service_packages=[], libvirt_units=["libvirtd.service"],
                          libvirt_reload_unit="libvirtd.service", irqbalance_file="/etc/sysconfig/irqbalance",
                          irqbalance_service="irqbalance"), ["RedHat", "RedHat_8"]),
