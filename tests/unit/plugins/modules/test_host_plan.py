@@ -198,8 +198,9 @@ def test_partitions_are_libvirt_partitions_own_plan(tmp_path, monkeypatch, targe
     assert hs.check_partitions(None, [dict({"name": "/rt"}, **target)]) == []
 
 
-def test_partition_missing_in_one_hierarchy_is_pending(tmp_path, monkeypatch):
+def test_partition_missing_in_one_hierarchy_is_pending(tmp_path, monkeypatch, partition_record):
     root = _v1_host(tmp_path, monkeypatch)
+    partition_record.write_text('{"version": 1, "partitions": {"/rt": {"cpus": "0-3"}}}')
     shutil.rmtree(str(root / "cpu" / "rt.partition"))
     reasons = hs.check_partitions(None, [{"name": "/rt", "cpus": "0-3"}])
     assert reasons == ["/rt: mkdir %s" % (root / "cpu" / "rt.partition")]
