@@ -305,7 +305,11 @@ hook_legacy:
       once the new one is installed) or V(foreign) (kept as it is; C(note) says so in words, else C(null)).
   returned: when O(hook.legacy_path) is given
   type: dict
-  sample: {path: /etc/libvirt/hooks/qemu, state: foreign, note: "found /etc/libvirt/hooks/qemu, which is not host_prep's: kept as it is (libvirt runs it before /etc/libvirt/hooks/qemu.d/)"}
+  sample:
+    path: /etc/libvirt/hooks/qemu
+    state: foreign
+    note: "found /etc/libvirt/hooks/qemu, which is not host_prep's: kept as it is (libvirt runs it before
+      /etc/libvirt/hooks/qemu.d/)"
 hook_layout:
   description: What the qemu hook re-creates, C(partitions) (name to cpus/exclusive) and C(machine).
   returned: success
