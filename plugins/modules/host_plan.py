@@ -11,7 +11,7 @@ module: host_plan
 short_description: Plan a host's realtime layout and report, in one pass, what host_prep would still change
 version_added: "0.2.0"
 description:
-  - The first task of the C(rtvirt.kvm.host_prep) role. It plans the realtime CPUs and the cgroup layout and then
+  - The first task of the P(rtvirt.kvm.host_prep#role) role. It plans the realtime CPUs and the cgroup layout and then
     reads, in the same process, every part of the host the role manages. RV(pending) names each area of the role
     that differs from the plan, with the reasons; the role runs only those areas, through the same modules as always.
   - "The plan: the realtime CPUs in O(cpus) are validated or, when O(cpus) is empty, chosen: the first
@@ -324,7 +324,7 @@ irq_cpus:
 violations:
   description: With O(verify=true), the facts' violations of O(verify_kinds) that host_prep answers for, all
     but C(irq_affinity) of IRQs the kernel refuses to move (C(changeable=false)) and C(cgroup_cpuset) of cgroups
-    other than C(/machine) (those belong to guests and other roles; M(rtvirt.kvm.remediation) reports them).
+    other than C(/machine) (those belong to guests and other roles; the P(rtvirt.kvm.remediation#role) role reports them).
   returned: when verify is true
   type: list
   elements: dict

@@ -23,7 +23,7 @@ description:
   - With O(running=true) it starts the guest when it is not running.
   - V(absent) powers the guest off (C(destroy)) and removes its definition (C(undefine)).
   - The module does not choose pCPUs; use M(rtvirt.kvm.pcpu_allocation) for that, or the
-    C(rtvirt.kvm.realtime_vm) role that does both and verifies the result.
+    P(rtvirt.kvm.realtime_vm#role) role that does both and verifies the result.
 author:
   - rtvirt.kvm contributors (@rtvirt-kvm)
 extends_documentation_fragment:
