@@ -55,9 +55,12 @@ def hook_files():
 
 @pytest.fixture
 def partition(unique_name):
+    """The role's partition; the typo partition goes too, should a broken hook have made it."""
     name = "/%s" % unique_name
     yield name
-    run_module("rtvirt.kvm.libvirt_partition", {"name": name, "state": "absent"})
+    for leftover in (name, "%s-typo" % name):
+        removed = run_module("rtvirt.kvm.libvirt_partition", {"name": leftover, "state": "absent"})
+        assert not removed.get("failed"), removed.get("msg")
 
 
 def _host_prep(tmp_path, partition):
