@@ -42,6 +42,7 @@ def hook_files():
     """Put the hook files back as they were, whatever the test left."""
     saved = {path: (path.read_bytes(), stat.S_IMODE(path.stat().st_mode)) if path.is_file() else None
              for path in SAVED}
+    had_qemu_d = OURS.parent.is_dir()
     yield
     for path, record in saved.items():
         if record is None:
@@ -51,6 +52,8 @@ def hook_files():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(record[0])
         os.chmod(path, record[1])
+    if not had_qemu_d and OURS.parent.is_dir() and not any(OURS.parent.iterdir()):
+        OURS.parent.rmdir()
 
 
 @pytest.fixture
@@ -94,7 +97,7 @@ def test_operators_hook_is_kept_and_only_managed_partitions_are_recreated(
     os.chmod(LEGACY, 0o755)
     moved = _host_prep(tmp_path, partition)
     assert moved["rc"] == 0, moved["out"][-4000:]
-    assert not LEGACY.exists(), "host_prep left its earlier hook at %s" % LEGACY
+    assert not LEGACY.exists(), "host_prep left its earlier hook at %s: %s" % (LEGACY, moved["out"][-6000:])
     assert OURS.is_file() and os.access(OURS, os.X_OK)
 
     # 2. The operator's hook: one line per call, to a file of the test's.
