@@ -259,8 +259,36 @@ def check_libvirt(packages, installed, systemd_units, starter=None, proc_root="/
     return reasons
 
 
-def check_hook(path, content, layout_path, layout):
-    reasons = _dir_check(os.path.dirname(path), 0o755) + plan_file(path, content, 0o755)
+# The line every version of host_prep's hook carries (roles/host_prep/templates/qemu-hook.py.j2): how a hook of
+# ours at the old path is told from the operator's.
+HOOK_MARKER = "# libvirt qemu hook from rtvirt.kvm.host_prep"
+_MARKER_LINES = 10
+
+
+def legacy_hook(path):
+    """What is at the single-script hook path libvirt runs before qemu.d: "absent", "ours" (a hook of an earlier
+    host_prep, to be removed once the qemu.d one is in place) or "foreign" (the operator's, another tool's, or a
+    symlink someone made: never replaced, edited or removed)."""
+    if os.path.islink(path):
+        return "foreign"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096).decode("utf-8", "replace").splitlines()[:_MARKER_LINES]
+    except FileNotFoundError:
+        return "absent"
+    except OSError:
+        return "foreign"
+    return "ours" if any(line.startswith(HOOK_MARKER) for line in head) else "foreign"
+
+
+def check_hook(path, content, layout_path, layout, legacy_path=None):
+    """What the hook tasks would change: the hooks directory and qemu.d, the script in qemu.d, the layout file, and
+    a hook of ours still at ``legacy_path`` (pending until removed).  A foreign hook there is not pending: it is
+    left as it is."""
+    reasons = []
+    for directory in dict.fromkeys((os.path.dirname(layout_path), os.path.dirname(path))):
+        reasons.extend(_dir_check(directory, 0o755))
+    reasons.extend(plan_file(path, content, 0o755))
     text = _read(layout_path)
     try:
         current = json.loads(text) if text is not None else None
@@ -270,7 +298,17 @@ def check_hook(path, content, layout_path, layout):
         reasons.append("%s %s" % (layout_path, "is missing" if text is None else "does not describe this layout"))
     elif _mode(layout_path) != 0o644:
         reasons.append("%s has mode %04o, not 0644" % (layout_path, _mode(layout_path)))
+    if legacy_path and legacy_hook(legacy_path) == "ours":
+        reasons.append("%s is host_prep's hook of an earlier version: it moves to %s" % (legacy_path, path))
     return reasons
+
+
+def hook_kept_note(legacy_path, legacy, path):
+    """The role's words about a hook at the old path that is not ours, or None."""
+    if legacy != "foreign":
+        return None
+    return ("found %s, which is not host_prep's: kept as it is (libvirt runs it before %s)"
+            % (legacy_path, os.path.dirname(path) + "/"))
 
 
 def check_partitions(module, wanted):
@@ -339,10 +377,11 @@ def summary(plan, narrow_machine):
     pending = plan.get("pending") or {}
     verdict = "differs: " + "; ".join("%s (%s)" % (area, "; ".join(reasons)) for area, reasons in pending.items()) \
         if pending else "the host matches the plan"
-    return "realtime CPUs %s (%s), housekeeping CPUs %s, /machine on %s, emulator threads on %s (%s), partitions %s; %s" % (
+    kept = (plan.get("hook_legacy") or {}).get("note")
+    return "realtime CPUs %s (%s), housekeeping CPUs %s, /machine on %s, emulator threads on %s (%s), partitions %s; %s%s" % (
         plan["realtime_cpus"], plan["source"], plan["housekeeping_cpus"],
         plan["machine_cpus"] if narrow_machine else "its CPUs (left alone)", plan["emulator_cpus"],
-        plan["emulator_mode"], partitions, verdict)
+        plan["emulator_mode"], partitions, verdict, "; " + kept if kept else "")
 
 
 def verdict(summary, violations, other_violations, kinds, areas=(), check_mode=False, verify=True):

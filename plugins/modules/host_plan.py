@@ -160,6 +160,12 @@ options:
         description: The JSON file the hook reads the layout from; its content is RV(hook_layout).
         type: path
         required: true
+      legacy_path:
+        description:
+          - The single hook script libvirt runs before C(qemu.d), where earlier versions installed the hook.
+          - A hook of ours there (recognised by its marker line) is pending until the role removes it; any other file
+            there is never touched and is named in RV(hook_legacy).
+        type: path
       starter:
         description: On hosts without systemd, the daemon helper the hook's reload handler uses.
         type: str
@@ -337,6 +343,17 @@ cmdline_params:
   returned: success
   type: dict
   sample: {isolcpus: "managed_irq,domain,2-7", nohz_full: "2-7", rcu_nocbs: "2-7", irqaffinity: "0-1"}
+hook_legacy:
+  description:
+    - What is at O(hook.legacy_path), C(state) V(absent), V(ours) (an earlier version's hook, which the role removes
+      once the new one is installed) or V(foreign) (kept as it is; C(note) says so in words, else C(null)).
+  returned: when O(hook.legacy_path) is given
+  type: dict
+  sample:
+    path: /etc/libvirt/hooks/qemu
+    state: foreign
+    note: "found /etc/libvirt/hooks/qemu, which is not host_prep's: kept as it is (libvirt runs it before
+      /etc/libvirt/hooks/qemu.d/)"
 hook_layout:
   description: What the qemu hook re-creates, C(partitions) (name to cpus/exclusive) and C(machine).
   returned: success
@@ -396,8 +413,10 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._host_plan import (
     check_partitions,
     check_sysctl,
     cmdline_params,
+    hook_kept_note,
     hook_layout,
     installed_packages,
+    legacy_hook,
     OsNamesError,
     os_release_family,
     resolve_os_names,
@@ -431,6 +450,7 @@ def get_argument_spec():
         hook=dict(type="dict", options=dict(path=dict(type="path", required=True),
                                             content=dict(type="str", required=True),
                                             layout_path=dict(type="path", required=True),
+                                            legacy_path=dict(type="path"),
                                             starter=dict(type="str"), starter_path=dict(type="path"))),
         irqs=dict(type="dict", options=dict(irqbalance_file=dict(type="path"))),
         sysctl=dict(type="dict", options=dict(path=dict(type="path", required=True),
@@ -513,7 +533,12 @@ def check(module, params, plan):
                                            manage_kvm_device=extra["manage_kvm_device"])
     if params["hook"] is not None:
         hook = params["hook"]
-        pending["hook"] = check_hook(hook["path"], hook["content"], hook["layout_path"], extra["hook_layout"])
+        pending["hook"] = check_hook(hook["path"], hook["content"], hook["layout_path"], extra["hook_layout"],
+                                     hook.get("legacy_path"))
+        if hook.get("legacy_path"):
+            legacy = legacy_hook(hook["legacy_path"])
+            extra["hook_legacy"] = {"path": hook["legacy_path"], "state": legacy,
+                                    "note": hook_kept_note(hook["legacy_path"], legacy, hook["path"])}
         if not systemd and hook.get("starter"):
             # The reload handler's helper, installed with the hook on hosts without a service manager.
             pending["hook"].extend(plan_file(hook["starter_path"], hook["starter"], 0o755))
