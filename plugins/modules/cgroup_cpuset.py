@@ -431,7 +431,7 @@ def run(module):
     if module.check_mode:
         result_plan = converge()
     else:
-        with HostLock(timeout=params["lock_timeout"]):
+        with HostLock(timeout=params["lock_timeout"], owner="cgroup_cpuset"):
             result_plan = converge()
 
     cgroups = result_plan.cgroups()
