@@ -113,14 +113,19 @@ class HostLock:
                                       "its process)" % (" (%s)" % holder if holder else "", self.path,
                                                         self.timeout)) from None
                 time.sleep(0.05)
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, ("%d %s\n" % (os.getpid(), self.owner or "")).encode("utf-8", "replace"), 0)
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, ("%d %s\n" % (os.getpid(), self.owner or "")).encode("utf-8", "replace"), 0)
+        except OSError:
+            pass  # the record only lets a waiting run name the holder; the lock holds without it
         return self
 
     def __exit__(self, *exc):
         if self._fd is not None:
             try:
                 os.ftruncate(self._fd, 0)
+            except OSError:
+                pass  # as in __enter__: the record is a courtesy, the unlock below is what counts
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
                 os.close(self._fd)
