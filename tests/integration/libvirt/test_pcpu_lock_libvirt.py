@@ -152,13 +152,13 @@ def test_two_realtime_domain_runs_at_once_define_exactly_one_guest(libvirt_rig, 
 
 
 def _role_play(name, partition, pool, tmp_path):
+    role_vars = {"realtime_vm_guests": [{"name": name, "vcpus": 1, "memory_mib": 128}],
+                 "realtime_vm_isolated_cpus": pool, "realtime_vm_partition": partition,
+                 "realtime_vm_cpu_map": False, "realtime_vm_cpu_map_path": str(tmp_path / "cpu-map.html")}
     # The first run to reach the lock waits there for the other: its realtime_domain must outwait the gate.
     return [{"hosts": "localhost", "gather_facts": False,
-             "module_defaults": {"rtvirt.kvm.realtime_domain": {"lock_timeout": GATE_TIMEOUT}}, "roles": [{
-        "role": "rtvirt.kvm.realtime_vm",
-        "vars": {"realtime_vm_guests": [{"name": name, "vcpus": 1, "memory_mib": 128}],
-                 "realtime_vm_isolated_cpus": pool, "realtime_vm_partition": partition,
-                 "realtime_vm_cpu_map": False, "realtime_vm_cpu_map_path": str(tmp_path / "cpu-map.html")}}]}]
+             "module_defaults": {"rtvirt.kvm.realtime_domain": {"lock_timeout": GATE_TIMEOUT}},
+             "roles": [{"role": "rtvirt.kvm.realtime_vm", "vars": role_vars}]}]
 
 
 def _start_playbook(directory, plays):
