@@ -289,8 +289,15 @@ class _Libvirt:
 
     def books(self):
         """What every defined guest holds, read now (the books pcpu_allocation planned from may be stale)."""
-        domains = self.call("cannot list the defined guests", self.conn.listAllDomains, 0)
-        return holdings_from_domain_xml([self.inactive_xml(dom) for dom in domains])
+        texts = []
+        for dom in self.call("cannot list the defined guests", self.conn.listAllDomains, 0):
+            try:
+                texts.append(dom.XMLDesc(self.libvirt.VIR_DOMAIN_XML_INACTIVE))
+            except self.libvirt.libvirtError as exc:
+                if exc.get_error_code() == self.libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined since it was listed: it holds nothing
+                raise LibvirtError("cannot read the definition of %s: %s" % (dom.name(), exc), exc) from exc
+        return holdings_from_domain_xml(texts)
 
     def close(self):
         if self.conn is not None:

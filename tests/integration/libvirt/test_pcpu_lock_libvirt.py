@@ -74,7 +74,7 @@ def _wait_at_the_lock(procs):
                 out, err = proc.communicate()
                 pytest.fail("run %d ended before it reached the pCPU lock (rc %s):\n%s\n%s"
                             % (index, proc.returncode, out[-3000:], err[-3000:]))
-            if any(_has_open(pid, PCPU_LOCK_PATH) for pid in _descendants(proc.pid)):
+            if any(_has_open(pid, os.path.realpath(PCPU_LOCK_PATH)) for pid in _descendants(proc.pid)):
                 waiting.add(index)
         assert time.monotonic() < deadline, "the runs did not reach the pCPU lock"
         time.sleep(0.2)
@@ -207,6 +207,7 @@ def test_two_realtime_vm_runs_at_once_end_with_one_owner(libvirt_rig, unique_nam
         again = _start_playbook(tmp_path / "again", _role_play(loser, partition, pool, tmp_path / "again"))
         out, err = again.communicate(timeout=900)
         assert again.returncode != 0 and "only 0 are free" in out + err, (out + err)[-3000:]
+        assert "held: %s %s" % (owner, pool) in out + err, (out + err)[-3000:]
         assert loser not in libvirt_rig.domains()
     finally:
         _stop(procs)

@@ -204,3 +204,19 @@ def test_check_claim_names_every_holder():
     with pytest.raises(AllocationError) as caught:
         check_claim(holdings, guest_pins_from_domain_xml(xml("b", ["2", "5"])))
     assert "guest 'b' cannot be defined with pCPU 2,5: already held by guest 'a' (2), guest 'c' (5)" in str(caught.value)
+
+
+def test_a_guest_undefined_while_the_books_are_read_holds_nothing(sysfs, host):
+    first, second = plan(sysfs, host, "rt-a", "1"), plan(sysfs, host, "rt-b", "1")
+    define(first, "rt-a")
+
+    class Vanished:
+        def name(self):
+            return "rt-a"
+
+        def XMLDesc(self, flags):  # noqa: N802 (libvirt's name)
+            raise FakeError("Domain not found", code=42)
+
+    host.domains["rt-a"] = Vanished()
+    result = define(second, "rt-b")
+    assert result["defined"] and not result.get("failed"), result
