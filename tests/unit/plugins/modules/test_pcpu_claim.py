@@ -34,14 +34,25 @@ from ansible_collections.rtvirt.kvm.plugins.modules import pcpu_allocation, real
 
 
 class LockWatchingHost(FakeHost):
-    """A FakeHost that notes, at every define, whether the pCPU lock is held and what its file says."""
+    """A FakeHost that notes, at every listing of the books and every define, whether the pCPU lock is held and
+    what its file says."""
 
     def __init__(self, lock_path):
         super().__init__()
         self.lock_path = lock_path
         self.seen = []
 
-    def defineXML(self, xml):  # noqa: N802 (libvirt's name)
+    def listAllDomains(self, flags):  # noqa: N802 (libvirt's name)
+        self.seen.append(("books",) + self._lock_state())
+        return super().listAllDomains(flags)
+
+    def defineXML(self, xml):  # noqa: N802
+        self.seen.append(("define",) + self._lock_state())
+        return super().defineXML(xml)
+
+    def _lock_state(self):
+        if not os.path.exists(self.lock_path):
+            return (False, "")
         fd = os.open(self.lock_path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -53,8 +64,7 @@ class LockWatchingHost(FakeHost):
         finally:
             os.close(fd)
         with open(self.lock_path) as handle:
-            self.seen.append((held, handle.read()))
-        return super().defineXML(xml)
+            return (held, handle.read())
 
 
 @pytest.fixture
@@ -127,7 +137,8 @@ def test_second_of_two_plans_from_the_same_books_is_refused_naming_the_holder(sy
 
 def test_the_lock_is_held_over_the_define_and_names_its_holder_then_freed(sysfs, host, lock_path):
     assert define(plan(sysfs, host, "rt-a", "1"), "rt-a")["defined"]
-    assert host.seen == [(True, "%d realtime_domain rt-a\n" % os.getpid())]
+    holder = "%d realtime_domain rt-a\n" % os.getpid()
+    assert host.seen == [("books", True, holder), ("define", True, holder)]   # one hold over both
     with open(lock_path) as handle:
         assert handle.read() == ""                  # emptied before it was released
     with HostLock(lock_path, timeout=0):             # and released
