@@ -17,7 +17,7 @@ import types
 import pytest
 
 from _module_runner import run_module
-from test_realtime_domain import FakeError, FakeHost
+from test_realtime_domain import FakeDom, FakeError, FakeHost
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import HostLock
 from ansible_collections.rtvirt.kvm.plugins.module_utils._guest_plan import HostGuests, plan_guests
@@ -105,9 +105,9 @@ def plan(sysfs, host, name, pool):
 
 
 def define(plan_result, name, **extra):
-    return run_module(realtime_domain, dict(
-        name=name, vcpus=1, memory_mib=128, vcpupin=plan_result["vcpupin"], emulator_cpus="0", numa_nodes=[0],
-        metadata=plan_result["metadata"], domain_type="qemu", running=False, **extra))
+    args = dict(name=name, vcpus=1, memory_mib=128, vcpupin=plan_result["vcpupin"], emulator_cpus="0",
+                numa_nodes=[0], metadata=plan_result["metadata"], domain_type="qemu", running=False)
+    return run_module(realtime_domain, dict(args, **extra))
 
 
 def test_second_of_two_plans_from_the_same_books_is_refused_naming_the_holder(sysfs, host, lock_path):
@@ -231,3 +231,19 @@ def test_a_guest_undefined_while_the_books_are_read_holds_nothing(sysfs, host):
     host.domains["rt-a"] = Vanished()
     result = define(second, "rt-b")
     assert result["defined"] and not result.get("failed"), result
+
+
+def test_the_lock_is_not_held_while_the_guest_starts(sysfs, host, monkeypatch):
+    """The qemu hook waits for the cpuset engine's lock during a start; nothing of ours may be held then."""
+    starts = []
+    original = FakeDom.create
+
+    def create(dom):
+        starts.append(host._lock_state())
+        original(dom)
+
+    monkeypatch.setattr(FakeDom, "create", create)
+    result = define(plan(sysfs, host, "rt-a", "1"), "rt-a", running=True)
+    assert result["defined"] and result["started"], result
+    assert [step for step, _held, _record in host.seen] == ["books", "define"]
+    assert starts == [(False, "")]
