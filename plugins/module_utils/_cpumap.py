@@ -273,7 +273,7 @@ overflow-wrap:break-word}
 .role-vcpu{border-color:#1d2330}.legend .role-vcpu{background:linear-gradient(90deg,#8fd19e,#8ec5ff,#ffb38a)}
 .role-reserved{background:repeating-linear-gradient(135deg,#fff 0 8px,#e3e6eb 8px 16px);border-style:dashed}
 .role-free{background:#fff;border-style:dotted;border-color:#8a93a6}
-.stopped{border-style:dashed}
+.stopped{border-style:dashed}.legend .stopped{border:2px dashed #1d2330}
 .bad{outline:3px solid #d22d2d;outline-offset:1px}.v{color:#b01d1d;font-weight:700}
 table{border-collapse:collapse;font-size:.85em;margin-top:.5em;background:#fff}
 td,th{border:1px solid #d7dce4;padding:.25em .5em;text-align:left}
@@ -323,8 +323,10 @@ def render_html(cpu_map, title="CPU map"):
     for role in ROLES:
         out.append("<li class=\"cpu-key role-%s\">%s</li>" % (role, esc(_ROLE_HELP[role])))
     for name in summary["guests"]:
-        out.append("<li data-guest=\"%s\" style=\"background:%s\">%s%s</li>" % (
-            esc(name), colour[name], esc(name), " (stopped)" if name in summary["stopped"] else ""))
+        stopped = name in summary["stopped"]
+        out.append("<li data-guest=\"%s\"%s style=\"background:%s\">%s%s</li>" % (
+            esc(name), " class=\"stopped\"" if stopped else "", colour[name], esc(name),
+            " (defined, not running)" if stopped else ""))
     out.append("<li class=\"bad\">violation</li></ul><div class=\"nodes\">")
     for node in cpu_map["nodes"]:
         number = "?" if node["node"] is None else str(node["node"])
