@@ -5,7 +5,8 @@ and what is given:
 
 - real: the topology (NUMA nodes, SMT siblings, cores, sockets), the tasks, IRQs and cgroups, all read by
   rtvirt.kvm.cpu_isolation_facts on the booted host;
-- given, from that real topology: the realtime CPUs (the collection's own automatic choice, one housekeeping
+- given, from that real topology (and applied by hand, as host_prep would: IRQs, workqueues and movable tasks
+  on the housekeeping CPUs): the realtime CPUs (the collection's own automatic choice, one housekeeping
   core per node, as ``isolated_cpus``), the emulator CPUs (the housekeeping cores' second threads) and two guest
   definitions whose pins the collection's allocator plans (``vrouter-1``: 1 vCPU, SMT ``isolate``;
   ``rt-audio``: 1 vCPU, ``prefer``). The host has no libvirt, so the definitions are written where the facts
@@ -71,6 +72,20 @@ def sysfs_on(host):
     return rows
 
 
+def settle_on_housekeeping(host, housekeeping):
+    """Move IRQs, unbound workqueues and every task that may move to the housekeeping CPUs, as a prepared host
+    has them; the disposable test host is not booted with isolcpus=, so nothing else keeps them off the
+    realtime CPUs and the map would be outlined red on every one of them. Per-CPU kernel threads refuse
+    (EINVAL) and stay, as on a real host."""
+    cpus = format_cpulist(housekeeping)
+    mask = "%x" % sum(1 << cpu for cpu in housekeeping)
+    script = ("for f in /proc/irq/*/smp_affinity_list; do echo %s > $f 2>/dev/null; done; "
+              "echo %s > /proc/irq/default_smp_affinity; echo %s > /sys/devices/virtual/workqueue/cpumask; "
+              "for t in $(ps -eLo tid=); do taskset -pc %s $t >/dev/null 2>&1; done; true" % (cpus, mask, mask, cpus))
+    proc = host.ssh(script)
+    assert proc.returncode == 0, proc.stderr
+
+
 def domain_xml(plan, emulator):
     pins = "".join("<vcpupin vcpu='%d' cpuset='%s'/>" % (vcpu, cpus) for vcpu, cpus in sorted(plan.vcpupin.items()))
     return ("<domain type='kvm'><name>%s</name><memory unit='MiB'>1024</memory><vcpu placement='static'>%d</vcpu>"
@@ -132,6 +147,7 @@ def host_map(v2host_numa, tmp_path_factory):
     emulator = housekeeping - {min(housekeeping & cpus) for cpus in nodes.values()}
     plans = allocate_all(Topology.from_dict(plain["topology"]), realtime, Holdings(), GUESTS,
                          {g.name: emulator for g in GUESTS})
+    settle_on_housekeeping(v2host_numa, housekeeping)
     v2host_numa.ssh("rm -rf %s && mkdir -p %s/qemu" % (CONFIG_DIR, CONFIG_DIR))
     try:
         for plan in plans:
