@@ -270,7 +270,7 @@ overflow-wrap:break-word}
 .cpu .vs{margin-top:.3em;font-size:.85em}
 .role-housekeeping{background:#c9d1dc;border-color:#5d6b80}
 .role-emulator{background:#b9a3e3;border-color:#5b3f99}
-.role-vcpu{border-color:#1d2330}.legend .role-vcpu{background:linear-gradient(90deg,#8fd19e,#8ec5ff,#ffb38a)}
+.role-vcpu{border-color:#1d2330}.legend .role-vcpu{background:linear-gradient(90deg,#c6ebcf,#c7e2ff,#ffd9c5)}
 .role-reserved{background:repeating-linear-gradient(135deg,#fff 0 8px,#e3e6eb 8px 16px);border-style:dashed}
 .role-free{background:#fff;border-style:dotted;border-color:#8a93a6}
 .stopped{border-style:dashed}.legend .stopped{border:2px dashed #1d2330}
@@ -315,7 +315,8 @@ def render_html(cpu_map, title="CPU map"):
     out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
            "<title>%s</title><style>%s</style></head><body>" % (esc(title), _CSS),
            "<h1>%s</h1>" % esc(title), "<ul class=\"sum\">",
-           "<li>online <b>%s</b></li>" % esc(summary["online"] or "-")]
+           "<li>online <b>%s</b></li>" % esc(summary["online"] or "-"),
+           "<li>isolated <b>%s</b></li>" % esc(summary["isolated"] or "none")]
     for role in ROLES:
         out.append("<li class=\"role-%s\" data-summary=\"%s\">%s <b>%s</b></li>" % (
             role, role, esc(_ROLE_NAMES[role]), esc(roles[role] or "none")))
