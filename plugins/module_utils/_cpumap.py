@@ -264,7 +264,7 @@ h1{font-size:1.35em;margin:0 0 .3em}h2{font-size:1.05em;margin:0 0 .5em}
 overflow-wrap:break-word}
 .cpu .h{display:flex;justify-content:space-between;align-items:center;gap:.3em;white-space:nowrap}
 .cpu .n{font-size:1.35em;font-weight:700}.cpu .r{font-size:.75em;font-weight:700;padding:.1em .35em;border-radius:3px;background:rgba(255,255,255,.8)}
-.cpu .who{font-size:1.2em;font-weight:700;margin:.25em 0 .1em}
+.cpu .who{font-size:1.1em;font-weight:700;margin:.25em 0 .1em}
 .cpu .sib{font-size:.85em;color:#3c4456}
 .cpu ul{margin:.2em 0 0;padding-left:1.1em}.cpu li{margin:0}
 .cpu .vs{margin-top:.3em;font-size:.85em}

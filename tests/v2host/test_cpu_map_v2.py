@@ -20,6 +20,7 @@ copied there (how docs/images/cpu-map-2node-smt.png is made).
 import html.parser
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -37,6 +38,7 @@ pytestmark = pytest.mark.v2host
 
 CONFIG_DIR = "/var/tmp/rtvirt-test-cpumap"
 GUESTS = (Request(name="vrouter-1", vcpus=1, smt_policy="isolate"), Request(name="rt-audio", vcpus=1))
+RECORD = re.compile(r"^v2host \| SUCCESS => ", re.MULTILINE)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCREENSHOT_SIZE = (800, 1000)   # the page is about 740 px wide; the height leaves room for a few violations
 
@@ -50,13 +52,14 @@ def facts_on(host, tmp_path, name, **args):
     playbook = tmp_path / ("%s.yml" % name)
     playbook.write_text(json.dumps([{"hosts": "v2host", "gather_facts": False, "tasks": [
         {"name": "gather", "rtvirt.kvm.cpu_isolation_facts": args}]}]))
+    # ansible_env's minimal callback prints the task's result as "v2host | SUCCESS => {json}".
     proc = subprocess.run([str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", str(host.inventory_path),
-                           str(playbook)], env=ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"}),
-                          cwd=str(REPO), capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
-                          check=False)
-    assert proc.returncode == 0, "rc=%d\n%s\n%s" % (proc.returncode, proc.stdout[-4000:], proc.stderr[-2000:])
-    (task,) = json.loads(proc.stdout)["plays"][0]["tasks"]
-    return task["hosts"]["v2host"]["ansible_facts"]["cpu_isolation"]
+                           str(playbook)], env=ansible_env(), cwd=str(REPO), capture_output=True, text=True,
+                          timeout=900, stdin=subprocess.DEVNULL, check=False)
+    record = RECORD.search(proc.stdout)
+    assert proc.returncode == 0 and record, "rc=%d\n%s\n%s" % (proc.returncode, proc.stdout[-4000:], proc.stderr[-2000:])
+    result, _end = json.JSONDecoder().raw_decode(proc.stdout, record.end())
+    return result["ansible_facts"]["cpu_isolation"]
 
 
 def sysfs_on(host):

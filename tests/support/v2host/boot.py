@@ -110,6 +110,13 @@ class CpuTopology:
                      "-numa", "node,nodeid=%d,cpus=%d-%d,memdev=mem%d" % (node, cpus[0], cpus[-1], node)]
         return args
 
+    @property
+    def cpu_model(self):
+        """TCG's ``max`` CPU says AuthenticAMD, and Linux reads an AMD CPU's threads from CPUID 0x8000001E
+        (topoext), which TCG does not offer: every thread would be a core of its own. With GenuineIntel the
+        kernel reads leaf 0xB, where QEMU reports the threads as given."""
+        return "max,vendor=GenuineIntel" if self.threads > 1 else "max"
+
     def as_dict(self):
         return {"sockets": self.sockets, "cores": self.cores, "threads": self.threads, "nodes": self.nodes}
 
@@ -246,7 +253,7 @@ class V2Host:
             "-name", "rtvirt-v2host-%s" % self.kernel,
             "-machine", "pc",
             "-accel", "tcg,thread=multi,tb-size=256",
-            "-cpu", "max",
+            "-cpu", "max" if self.topology is None else self.topology.cpu_model,
             *(self.topology.qemu_args(self.memory_mib) if self.topology is not None else ["-smp", str(self.smp)]),
             "-m", str(self.memory_mib),
             "-kernel", str(kdir / "vmlinuz"),

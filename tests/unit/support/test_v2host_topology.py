@@ -13,7 +13,7 @@ def _argv(tmp_path, **kwargs):
 def test_default_boot_is_unchanged(tmp_path):
     argv = _argv(tmp_path)
     assert argv[argv.index("-smp") + 1] == "4" and argv[argv.index("-m") + 1] == "2048"
-    assert "-numa" not in argv and "-object" not in argv
+    assert "-numa" not in argv and "-object" not in argv and argv[argv.index("-cpu") + 1] == "max"
 
 
 def test_two_node_smt_host(tmp_path):
@@ -25,11 +25,14 @@ def test_two_node_smt_host(tmp_path):
         "-object", "memory-backend-ram,id=mem1,size=1024M", "-numa", "node,nodeid=1,cpus=4-7,memdev=mem1",
     ]
     assert argv.count("-smp") == 1 and argv[argv.index("-m") + 1] == "2048"
+    assert argv[argv.index("-cpu") + 1] == "max,vendor=GenuineIntel"
 
 
 def test_one_node_topology_has_no_numa_options(tmp_path):
     argv = _argv(tmp_path, topology=CpuTopology(1, 4, 2))
     assert argv[argv.index("-smp") + 1] == "8,sockets=1,cores=4,threads=2" and "-numa" not in argv
+    assert argv[argv.index("-cpu") + 1] == "max,vendor=GenuineIntel"
+    assert _argv(tmp_path, topology=CpuTopology(1, 4, 1))[argv.index("-cpu") + 1] == "max"
 
 
 @pytest.mark.parametrize("args, message", [
