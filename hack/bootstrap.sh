@@ -42,4 +42,4 @@ fi
 
 mkdir -p .venv/ansible_collections/rtvirt
 ln -sfn ../../.. .venv/ansible_collections/rtvirt/kvm
-log "ready: $(.venv/bin/ansible --version | head -1)"
+log "ready: $(.venv/bin/ansible --version | sed -n 1p)"

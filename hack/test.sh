@@ -27,6 +27,12 @@ bash hack/sanity.sh
 step "static: ansible-lint (production profile)"
 ansible-lint --offline -q
 
+step "static: antsibull-docs lint-collection-docs (modules, filters, roles, docs/docsite)"
+# Schema, semantic markup and rstcheck of every plugin and role page, and the references in the extra docs;
+# references to collections that are not installed are errors too. Findings exit non-zero.
+antsibull-docs lint-collection-docs --plugin-docs --check-extra-docs-refs \
+  --validate-collection-refs all --disallow-unknown-collection-refs .
+
 step "pytest: unit, real kernel, libvirt, v2 host, molecule"
 export RTVIRT_REQUIRE_REAL=1
 set +e

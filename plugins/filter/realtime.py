@@ -19,14 +19,14 @@ def _facts(value, name):
     return value
 
 
-def cpu_map_text(cpu_isolation, extra_pins=None, title="CPU map"):
+def cpu_map_text(cpu_isolation, extra_pins=None, title="CPU map", emulator_cpus=None):
     from ansible_collections.rtvirt.kvm.plugins.module_utils._cpumap import build_map, render_text
-    return render_text(build_map(_facts(cpu_isolation, "cpu_map_text"), extra_pins), title=title)
+    return render_text(build_map(_facts(cpu_isolation, "cpu_map_text"), extra_pins, emulator_cpus), title=title)
 
 
-def cpu_map_html(cpu_isolation, extra_pins=None, title="CPU map"):
+def cpu_map_html(cpu_isolation, extra_pins=None, title="CPU map", emulator_cpus=None):
     from ansible_collections.rtvirt.kvm.plugins.module_utils._cpumap import build_map, render_html
-    return render_html(build_map(_facts(cpu_isolation, "cpu_map_html"), extra_pins), title=title)
+    return render_html(build_map(_facts(cpu_isolation, "cpu_map_html"), extra_pins, emulator_cpus), title=title)
 
 
 def realtime_placement_problems(cpu_isolation, expected):

@@ -66,12 +66,33 @@ class LockTimeout(Exception):
     pass
 
 
-class HostLock:
-    """An exclusive flock so two runs on one host never interleave their plans."""
+def lock_holder(path):
+    """Who holds the lock at ``path``, from what its holder wrote into it: "pid N (owner)", or None when the file
+    names no live process (a holder that writes nothing, such as the qemu hook, or one that has not written yet)."""
+    try:
+        with open(path) as handle:
+            text = handle.read(4096).strip()
+    except OSError:
+        return None
+    pid, _sep, owner = text.partition(" ")
+    if not pid.isdigit() or not os.path.exists("/proc/%s" % pid):
+        return None
+    return "pid %s (%s)" % (pid, owner) if owner else "pid %s" % pid
 
-    def __init__(self, path=LOCK_PATH, timeout=60.0):
+
+class HostLock:
+    """An exclusive flock on ``path`` so two runs on one host never interleave what it guards.
+
+    The kernel drops a flock when the last descriptor of the open file goes, so a holder that dies, even by
+    SIGKILL, leaves no stale lock: the file stays, the lock does not.  While it holds the lock, the holder's PID and
+    ``owner`` (what it is doing) are in the file, so that a run that waits in vain can name it; the file is
+    emptied again before the lock is released.
+    """
+
+    def __init__(self, path=LOCK_PATH, timeout=60.0, owner=None):
         self.path = path
         self.timeout = timeout
+        self.owner = owner
         self._fd = None
 
     def __enter__(self):
@@ -81,20 +102,34 @@ class HostLock:
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
+                break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(self._fd)
                     self._fd = None
-                    raise LockTimeout("another rtvirt.kvm run has held %s for %.0f s; wait for it to finish "
-                                      "(or remove a stale holder) and run again" % (self.path, self.timeout)) from None
+                    holder = lock_holder(self.path)
+                    raise LockTimeout("another rtvirt.kvm run%s has held %s for %.0f s; wait for it to finish and "
+                                      "run again (a holder that died has released it: the kernel drops the lock with "
+                                      "its process)" % (" (%s)" % holder if holder else "", self.path,
+                                                        self.timeout)) from None
                 time.sleep(0.05)
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, ("%d %s\n" % (os.getpid(), self.owner or "")).encode("utf-8", "replace"), 0)
+        except OSError:
+            pass  # the record only lets a waiting run name the holder; the lock holds without it
+        return self
 
     def __exit__(self, *exc):
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass  # as in __enter__: the record is a courtesy, the unlock below is what counts
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+                self._fd = None
         return False
 
 

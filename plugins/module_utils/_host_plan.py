@@ -5,9 +5,9 @@
 
 An area's tasks run when its list is non-empty.  Where a collection module does the work, the list is that
 module's own plan (``_irq_plan.plan_irqs``, ``_partition_host.converge_partition`` in check mode,
-``_grub.plan_edit``), so an area is never called converged that its task would change.  Files the role writes
-with ansible.builtin.copy are planned by :func:`plan_file`; what only builtin modules do (packages, users,
-lineinfile) keeps a presence check, erring towards "pending": the tasks then decide.
+``_bootloader.detect`` with ``_grub.plan_edit`` or ``_bootloader.plan_bls``), so an area is never called
+converged that its task would change.  Files the role writes with ansible.builtin.copy are planned by
+:func:`plan_file`; what only builtin modules do (packages, users, lineinfile) keeps a presence check, erring towards "pending": the tasks then decide.
 
 Roots are parameters so unit tests can point them at fake trees.
 """
@@ -23,7 +23,14 @@ import stat
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import ApplyError, LockTimeout
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import PlanError
-from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import CmdlineParseError, plan_edit
+from ansible_collections.rtvirt.kvm.plugins.module_utils._bootloader import (
+    BootloaderError,
+    NoBootloader,
+    detect,
+    os_family,
+    plan_bls_host,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import CmdlineParseError, missing_from_running, plan_edit
 from ansible_collections.rtvirt.kvm.plugins.module_utils._irq_plan import plan_irqs
 from ansible_collections.rtvirt.kvm.plugins.module_utils import _kvm as kvm
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionError
@@ -80,11 +87,30 @@ def cmdline_params(realtime, housekeeping, isolcpus_flags):
     }
 
 
-def check_cmdline(path, params, proc_cmdline="/proc/cmdline", variable="GRUB_CMDLINE_LINUX"):
-    """Returns (reasons, reboot_required)."""
-    text = _read(path)
+def check_cmdline(path, params, proc_cmdline="/proc/cmdline", variable="GRUB_CMDLINE_LINUX", root="/"):
+    """Returns (reasons, reboot_required): kernel_cmdline's own detection and plan (GRUB's defaults file, or every
+    BLS entry through grubby)."""
+    try:
+        found = detect(root, path)
+    except NoBootloader:
+        return [], False            # no boot loader: the task only says so
+    except BootloaderError as exc:
+        return [str(exc)], False    # the task fails with it
+    if found.kind == "bls":
+        try:
+            plan = plan_bls_host(root, params)
+        except BootloaderError as exc:
+            return ["the BLS entries cannot be changed safely (%s)" % exc], False
+        pending = missing_from_running(_read(proc_cmdline) or "", params)
+        reasons = ["BLS entries lack %s (%s)" % (", ".join(sorted(params)), " ".join(plan.argv))] if plan.changed else []
+        if pending:
+            reasons.append("the running kernel lacks %s (reboot required)" % ", ".join(pending))
+        return reasons, bool(pending)
+    if found.kind != "grub":
+        return [], False            # recognised, not managed: the task warns and changes nothing
+    text = _read(path if root == "/" else os.path.join(root, path.lstrip("/")))
     if text is None:
-        return [], False            # not a GRUB host: the task only says so
+        return [], False
     try:
         changed, _new, pending = plan_edit(text, variable, params, (), _read(proc_cmdline) or "")
     except CmdlineParseError as exc:
@@ -95,6 +121,51 @@ def check_cmdline(path, params, proc_cmdline="/proc/cmdline", variable="GRUB_CMD
     if pending:
         reasons.append("the running kernel lacks %s (reboot required)" % ", ".join(pending))
     return reasons, bool(pending)
+
+
+# The package and service names the role uses, per OS family (roles/host_prep/vars/<family>.yml), and what each
+# is where neither the family's table nor the role's variables name it: host_plan's behaviour before it knew
+# families (a direct call checks no package, libvirtd's unit, Debian's irqbalance file).
+OS_NAME_DEFAULTS = {
+    "libvirt_packages": [],
+    "libvirt_service_packages": [],
+    "libvirt_units": ["libvirtd.service"],
+    "libvirt_reload_unit": "libvirtd.service",
+    "irqbalance_file": "/etc/default/irqbalance",
+    "irqbalance_service": "irqbalance",
+}
+
+
+class OsNamesError(ValueError):
+    """host_plan's os_names names something it does not know."""
+
+
+def os_release_family(release):
+    """(family, major version) from os-release, in the names of Ansible's os_family and
+    distribution_major_version facts (family None where the OS is neither Debian's nor the RHEL family)."""
+    return os_family(release), (release.get("VERSION_ID") or "").split(".")[0] or None
+
+
+def resolve_os_names(table, family, major=None, overrides=None):
+    """The names for this host: ``table[family]`` with ``table["<family>_<major>"]`` over it (RHEL 8 is
+    monolithic libvirtd, 9 modular), ``table["Debian"]`` for a family the table lacks (what the role used on
+    every host before), then ``overrides`` that are not None (the role's variables). Returns the names and
+    the table keys used."""
+    if family in table:
+        used = [family]
+    else:
+        used = ["Debian"] if "Debian" in table else []
+    if family in table and major and "%s_%s" % (family, major) in table:
+        used.append("%s_%s" % (family, major))
+    names = dict(OS_NAME_DEFAULTS)
+    for key in used:
+        unknown = sorted(set(table[key]) - set(OS_NAME_DEFAULTS))
+        if unknown:
+            raise OsNamesError("os_names[%r] names %s, which host_plan does not know (it knows %s)"
+                               % (key, ", ".join(unknown), ", ".join(sorted(OS_NAME_DEFAULTS))))
+        names.update(table[key])
+    names.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    return names, used
 
 
 def installed_packages(status_path="/var/lib/dpkg/status"):
@@ -148,9 +219,10 @@ def check_kvm(manage_device, device=kvm.DEVICE):
 
 def check_libvirt(packages, installed, systemd_units, starter=None, proc_root="/proc", log_dir="/var/log/libvirt",
                   manage_kvm_device=False):
-    """``installed``: installed_packages() (None: no dpkg, the role installs nothing); ``systemd_units``: the
-    states of libvirtd from systemctl ({"active": ..., "enabled": ...}) or None without systemd; ``starter``:
-    {"path", "content"} of the daemon starter on hosts without systemd."""
+    """``installed``: the names of ``packages`` installed (installed_packages() from dpkg, or rpm's answer; None:
+    neither, the role installs nothing); ``systemd_units``: {unit: {"active": ..., "enabled": ...}} from systemctl
+    for the OS family's libvirt units (libvirtd.service, or virtqemud's sockets), or None without systemd;
+    ``starter``: {"path", "content"} of the daemon starter on hosts without systemd."""
     reasons = []
     if installed is not None:
         missing = [p for p in packages if p not in installed]
@@ -173,10 +245,12 @@ def check_libvirt(packages, installed, systemd_units, starter=None, proc_root="/
     reasons.extend(_dir_check(log_dir, 0o755))
     reasons.extend(check_kvm(manage_kvm_device))
     if systemd_units is not None:
-        if systemd_units.get("active") != "active":
-            reasons.append("libvirtd is %s" % systemd_units.get("active"))
-        if systemd_units.get("enabled") != "enabled":
-            reasons.append("libvirtd is %s at boot" % systemd_units.get("enabled"))
+        for unit, states in systemd_units.items():
+            name = unit[:-len(".service")] if unit.endswith(".service") else unit
+            if states.get("active") != "active":
+                reasons.append("%s is %s" % (name, states.get("active")))
+            if states.get("enabled") != "enabled":
+                reasons.append("%s is %s at boot" % (name, states.get("enabled")))
     else:
         if starter:
             reasons.extend(plan_file(starter["path"], starter["content"], 0o755))
@@ -185,8 +259,36 @@ def check_libvirt(packages, installed, systemd_units, starter=None, proc_root="/
     return reasons
 
 
-def check_hook(path, content, layout_path, layout):
-    reasons = _dir_check(os.path.dirname(path), 0o755) + plan_file(path, content, 0o755)
+# The line every version of host_prep's hook carries (roles/host_prep/templates/qemu-hook.py.j2): how a hook of
+# ours at the old path is told from the operator's.
+HOOK_MARKER = "# libvirt qemu hook from rtvirt.kvm.host_prep"
+_MARKER_LINES = 10
+
+
+def legacy_hook(path):
+    """What is at the single-script hook path libvirt runs before qemu.d: "absent", "ours" (a hook of an earlier
+    host_prep, to be removed once the qemu.d one is in place) or "foreign" (the operator's, another tool's, or a
+    symlink someone made: never replaced, edited or removed)."""
+    if os.path.islink(path):
+        return "foreign"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096).decode("utf-8", "replace").splitlines()[:_MARKER_LINES]
+    except FileNotFoundError:
+        return "absent"
+    except OSError:
+        return "foreign"
+    return "ours" if any(line.startswith(HOOK_MARKER) for line in head) else "foreign"
+
+
+def check_hook(path, content, layout_path, layout, legacy_path=None):
+    """What the hook tasks would change: the hooks directory and qemu.d, the script in qemu.d, the layout file, and
+    a hook of ours still at ``legacy_path`` (pending until removed).  A foreign hook there is not pending: it is
+    left as it is."""
+    reasons = []
+    for directory in dict.fromkeys((os.path.dirname(layout_path), os.path.dirname(path))):
+        reasons.extend(_dir_check(directory, 0o755))
+    reasons.extend(plan_file(path, content, 0o755))
     text = _read(layout_path)
     try:
         current = json.loads(text) if text is not None else None
@@ -196,7 +298,17 @@ def check_hook(path, content, layout_path, layout):
         reasons.append("%s %s" % (layout_path, "is missing" if text is None else "does not describe this layout"))
     elif _mode(layout_path) != 0o644:
         reasons.append("%s has mode %04o, not 0644" % (layout_path, _mode(layout_path)))
+    if legacy_path and legacy_hook(legacy_path) == "ours":
+        reasons.append("%s is host_prep's hook of an earlier version: it moves to %s" % (legacy_path, path))
     return reasons
+
+
+def hook_kept_note(legacy_path, legacy, path):
+    """The role's words about a hook at the old path that is not ours, or None."""
+    if legacy != "foreign":
+        return None
+    return ("found %s, which is not host_prep's: kept as it is (libvirt runs it before %s)"
+            % (legacy_path, os.path.dirname(path) + "/"))
 
 
 def check_partitions(module, wanted):
@@ -265,10 +377,11 @@ def summary(plan, narrow_machine):
     pending = plan.get("pending") or {}
     verdict = "differs: " + "; ".join("%s (%s)" % (area, "; ".join(reasons)) for area, reasons in pending.items()) \
         if pending else "the host matches the plan"
-    return "realtime CPUs %s (%s), housekeeping CPUs %s, /machine on %s, emulator threads on %s (%s), partitions %s; %s" % (
+    kept = (plan.get("hook_legacy") or {}).get("note")
+    return "realtime CPUs %s (%s), housekeeping CPUs %s, /machine on %s, emulator threads on %s (%s), partitions %s; %s%s" % (
         plan["realtime_cpus"], plan["source"], plan["housekeeping_cpus"],
         plan["machine_cpus"] if narrow_machine else "its CPUs (left alone)", plan["emulator_cpus"],
-        plan["emulator_mode"], partitions, verdict)
+        plan["emulator_mode"], partitions, verdict, "; " + kept if kept else "")
 
 
 def verdict(summary, violations, other_violations, kinds, areas=(), check_mode=False, verify=True):

@@ -7,10 +7,11 @@ change" is answered by the task's own code."""
 
 from __future__ import annotations
 
+import json
 import os
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import discover_layout
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import LOCK_PATH
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import LOCK_PATH, HostLock
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import KernelFiles, WriteGate
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     LIBVIRT_CONTROLLERS,
@@ -18,6 +19,13 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     parse_proc_cgroups,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_cgroupfs import converge_cgroupfs, read_text
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_record import (
+    RECORD_PATH,
+    describe,
+    plan_record,
+    read_record,
+    write_record,
+)
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_systemd import converge_systemd
 
 
@@ -34,6 +42,7 @@ class Host:
     unit_dir = "/etc/systemd/system"
     qemu_conf = "/etc/libvirt/qemu.conf"
     lock_path = LOCK_PATH
+    partition_record = RECORD_PATH     # what the qemu hook may re-create (_partition_record)
     files = None            # None: KernelFiles(sys_root)
 
 
@@ -70,8 +79,44 @@ def converge_partition(module, params, host, check_mode):
     gate = WriteGate(host.files if host.files is not None else KernelFiles(host.sys_root))
     if os.path.isdir(host.systemd_run_dir):
         return converge_systemd(module, host, gate, layout, desired, params["lock_timeout"], check_mode)
-    return converge_cgroupfs(host, gate, layout, desired, check_mode, params["lock_timeout"],
-                             diff=getattr(module, "_diff", False))
+    diff = getattr(module, "_diff", False)
+    result = converge_cgroupfs(host, gate, layout, desired, check_mode, params["lock_timeout"], diff=diff)
+    _converge_record(host, desired, result, check_mode, params["lock_timeout"], diff)
+    return result
+
+
+def _converge_record(host, desired, result, check_mode, lock_timeout, diff):
+    """Enter the partition in (or drop it from) the record the qemu hook re-creates from, as one more planned step
+    of the same run: after the cgroups, so a partition the kernel refused is never recorded."""
+    path = host.partition_record
+
+    def step():
+        record = read_record(path)
+        after = plan_record(record, desired)
+        if after is not None and not check_mode:
+            write_record(path, after)
+        return record, after
+
+    if check_mode:
+        record, after = step()
+    else:
+        # The same lock as the cgroups: two runs recording different partitions must not lose one of them.
+        with HostLock(path=host.lock_path, timeout=lock_timeout):
+            record, after = step()
+    if after is None:
+        return
+    name = desired.pname.name
+    entry = after["partitions"].get(name)
+    result["changed"] = True
+    result["planned"].append(describe(path, name, entry))
+    if not check_mode:
+        result["writes"].append({"file": path, "value": "<record %s>" % name})
+    if diff:
+        shown = result.setdefault("diff", {"before": "", "after": "", "before_header": "cgroup hierarchies",
+                                           "after_header": "cgroup hierarchies"})
+        previous = record["partitions"].get(name)
+        shown["before"] += "%s %s = %s\n" % (path, name, json.dumps(previous, sort_keys=True) if previous else "absent")
+        shown["after"] += "%s %s = %s\n" % (path, name, json.dumps(entry, sort_keys=True) if entry else "absent")
 
 
 def planned_steps(module, **given):

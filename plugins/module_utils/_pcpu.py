@@ -10,6 +10,10 @@ The domain XML is the only record, there is no state file to drift.  A guest hol
 (``_pcpu_allocator.Allocation.metadata_xml()``).  Without that element a reservation is lost when the
 domain is redefined, and the siblings become free for the next guest.
 
+The books are read, then written (a definition), by separate runs that do not know of each other; the writer
+re-checks its claim against the books under one host-wide lock (``PCPU_LOCK_PATH``, see ``check_claim``), so that
+of two runs planned from the same books for the same pCPU exactly one defines its guest.
+
 The errors of the allocator (``_pcpu_allocator``, ``_pcpu_policies``) are defined here too, under the one
 base class ``PcpuError`` that callers catch.
 """
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     CpuListError,
+    format_cpulist,
     parse_cpulist,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
@@ -28,6 +33,9 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
 )
 
 METADATA_NS = "urn:rtvirt:kvm:pcpu:1"
+# Held by a writer from its re-check of the books to its define; never across tasks.  Not the cpuset engine's
+# lock: the qemu hook takes that one while libvirt starts a guest.
+PCPU_LOCK_PATH = "/run/lock/rtvirt-kvm-pcpu.lock"
 _META_TAG = "{%s}pcpu" % METADATA_NS
 
 
@@ -193,3 +201,32 @@ def holdings_from_domain_xml(xml_texts):
     if isinstance(xml_texts, (str, bytes)):
         xml_texts = [xml_texts]
     return Holdings(guest_pins_from_domain_xml(text) for text in xml_texts)
+
+
+def claim_conflicts(holdings, wanted, previous=None):
+    """Guest name → the pCPUs it holds that ``wanted`` newly claims for vCPUs or reserved SMT siblings.
+
+    ``wanted`` is the ``GuestPins`` of the definition about to be written, ``previous`` those of the guest's
+    current definition (None for a new guest).  What the guest claimed before is not claimed again, so an
+    overlap that was already there is left to the allocator's books; what counts is a pCPU that another guest
+    took since this guest's pCPUs were planned.  Emulator and I/O thread pins claim nothing here: guests share
+    the housekeeping CPUs for them.
+    """
+    claimed = wanted.vcpu_cpus | wanted.reserved
+    if previous is not None:
+        claimed -= previous.vcpu_cpus | previous.reserved
+    return holdings.without(wanted.name).holders_of(claimed)
+
+
+def check_claim(holdings, wanted, previous=None):
+    """Raise ``AllocationError`` naming the holders when ``wanted`` claims a pCPU another guest holds."""
+    conflicts = claim_conflicts(holdings, wanted, previous)
+    if not conflicts:
+        return
+    taken = frozenset().union(*conflicts.values())
+    raise AllocationError(
+        "guest %r cannot be defined with pCPU %s: already held by %s, defined by another run since this guest's "
+        "pCPUs were planned, or pinned by hand; a pCPU has one owner. Plan again: pcpu_allocation or the "
+        "realtime_vm role picks from the pCPUs free now"
+        % (wanted.name, format_cpulist(taken),
+           ", ".join("guest %r (%s)" % (name, format_cpulist(cpus)) for name, cpus in sorted(conflicts.items()))))

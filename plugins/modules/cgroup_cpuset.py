@@ -21,7 +21,10 @@ description:
     host is left untouched.
   - If the kernel still refuses a write half-way, the writes already made are put back in reverse order and
     both the failure and the rollback are reported.
-  - A host-wide lock (C(/run/lock/rtvirt-kvm-cpuset.lock)) keeps two runs from interleaving their plans.
+  - A host-wide lock (C(/run/lock/rtvirt-kvm-cpuset.lock)) keeps two runs from interleaving their plans. It is a
+    C(flock), which the kernel drops with its holder, so a run killed halfway (even by C(SIGKILL)) leaves no stale
+    lock, and the same call afterwards converges. While it holds the lock, a run writes its PID into the file; a run
+    that waits in vain names that holder.
 author:
   - rtvirt.kvm contributors (@rtvirt-kvm)
 extends_documentation_fragment:
@@ -441,7 +444,7 @@ def run(module):
     if module.check_mode:
         result_plan = converge()
     else:
-        with HostLock(timeout=params["lock_timeout"]):
+        with HostLock(timeout=params["lock_timeout"], owner="cgroup_cpuset"):
             result_plan = converge()
 
     cgroups = result_plan.cgroups()

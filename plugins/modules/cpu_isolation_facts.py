@@ -16,7 +16,7 @@ description:
     kernel reports (C(/sys/devices/system/cpu/isolated), C(/sys/devices/system/cpu/nohz_full), the cgroup v2
     root's C(cpuset.cpus.isolated) and v2 partitions), the housekeeping CPUs, C(kernel.sched_rt_runtime_us),
     the IRQ affinities, every libvirt guest's threads and a list of violations; also what the
-    C(rtvirt.kvm.realtime_vm) role decides its steady state with (the pCPU topology, the persistent domain
+    P(rtvirt.kvm.realtime_vm#role) role decides its steady state with (the pCPU topology, the persistent domain
     definitions and the state of the O(realtime_partitions)).
   - Everything is read from C(/proc), C(/sys), libvirt's run directory and its configuration directory. No libvirt connection is needed,
     so the facts also work while libvirtd is stopped.
@@ -300,7 +300,7 @@ ansible_facts:
             - The persistent definition of every libvirt domain of C(qemu:///system), C(name) and C(xml), read from
               C(<libvirt_config_dir>/qemu/<name>.xml) (no libvirt connection). Empty when the directory does not
               exist; null when it or a file in it cannot be read or parsed.
-            - C(xml) holds only the parts the C(rtvirt.kvm.realtime_vm) role compares and M(rtvirt.kvm.pcpu_allocation)
+            - C(xml) holds only the parts the P(rtvirt.kvm.realtime_vm#role) role compares and M(rtvirt.kvm.pcpu_allocation)
               reads (C(name), C(uuid), C(memory), C(currentMemory), C(vcpu), C(vcpus), C(cputune), C(numatune),
               C(resource) and the C(<rtvirt:pcpu>) metadata element); devices, with their passwords, stay out.
           returned: always

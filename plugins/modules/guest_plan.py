@@ -114,7 +114,7 @@ options:
     default: true
   layout_file:
     description:
-      - The layout rtvirt.kvm.host_prep leaves on the host (C(host_prep_hook_layout_file)). When O(isolated_cpus) is
+      - The layout P(rtvirt.kvm.host_prep#role) leaves on the host (C(host_prep_hook_layout_file)). When O(isolated_cpus) is
         empty, its realtime CPUs count as isolated; when O(emulator_cpus) is empty, its emulator CPUs are the
         default. Missing - neither.
     type: path

@@ -11,7 +11,7 @@ module: host_plan
 short_description: Plan a host's realtime layout and report, in one pass, what host_prep would still change
 version_added: "0.2.0"
 description:
-  - The first task of the C(rtvirt.kvm.host_prep) role. It plans the realtime CPUs and the cgroup layout and then
+  - The first task of the P(rtvirt.kvm.host_prep#role) role. It plans the realtime CPUs and the cgroup layout and then
     reads, in the same process, every part of the host the role manages. RV(pending) names each area of the role
     that differs from the plan, with the reasons; the role runs only those areas, through the same modules as always.
   - "The plan: the realtime CPUs in O(cpus) are validated or, when O(cpus) is empty, chosen: the first
@@ -81,17 +81,37 @@ options:
     default: true
   cmdline:
     description:
-      - Check the kernel command line in a GRUB defaults file. Omit when the role does not manage it.
+      - Check the kernel command line where M(rtvirt.kvm.kernel_cmdline) sets it, with its detection and plan (BLS
+        entries through grubby on the RHEL family, else GRUB's defaults file). Omit when the role does not manage it.
     type: dict
     suboptions:
       path:
-        description: The GRUB defaults file.
+        description: GRUB's defaults file (kernel_cmdline's O(rtvirt.kvm.kernel_cmdline#module:path)).
         type: path
         required: true
       isolcpus_flags:
         description: Flags put before the CPU list in C(isolcpus=).
         type: str
         default: ""
+  os_family:
+    description:
+      - The host's OS family as Ansible's C(os_family) fact names it (V(Debian), V(RedHat)), when the play
+        gathered facts. Omitted, it is read from C(/etc/os-release) (C(ID) and C(ID_LIKE)).
+    type: str
+  os_major_version:
+    description:
+      - The OS's major version (C(distribution_major_version)), when the play gathered facts. Omitted, it is
+        C(VERSION_ID) of C(/etc/os-release).
+    type: str
+  os_names:
+    description:
+      - Package and service names per OS family, V(Debian), V(RedHat), and per family and major version such as
+        V(RedHat_8), which goes over its family's. A family without an entry gets V(Debian)'s. RV(os) is the
+        host's, with what O(libvirt) and O(irqs) set over it.
+      - "Each entry may name C(libvirt_packages), C(libvirt_service_packages), C(libvirt_units) (the systemd units
+        that must be active and enabled), C(libvirt_reload_unit), C(irqbalance_file) and C(irqbalance_service)."
+    type: dict
+    default: {}
   libvirt:
     description:
       - Check that libvirt is installed and running.
@@ -100,15 +120,23 @@ options:
     type: dict
     suboptions:
       packages:
-        description: Packages to find in dpkg's status (where dpkg exists).
+        description:
+          - Packages to find in dpkg's status, or through C(rpm -q) where rpm and dnf exist. Omitted or null,
+            the OS family's C(libvirt_packages) (O(os_names)).
         type: list
         elements: str
-        default: []
       service_packages:
-        description: Packages to find as well on systemd hosts (those that bring the service units).
+        description:
+          - Packages to find as well on systemd hosts (those that bring the service units). Omitted or null, the
+            OS family's C(libvirt_service_packages).
         type: list
         elements: str
-        default: []
+      units:
+        description:
+          - The systemd units that must be active and enabled. Omitted or null, the OS family's C(libvirt_units),
+            else C(libvirtd.service).
+        type: list
+        elements: str
       starter:
         description: The content of the daemon starter for hosts without systemd.
         type: str
@@ -132,6 +160,12 @@ options:
         description: The JSON file the hook reads the layout from; its content is RV(hook_layout).
         type: path
         required: true
+      legacy_path:
+        description:
+          - The single hook script libvirt runs before C(qemu.d), where earlier versions installed the hook.
+          - A hook of ours there (recognised by its marker line) is pending until the role removes it; any other file
+            there is never touched and is named in RV(hook_legacy).
+        type: path
       starter:
         description: On hosts without systemd, the daemon helper the hook's reload handler uses.
         type: str
@@ -144,9 +178,9 @@ options:
     type: dict
     suboptions:
       irqbalance_file:
-        description: irqbalance's environment file.
+        description: irqbalance's environment file. Omitted or null, the OS family's C(irqbalance_file), else
+          C(/etc/default/irqbalance).
         type: path
-        required: true
   sysctl:
     description:
       - Check the RT budget.
@@ -279,12 +313,28 @@ manage_kvm_device:
   type: bool
   sample: true
 package_manager:
-  description: V(apt) where dpkg keeps its status file, else null (the role installs no packages).
+  description: V(apt) where dpkg keeps its status file, V(dnf) where rpm and dnf exist, else null (the role installs
+    no packages).
   returned: success
   type: str
   sample: apt
+os_family:
+  description: The OS family (O(os_family), or read from C(/etc/os-release)); null for one that is neither.
+  returned: success
+  type: str
+  sample: RedHat
+os:
+  description:
+    - The package and service names the role uses on this host (O(os_names) for its family, with O(libvirt) and
+      O(irqs) over them), and C(from), the O(os_names) entries they were taken from.
+  returned: success
+  type: dict
+  sample: {libvirt_packages: [libvirt-daemon-kvm, qemu-kvm, libvirt-client], libvirt_service_packages: [],
+    libvirt_units: [virtqemud.socket, virtqemud-ro.socket, virtqemud-admin.socket, virtproxyd.socket,
+    virtlogd.socket], libvirt_reload_unit: virtqemud.service, irqbalance_file: /etc/sysconfig/irqbalance,
+    irqbalance_service: irqbalance, from: [RedHat]}
 reboot_required:
-  description: The running kernel lacks kernel parameters the GRUB file asks for (only with O(cmdline)).
+  description: The running kernel lacks kernel parameters the boot loader is asked for (only with O(cmdline)).
   returned: success
   type: bool
   sample: false
@@ -293,6 +343,17 @@ cmdline_params:
   returned: success
   type: dict
   sample: {isolcpus: "managed_irq,domain,2-7", nohz_full: "2-7", rcu_nocbs: "2-7", irqaffinity: "0-1"}
+hook_legacy:
+  description:
+    - What is at O(hook.legacy_path), C(state) V(absent), V(ours) (an earlier version's hook, which the role removes
+      once the new one is installed) or V(foreign) (kept as it is; C(note) says so in words, else C(null)).
+  returned: when O(hook.legacy_path) is given
+  type: dict
+  sample:
+    path: /etc/libvirt/hooks/qemu
+    state: foreign
+    note: "found /etc/libvirt/hooks/qemu, which is not host_prep's: kept as it is (libvirt runs it before
+      /etc/libvirt/hooks/qemu.d/)"
 hook_layout:
   description: What the qemu hook re-creates, C(partitions) (name to cpus/exclusive) and C(machine).
   returned: success
@@ -307,7 +368,7 @@ irq_cpus:
 violations:
   description: With O(verify=true), the facts' violations of O(verify_kinds) that host_prep answers for, all
     but C(irq_affinity) of IRQs the kernel refuses to move (C(changeable=false)) and C(cgroup_cpuset) of cgroups
-    other than C(/machine) (those belong to guests and other roles; M(rtvirt.kvm.remediation) reports them).
+    other than C(/machine) (those belong to guests and other roles; the P(rtvirt.kvm.remediation#role) role reports them).
   returned: when verify is true
   type: list
   elements: dict
@@ -339,6 +400,7 @@ import subprocess
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import new_module, nul_byte_problem
+from ansible_collections.rtvirt.kvm.plugins.module_utils._bootloader import read_os_release
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import CgroupDiscoveryError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError, parse_cpulist
 from ansible_collections.rtvirt.kvm.plugins.module_utils._failure import ModuleFailure, finish
@@ -352,8 +414,13 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._host_plan import (
     check_partitions,
     check_sysctl,
     cmdline_params,
+    hook_kept_note,
     hook_layout,
     installed_packages,
+    legacy_hook,
+    OsNamesError,
+    os_release_family,
+    resolve_os_names,
     VERIFY_KINDS,
     host_prep_violations,
     partition_targets,
@@ -366,6 +433,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._kvm import DEVICE as K
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError
 
 SYSTEMD_DIR = "/run/systemd/system"
+RPM_TOOLS = ("/usr/bin/rpm", "/usr/bin/dnf")
 
 
 def get_argument_spec():
@@ -373,14 +441,19 @@ def get_argument_spec():
         plan_argument_spec(),
         cmdline=dict(type="dict", options=dict(path=dict(type="path", required=True),
                                                isolcpus_flags=dict(type="str", default=""))),
-        libvirt=dict(type="dict", options=dict(packages=dict(type="list", elements="str", default=[]),
-                                               service_packages=dict(type="list", elements="str", default=[]),
+        os_family=dict(type="str"),
+        os_major_version=dict(type="str"),
+        os_names=dict(type="dict", default={}),
+        libvirt=dict(type="dict", options=dict(packages=dict(type="list", elements="str"),
+                                               service_packages=dict(type="list", elements="str"),
+                                               units=dict(type="list", elements="str"),
                                                starter=dict(type="str"), starter_path=dict(type="path"))),
         hook=dict(type="dict", options=dict(path=dict(type="path", required=True),
                                             content=dict(type="str", required=True),
                                             layout_path=dict(type="path", required=True),
+                                            legacy_path=dict(type="path"),
                                             starter=dict(type="str"), starter_path=dict(type="path"))),
-        irqs=dict(type="dict", options=dict(irqbalance_file=dict(type="path", required=True))),
+        irqs=dict(type="dict", options=dict(irqbalance_file=dict(type="path"))),
         sysctl=dict(type="dict", options=dict(path=dict(type="path", required=True),
                                               content=dict(type="str", required=True),
                                               value=dict(type="int", required=True))),
@@ -389,11 +462,39 @@ def get_argument_spec():
     )
 
 
-def _systemctl_states(verb, units):
-    """``systemctl is-active|is-enabled`` for several units in one call: {unit: state}."""
-    proc = subprocess.run(["systemctl", verb] + list(units), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                          universal_newlines=True, check=False)
-    return dict(zip(units, proc.stdout.split()))
+def _systemctl_states(units):
+    """{unit: {"active": ActiveState, "enabled": UnitFileState}} in one ``systemctl show`` (which, unlike
+    is-enabled, answers for a unit that does not exist too, so several units cannot shift each other's answers)."""
+    proc = subprocess.run(["systemctl", "show", "--property=ActiveState,UnitFileState"] + list(units),
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True, check=False)
+    blocks = [dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+              for block in proc.stdout.strip().split("\n\n")] if proc.stdout.strip() else []
+    return {unit: {"active": block.get("ActiveState"), "enabled": block.get("UnitFileState") or None}
+            for unit, block in zip(units, blocks)}
+
+
+def _rpm_installed(names):
+    """The names of ``names`` rpm lists as installed: one rpm -q for all, a name per line for an installed package,
+    "package NAME is not installed" for a missing one (so whole lines are matched, never words)."""
+    if not names:
+        return set()
+    proc = subprocess.run(["rpm", "-q", "--queryformat", "%{NAME}\n"] + list(names), stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, universal_newlines=True, check=False,
+                          env=dict(os.environ, LC_ALL="C"))
+    return {line.strip() for line in proc.stdout.splitlines()} & set(names)
+
+
+def host_os(params):
+    """(family, the names the role uses here): facts when the play gathered them, else /etc/os-release."""
+    family, major = params["os_family"], params["os_major_version"]
+    if family is None:
+        family, release_major = os_release_family(read_os_release())
+        major = major or release_major
+    lv, irqs = params["libvirt"] or {}, params["irqs"] or {}
+    names, used = resolve_os_names(params["os_names"], family, major, overrides={
+        "libvirt_packages": lv.get("packages"), "libvirt_service_packages": lv.get("service_packages"),
+        "libvirt_units": lv.get("units"), "irqbalance_file": irqs.get("irqbalance_file")})
+    return family, dict(names, **{"from": used})
 
 
 def check(module, params, plan):
@@ -402,9 +503,13 @@ def check(module, params, plan):
     pending = {}
     # Dedicated emulator CPUs sit in the exclusive partition (v2: an isolated one), so IRQs stay off them too.
     irq_cpus = plan["machine_cpus"] if plan["emulator_mode"] == "dedicated" else plan["housekeeping_cpus"]
+    family, names = host_os(params)
     installed = installed_packages()
-    extra = dict(systemd=systemd, reboot_required=False, irq_cpus=irq_cpus,
-                 package_manager="apt" if installed is not None else None,
+    package_manager = "apt" if installed is not None else None
+    if installed is None and all(os.path.exists(tool) for tool in RPM_TOOLS):
+        package_manager = "dnf"
+    extra = dict(systemd=systemd, reboot_required=False, irq_cpus=irq_cpus, os_family=family, os=names,
+                 package_manager=package_manager,
                  cmdline_params=cmdline_params(plan["realtime_cpus"], irq_cpus,
                                                (params["cmdline"] or {}).get("isolcpus_flags") or ""),
                  hook_layout=hook_layout(plan, params["narrow_machine"]),
@@ -418,22 +523,29 @@ def check(module, params, plan):
         lv = params["libvirt"]
         units = None
         if systemd:
-            units = {"active": _systemctl_states("is-active", ["libvirtd.service"]).get("libvirtd.service"),
-                     "enabled": _systemctl_states("is-enabled", ["libvirtd.service"]).get("libvirtd.service")}
+            states = _systemctl_states(names["libvirt_units"])
+            units = {unit: states.get(unit, {}) for unit in names["libvirt_units"]}
         starter = {"path": lv.get("starter_path"), "content": lv.get("starter")} if lv.get("starter") else None
-        # libvirt-daemon-system brings the service units; without a service manager the starter runs the daemons.
-        packages = (lv.get("packages") or []) + ((lv.get("service_packages") or []) if systemd else [])
+        # The service packages bring the service units; without a service manager the starter runs the daemons.
+        packages = names["libvirt_packages"] + (names["libvirt_service_packages"] if systemd else [])
+        if package_manager == "dnf":
+            installed = _rpm_installed(packages)
         pending["libvirt"] = check_libvirt(packages, installed, units, starter,
                                            manage_kvm_device=extra["manage_kvm_device"])
     if params["hook"] is not None:
         hook = params["hook"]
-        pending["hook"] = check_hook(hook["path"], hook["content"], hook["layout_path"], extra["hook_layout"])
+        pending["hook"] = check_hook(hook["path"], hook["content"], hook["layout_path"], extra["hook_layout"],
+                                     hook.get("legacy_path"))
+        if hook.get("legacy_path"):
+            legacy = legacy_hook(hook["legacy_path"])
+            extra["hook_legacy"] = {"path": hook["legacy_path"], "state": legacy,
+                                    "note": hook_kept_note(hook["legacy_path"], legacy, hook["path"])}
         if not systemd and hook.get("starter"):
             # The reload handler's helper, installed with the hook on hosts without a service manager.
             pending["hook"].extend(plan_file(hook["starter_path"], hook["starter"], 0o755))
     pending["partitions"] = check_partitions(module, targets)
     if params["irqs"] is not None:
-        pending["irqs"] = check_irqs(parse_cpulist(extra["irq_cpus"]), params["irqs"]["irqbalance_file"],
+        pending["irqs"] = check_irqs(parse_cpulist(extra["irq_cpus"]), names["irqbalance_file"],
                                      plan["realtime_cpus"])
     if params["sysctl"] is not None:
         sysctl = params["sysctl"]
@@ -455,6 +567,8 @@ def run(module):
         plan.update(check(module, params, plan))
     except (CgroupDiscoveryError, CpuListError, PartitionNameError, OSError) as exc:
         raise ModuleFailure("cannot read the host's state: %s" % exc, **plan) from None
+    except OsNamesError as exc:
+        raise ModuleFailure("os_names: %s" % exc, **plan) from None
     if params["verify"]:
         try:
             facts = gather(isolated_cpus=plan["realtime_cpus"],

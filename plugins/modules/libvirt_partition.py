@@ -26,6 +26,12 @@ description:
     reloads systemd and starts the slice. For C(/machine) it writes a drop-in,
     C(/etc/systemd/system/machine.slice.d/50-rtvirt-kvm.conf), and never replaces systemd's own C(machine.slice).
   - V(absent) refuses while a guest (or any other task) runs inside the partition and names it.
+  - On hosts without systemd it keeps a record of the partitions it manages,
+    C(/etc/libvirt/hooks/rtvirt-kvm-partitions.json) (JSON, mode 0644), with the CPUs, memory nodes and
+    exclusivity each was given; V(absent) drops the entry. It is what the qemu hook of the P(rtvirt.kvm.host_prep#role)
+    role re-creates at a guest's start after a reboot; a missing partition that is not recorded fails the guest's
+    start instead of becoming a new cgroup. The record is one more planned step (RV(planned), the diff), written
+    after the cgroups, under the same lock, and never in check mode.
 author:
   - rtvirt.kvm contributors (@rtvirt-kvm)
 extends_documentation_fragment:

@@ -25,6 +25,9 @@ description:
     and which guests hold the rest.
   - This module only computes. It never changes the host or any domain; write RV(vcpupin) and
     RV(metadata) into the domain definition with another task.
+  - Its result is a plan from the books as they were when it ran. M(rtvirt.kvm.realtime_domain) checks the pCPUs
+    against the books again, under a host-wide lock, right before it defines the guest, and fails naming the guest
+    that took a pCPU in the meantime (another run planned from the same books).
 author:
   - rtvirt.kvm contributors (@rtvirt-kvm)
 extends_documentation_fragment:

@@ -23,7 +23,13 @@ description:
   - With O(running=true) it starts the guest when it is not running.
   - V(absent) powers the guest off (C(destroy)) and removes its definition (C(undefine)).
   - The module does not choose pCPUs; use M(rtvirt.kvm.pcpu_allocation) for that, or the
-    C(rtvirt.kvm.realtime_vm) role that does both and verifies the result.
+    P(rtvirt.kvm.realtime_vm#role) role that does both and verifies the result.
+  - Right before it writes a definition, under a host-wide lock (C(/run/lock/rtvirt-kvm-pcpu.lock)), the module reads
+    every defined guest again and refuses to claim a pCPU for a vCPU or a reserved SMT sibling that another guest
+    holds, naming that guest. Of two runs that planned the same free pCPU from the same books (two operators, or a
+    fleet run beside an ad hoc one) exactly one defines its guest, and the other fails before it writes anything.
+    pCPUs the guest already held are not checked again; emulator and I/O thread pins are not checked, since guests
+    share the housekeeping CPUs for them.
 author:
   - rtvirt.kvm contributors (@rtvirt-kvm)
 extends_documentation_fragment:
@@ -112,10 +118,16 @@ options:
     description: libvirt connection URI.
     type: str
     default: qemu:///system
+  lock_timeout:
+    description:
+      - Seconds to wait for another run that holds the pCPU lock (it holds it only from its re-check to its define).
+    type: int
+    default: 60
 attributes:
   check_mode:
     support: full
-    details: Reads the current definition and reports what it would change. Writes nothing.
+    details: Reads the current definitions, checks the pCPUs as a real run does and reports what it would change.
+      Writes and locks nothing.
   diff_mode:
     support: full
     details: The owned parts before and after, one per line.
@@ -204,6 +216,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._arguments import new_module, nul_byte_problem
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import HostLock, LockTimeout
 from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
     DomainSpec,
     DomainSpecError,
@@ -216,7 +229,13 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._kvm import DEVICE, GROUP, MODE, read_access
 from ansible_collections.rtvirt.kvm.plugins.module_utils._libvirt import LibvirtError, import_libvirt
-from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import DomainXMLError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import (
+    PCPU_LOCK_PATH,
+    PcpuError,
+    check_claim,
+    guest_pins_from_domain_xml,
+    holdings_from_domain_xml,
+)
 
 
 def get_argument_spec():
@@ -236,6 +255,7 @@ def get_argument_spec():
         running=dict(type="bool", default=True),
         restart=dict(type="bool", default=False),
         uri=dict(type="str", default="qemu:///system"),
+        lock_timeout=dict(type="int", default=60),
     )
 
 
@@ -267,6 +287,18 @@ class _Libvirt:
     def inactive_xml(self, dom):
         return self.call("cannot read the definition of %s" % dom.name(), dom.XMLDesc,
                          self.libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+    def books(self):
+        """What every defined guest holds, read now (the books pcpu_allocation planned from may be stale)."""
+        texts = []
+        for dom in self.call("cannot list the defined guests", self.conn.listAllDomains, 0):
+            try:
+                texts.append(dom.XMLDesc(self.libvirt.VIR_DOMAIN_XML_INACTIVE))
+            except self.libvirt.libvirtError as exc:
+                if exc.get_error_code() == self.libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined since it was listed: it holds nothing
+                raise LibvirtError("cannot read the definition of %s: %s" % (dom.name(), exc), exc) from exc
+        return holdings_from_domain_xml(texts)
 
     def close(self):
         if self.conn is not None:
@@ -305,9 +337,15 @@ def _present(module, virt, spec, result):
     if result["started"]:
         _check_accelerator(module, spec.name, rendered)
     if module.check_mode:
+        if result["defined"]:
+            _check_claim(virt, spec.name, rendered, result)
         return
     if result["defined"]:
-        dom = virt.call("libvirt refused the definition of %s" % spec.name, virt.conn.defineXML, rendered)
+        # The lock spans the re-check and the define, so that no other writer defines in between; it is not held
+        # while the guest starts (the qemu hook may wait for the cpuset engine's lock then).
+        with HostLock(PCPU_LOCK_PATH, timeout=params["lock_timeout"], owner="realtime_domain %s" % spec.name):
+            _check_claim(virt, spec.name, rendered, result)
+            dom = virt.call("libvirt refused the definition of %s" % spec.name, virt.conn.defineXML, rendered)
     if result["destroyed"]:
         virt.call("cannot power off %s" % spec.name, dom.destroy)
     if result["started"]:
@@ -320,6 +358,17 @@ def _present(module, virt, spec, result):
                 virt.call("cannot undefine %s after its failed start" % spec.name, dom.undefine)
                 result["defined"] = False
             raise
+
+
+def _check_claim(virt, name, rendered, result):
+    """Refuse a pCPU another guest holds now; the guest's own current definition says what it held already.
+    A refused guest is neither defined nor started nor powered off, and the result says so."""
+    books = virt.books()
+    try:
+        check_claim(books, guest_pins_from_domain_xml(rendered), books.get(name))
+    except PcpuError:
+        result.update(defined=False, started=False, destroyed=False, restart_needed=False)
+        raise
 
 
 def _check_accelerator(module, name, xml):
@@ -389,7 +438,7 @@ def main():
             _absent(module, virt, params["name"], result)
     except LibvirtError as exc:
         failure = dict(result, msg=str(exc), guest=params["name"], exception=exc.exception)
-    except (DomainSpecError, DomainXMLError, CpuListError) as exc:
+    except (DomainSpecError, PcpuError, CpuListError, LockTimeout) as exc:
         failure = dict(result, msg=str(exc), guest=params["name"])
     finally:
         if virt is not None:

@@ -13,7 +13,7 @@ version_added: 0.1.0
 description:
   - Reads the cgroup hierarchies libvirt uses, the defined and running guests (C(virsh)) and the violations of
     M(rtvirt.kvm.cpu_isolation_facts), and returns one finding per problem with the repair the
-    C(rtvirt.kvm.remediation) role applies.
+    P(rtvirt.kvm.remediation#role) role applies.
   - "Kinds: C(empty_cpuset) (empty cpus or mems below C(machine)), C(missing_partition) (a partition a defined
     guest names is missing in a hierarchy), C(leftover_guest_cgroup) (a C(*.libvirt-qemu) cgroup of a guest that
     does not run), C(cgroup_on_isolated), C(pinning_drift), C(irq_affinity), C(irq_default_affinity), and

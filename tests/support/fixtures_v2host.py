@@ -3,6 +3,8 @@
 - ``v2host``: session-scoped, parametrized over the kernels ``"6.1"`` and ``"6.12"``; pytest runs all
   tests of one kernel before booting the other, so one guest runs at a time.
 - ``v2host_61`` / ``v2host_612``: one kernel for tests that need exactly that one.
+- ``v2host_numa``: module-scoped, 6.1 booted as a production-shaped host, 2 sockets x 2 cores x 2 threads on
+  2 NUMA nodes (8 CPUs, ``NUMA_SMT``); powered off when the module that used it ends.
 - ``v1host``: module-scoped, the same image on 6.1 in the CI machines' shape (``init="v1"``: no systemd as
   PID 1, one cgroup v1 hierarchy per controller, cgroup2 at /sys/fs/cgroup/unified), with 4 CPUs. It is
   powered off when the module that used it ends (its tests may reboot it).
@@ -18,7 +20,10 @@ import shutil
 
 import pytest
 
-from tests.support.v2host.boot import KERNELS, V2Host, ensure_built
+from tests.support.v2host.boot import KERNELS, CpuTopology, V2Host, ensure_built
+
+#: The production-shaped test host: two sockets, each its own NUMA node, of two cores with two threads.
+NUMA_SMT = CpuTopology(sockets=2, cores=2, threads=2, nodes=2)
 
 
 def _prerequisites_missing():
@@ -39,24 +44,25 @@ class _V2HostPool:
         self._hosts = {}
         self._holders = {}
 
-    def acquire(self, kernel, init="systemd"):
-        key = (kernel, init)
+    def acquire(self, kernel, init="systemd", topology=None):
+        key = (kernel, init, topology)
         if key not in self._hosts:
             reason = _prerequisites_missing()
             if reason:
                 pytest.skip(reason)
             if self._cache_dir is None:
                 self._cache_dir = ensure_built()
-            state_dir = self._tmp.mktemp("v2host-%s%s" % (kernel.replace(".", ""), "" if init == "systemd" else "-" + init))
-            host = V2Host(kernel, state_dir=state_dir, cache_dir=self._cache_dir, init=init)
+            state_dir = self._tmp.mktemp("v2host-%s%s%s" % (kernel.replace(".", ""), "" if init == "systemd" else "-" + init,
+                                                            "" if topology is None else "-%dcpu" % topology.cpus))
+            host = V2Host(kernel, state_dir=state_dir, cache_dir=self._cache_dir, init=init, topology=topology)
             host.boot()
             self._hosts[key] = host
             self._holders[key] = 0
         self._holders[key] += 1
         return self._hosts[key]
 
-    def release(self, kernel, init="systemd"):
-        key = (kernel, init)
+    def release(self, kernel, init="systemd", topology=None):
+        key = (kernel, init, topology)
         self._holders[key] -= 1
         if self._holders[key] == 0:
             self._hosts.pop(key).shutdown()
@@ -73,12 +79,12 @@ def v2host_pool(tmp_path_factory):
     pool.close()
 
 
-def _hold(pool, kernel, init="systemd"):
-    host = pool.acquire(kernel, init)
+def _hold(pool, kernel, init="systemd", topology=None):
+    host = pool.acquire(kernel, init, topology)
     try:
         yield host
     finally:
-        pool.release(kernel, init)
+        pool.release(kernel, init, topology)
 
 
 @pytest.fixture(scope="session", params=sorted(KERNELS, key=lambda k: tuple(map(int, k.split(".")))))
@@ -103,3 +109,9 @@ def v2host_612(v2host_pool):
 def v1host(v2host_pool):
     """The test host on 6.1 in the CI machines' shape: no systemd, cgroup v1 per controller (init="v1")."""
     yield from _hold(v2host_pool, "6.1", "v1")
+
+
+@pytest.fixture(scope="module")
+def v2host_numa(v2host_pool):
+    """The test host on 6.1 with 2 sockets x 2 cores x 2 threads on 2 NUMA nodes (``NUMA_SMT``), 8 CPUs."""
+    yield from _hold(v2host_pool, "6.1", topology=NUMA_SMT)

@@ -42,7 +42,9 @@ CPUSET = pathlib.Path("/sys/fs/cgroup/cpuset")
 FILES = (
     "/etc/libvirt/qemu.conf",
     "/etc/libvirt/hooks/qemu",
+    "/etc/libvirt/hooks/qemu.d/rtvirt-kvm-partitions",
     "/etc/libvirt/hooks/rtvirt-kvm-layout.json",
+    "/etc/libvirt/hooks/rtvirt-kvm-partitions.json",
     "/usr/local/sbin/rtvirt-libvirtd",
     "/etc/sysctl.d/90-rtvirt-kvm.conf",
     "/etc/default/irqbalance",

@@ -31,7 +31,7 @@ CG = "/sys/fs/cgroup"
 #: The v1 hierarchies libvirt uses on this layout (KERNEL-FACTS.md: cpu, cpuset, memory, freezer, blkio and the
 #: unified v2 tree), where the role and the hook create /machine and rt.partition.
 PARTITION_TREES = ("cpu", "cpuset", "memory", "freezer", "blkio", "unified")
-HOOK = "/etc/libvirt/hooks/qemu"
+HOOK = "/etc/libvirt/hooks/qemu.d/rtvirt-kvm-partitions"
 DOMAIN_XML = """<domain type='kvm'>
   <name>rtguest</name>
   <resource><partition>/rt</partition></resource>
@@ -51,7 +51,7 @@ done
 echo "irq default $(cat /proc/irq/default_smp_affinity)"
 for f in /proc/irq/*/smp_affinity_list; do echo "irq $f $(cat $f)"; done
 echo "sysctl $(cat /proc/sys/kernel/sched_rt_runtime_us)"
-for f in /etc/libvirt/hooks/qemu /etc/sysctl.d/90-rtvirt-kvm.conf /usr/local/sbin/rtvirt-libvirtd; do
+for f in /etc/libvirt/hooks/qemu.d/rtvirt-kvm-partitions /etc/sysctl.d/90-rtvirt-kvm.conf /usr/local/sbin/rtvirt-libvirtd; do
   if [ -e $f ]; then echo "file $f $(sha256sum < $f | cut -c1-16)"; else echo "file $f absent"; fi
 done
 """

@@ -17,6 +17,7 @@ CLI (for debugging by hand)::
     boot.py build                                   # prints the cache dir
     boot.py boot --kernel 6.1|6.12 --state-dir D    # starts QEMU, waits for SSH, writes D/inventory.yml
                  [--init v1]                        # no systemd, cgroup v1 hierarchies (the CI host's shape)
+                 [--topology 2x2x2:2]               # 2 sockets x 2 cores x 2 threads on 2 NUMA nodes
     boot.py reboot --state-dir D                    # power off and boot again from the same disk
     boot.py ssh --state-dir D -- CMD...             # runs CMD in the guest
     boot.py shutdown --state-dir D                  # powers it off
@@ -69,6 +70,67 @@ class V2HostError(RuntimeError):
     """The test host could not be built, booted or reached."""
 
 
+class CpuTopology:
+    """What QEMU is told about the guest's CPUs: ``sockets x cores x threads``, spread over ``nodes`` NUMA nodes.
+
+    Each node gets whole sockets and an equal share of the memory: QEMU numbers CPUs socket by socket, core by
+    core, thread by thread, so node N holds a contiguous range and a core's threads are neighbours. Memory comes
+    from one ``memory-backend-ram`` object per node (``-numa node,memdev=``), since QEMU 5.1's machine types
+    refuse the older ``mem=``.
+    """
+
+    def __init__(self, sockets, cores, threads, nodes=1):
+        for name, value in (("sockets", sockets), ("cores", cores), ("threads", threads), ("nodes", nodes)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError("%s must be a positive integer, not %r" % (name, value))
+        if sockets % nodes:
+            raise ValueError("%d NUMA nodes cannot share %d sockets evenly: give each node whole sockets"
+                             % (nodes, sockets))
+        self.sockets, self.cores, self.threads, self.nodes = sockets, cores, threads, nodes
+
+    @property
+    def cpus(self):
+        return self.sockets * self.cores * self.threads
+
+    def node_cpus(self, node):
+        """The CPU indexes QEMU gives node ``node`` (a range)."""
+        per_node = self.cpus // self.nodes
+        return range(node * per_node, (node + 1) * per_node)
+
+    def qemu_args(self, memory_mib):
+        """``-smp`` and, with more than one node, the memory backends and ``-numa`` options."""
+        args = ["-smp", "%d,sockets=%d,cores=%d,threads=%d" % (self.cpus, self.sockets, self.cores, self.threads)]
+        if self.nodes == 1:
+            return args
+        if memory_mib % self.nodes:
+            raise ValueError("%d MiB cannot be split evenly over %d NUMA nodes" % (memory_mib, self.nodes))
+        for node in range(self.nodes):
+            cpus = self.node_cpus(node)
+            args += ["-object", "memory-backend-ram,id=mem%d,size=%dM" % (node, memory_mib // self.nodes),
+                     "-numa", "node,nodeid=%d,cpus=%d-%d,memdev=mem%d" % (node, cpus[0], cpus[-1], node)]
+        return args
+
+    @property
+    def cpu_model(self):
+        """TCG's ``max`` CPU says AuthenticAMD, and Linux reads an AMD CPU's threads from CPUID 0x8000001E
+        (topoext), which TCG does not offer: every thread would be a core of its own. With GenuineIntel the
+        kernel reads leaf 0xB, where QEMU reports the threads as given."""
+        return "max,vendor=GenuineIntel" if self.threads > 1 else "max"
+
+    def as_dict(self):
+        return {"sockets": self.sockets, "cores": self.cores, "threads": self.threads, "nodes": self.nodes}
+
+    def __eq__(self, other):
+        return isinstance(other, CpuTopology) and self.as_dict() == other.as_dict()
+
+    def __hash__(self):
+        return hash(tuple(sorted(self.as_dict().items())))
+
+    def __repr__(self):
+        return "CpuTopology(%d sockets x %d cores x %d threads, %d node(s))" % (
+            self.sockets, self.cores, self.threads, self.nodes)
+
+
 def ensure_built(timeout=1800):
     """Run build.sh (a no-op when the cache is current) and return the cache dir."""
     proc = subprocess.run(["bash", str(BUILD_SH)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -115,7 +177,7 @@ class V2Host:
     """One booted test host. Use as a context manager, or call boot() and shutdown() yourself."""
 
     def __init__(self, kernel="6.1", state_dir=None, memory_mib=2048, smp=4, append="",
-                 qemu=None, boot_timeout=600, cache_dir=None, init="systemd"):
+                 qemu=None, boot_timeout=600, cache_dir=None, init="systemd", topology=None):
         if kernel not in KERNELS:
             raise ValueError("kernel must be one of %s, not %r" % (sorted(KERNELS), kernel))
         if init not in INITS:
@@ -125,7 +187,9 @@ class V2Host:
         self._own_state_dir = state_dir is None
         self.state_dir = pathlib.Path(state_dir or tempfile.mkdtemp(prefix="rtvirt-v2host-")).resolve()
         self.memory_mib = memory_mib
-        self.smp = smp
+        # A CpuTopology replaces the plain "-smp N" (its CPU count wins over smp); None keeps the default boot.
+        self.topology = topology
+        self.smp = topology.cpus if topology is not None else smp
         self.append = append
         self.qemu = qemu or KERNELS[kernel]
         self.boot_timeout = boot_timeout
@@ -189,8 +253,8 @@ class V2Host:
             "-name", "rtvirt-v2host-%s" % self.kernel,
             "-machine", "pc",
             "-accel", "tcg,thread=multi,tb-size=256",
-            "-cpu", "max",
-            "-smp", str(self.smp),
+            "-cpu", "max" if self.topology is None else self.topology.cpu_model,
+            *(self.topology.qemu_args(self.memory_mib) if self.topology is not None else ["-smp", str(self.smp)]),
             "-m", str(self.memory_mib),
             "-kernel", str(kdir / "vmlinuz"),
             "-initrd", str(kdir / "initrd.img"),
@@ -307,6 +371,7 @@ class V2Host:
         self.state_file.write_text(json.dumps({
             "kernel": self.kernel, "init": self.init, "qemu": self.qemu, "port": self.port, "pid": self.pid,
             "cache_dir": str(self.cache_dir), "argv": argv, "env": env,
+            "topology": self.topology.as_dict() if self.topology is not None else None,
             "boot_seconds": self.boot_seconds, "own_state_dir": self._own_state_dir,
         }, indent=2) + "\n")
 
@@ -315,8 +380,9 @@ class V2Host:
         """A V2Host for a guest booted earlier (e.g. by the CLI) from its state dir."""
         state_dir = pathlib.Path(state_dir).resolve()
         data = json.loads((state_dir / "state.json").read_text())
+        topology = CpuTopology(**data["topology"]) if data.get("topology") else None
         host = cls(data["kernel"], state_dir=state_dir, qemu=data["qemu"], cache_dir=data["cache_dir"],
-                   init=data.get("init", "systemd"))
+                   init=data.get("init", "systemd"), topology=topology)
         host._own_state_dir = data.get("own_state_dir", False)
         host.port, host.pid, host.boot_seconds = data["port"], data["pid"], data["boot_seconds"]
         return host
@@ -414,6 +480,16 @@ def _wait_gone(pid, timeout):
     return not _alive(pid)
 
 
+def parse_topology(text):
+    """``SxCxT[:NODES]`` (the CLI's --topology) as a CpuTopology."""
+    shape, _colon, nodes = text.partition(":")
+    try:
+        sockets, cores, threads = (int(part) for part in shape.split("x"))
+        return CpuTopology(sockets, cores, threads, int(nodes) if nodes else 1)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("topology %r: %s (expected e.g. 2x2x2:2)" % (text, exc)) from None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -423,6 +499,8 @@ def main(argv=None):
     p_boot.add_argument("--state-dir", required=True)
     p_boot.add_argument("--memory", type=int, default=2048, help="MiB")
     p_boot.add_argument("--smp", type=int, default=4)
+    p_boot.add_argument("--topology", type=parse_topology, metavar="SxCxT[:NODES]",
+                        help="sockets x cores x threads, and NUMA nodes (e.g. 2x2x2:2); replaces --smp")
     p_boot.add_argument("--append", default="", help="extra kernel command line")
     p_boot.add_argument("--qemu", choices=["host", "backports"], help="override which QEMU runs it")
     p_boot.add_argument("--timeout", type=int, default=600, help="seconds to wait for SSH")
@@ -444,7 +522,8 @@ def main(argv=None):
         print(ensure_built())
     elif args.command == "boot":
         host = V2Host(args.kernel, state_dir=args.state_dir, memory_mib=args.memory, smp=args.smp,
-                      append=args.append, qemu=args.qemu, boot_timeout=args.timeout, init=args.init)
+                      append=args.append, qemu=args.qemu, boot_timeout=args.timeout, init=args.init,
+                      topology=args.topology)
         host.boot()
         print("v2host %s (%s) up in %.1f s: ssh port %d, QEMU pid %d, inventory %s"
               % (args.kernel, host.kernel_release, host.boot_seconds, host.port, host.pid,

@@ -17,6 +17,8 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpumap import (
     render_text,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import guest_list_problems
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import gather
+from tests.unit.fixtures.hosts import make_hosts
 
 FACTS = {
     "cpus": {"online": "0-7"},
@@ -123,3 +125,138 @@ def test_guest_list_problems(guests, message):
 
 def test_absent_guests_need_only_a_name():
     assert guest_list_problems([{"name": "a", "state": "absent"}]) == []
+
+
+# ------------------------------------------------------------------- roles on a 2-node SMT host (fake trees)
+
+STOPPED_XML = ("<domain type='kvm'><name>rt2</name><vcpu placement='static'>1</vcpu>"
+               "<cputune><vcpupin vcpu='0' cpuset='6'/><emulatorpin cpuset='1'/></cputune>"
+               "<metadata><rtvirt:pcpu xmlns:rtvirt='urn:rtvirt:kvm:pcpu:1' smt_policy='isolate' reserved='7'/>"
+               "</metadata></domain>")
+
+
+@pytest.fixture(scope="module")
+def two_node_facts(tmp_path_factory):
+    """gather() on the recorded v1-isolcpus host (2 nodes x 2 cores x 2 threads, siblings 0,4 1,5 2,6 3,7;
+    rt1 running with vCPUs on 2 and 3), with rt2 defined but stopped: vCPU 0 on 6, sibling 7 reserved."""
+    base = tmp_path_factory.mktemp("hosts")
+    make_hosts.v1_isolcpus(base)
+    root = base / "v1-isolcpus"
+    (base / "libvirt" / "qemu").mkdir(parents=True)
+    (base / "libvirt" / "qemu" / "rt2.xml").write_text(STOPPED_XML)
+    return gather(proc_root=str(root / "proc"), sys_root=str(root / "sys"), run_root=str(root / "run/libvirt/qemu"),
+                  libvirt_config_dir=str(base / "libvirt"))
+
+
+def _roles(cpu_map):
+    return {c["cpu"]: c["role"] for n in cpu_map["nodes"] for core in n["cores"] for c in core["cpus"]}
+
+
+def test_roles_from_the_facts_and_the_stopped_definition(two_node_facts):
+    cpu_map = build_map(two_node_facts, emulator_cpus="1,5")
+    assert _roles(cpu_map) == {0: "housekeeping", 4: "housekeeping", 1: "emulator", 5: "emulator",
+                               2: "vcpu", 3: "vcpu", 6: "vcpu", 7: "reserved"}
+    assert cpu_map["summary"]["roles"] == {"housekeeping": "0,4", "emulator": "1,5", "vcpu": "2-3,6",
+                                           "reserved": "7", "free": ""}
+    assert cpu_map["summary"]["guests"] == ["rt1", "rt2"] and cpu_map["summary"]["stopped"] == ["rt2"]
+    six, seven = _cpu(cpu_map, 6), _cpu(cpu_map, 7)
+    assert (six["guests"], six["node"], six["siblings"]) == (["rt2"], 1, [2])
+    assert [o["label"] for o in six["occupants"]] == ["rt2 vCPU0 (stopped)"]
+    assert seven["reserved_for"] == ["rt2"] and seven["occupants"] == []
+    assert [o["label"] for o in _cpu(cpu_map, 1)["occupants"]] == ["rt1 emu", "rt2 emu (stopped)"]
+
+
+def test_without_the_stopped_guest_its_cpus_are_free(two_node_facts):
+    facts = dict(two_node_facts, domains=[d for d in two_node_facts["domains"] if d["name"] != "rt2"])
+    roles = _roles(build_map(facts))
+    assert (roles[6], roles[7]) == ("free", "free")
+    # No emulator CPUs given: 1 and 5 are housekeeping like 0 and 4.
+    assert {roles[c] for c in (0, 1, 4, 5)} == {"housekeeping"}
+
+
+def test_emulators_sharing_every_housekeeping_cpu_leave_them_housekeeping(two_node_facts):
+    # guest_plan's emulator CPUs without host_prep_emulator_cpus are the housekeeping CPUs themselves.
+    assert _roles(build_map(two_node_facts, emulator_cpus="0-1,4-5"))[1] == "housekeeping"
+    # An isolated CPU given as emulator CPU is not taken from the guests.
+    assert _roles(build_map(two_node_facts, emulator_cpus="1,6"))[6] == "vcpu"
+
+
+def test_unreadable_definition_is_left_out(two_node_facts):
+    facts = dict(two_node_facts, domains=[{"name": "bad", "xml": "<domain><vcpu>x</vcpu></domain>"}])
+    assert build_map(facts)["summary"]["guests"] == ["rt1"]
+
+
+def test_extra_pins_reserve_and_pin_emulators(two_node_facts):
+    facts = dict(two_node_facts, domains=[])
+    cpu_map = build_map(facts, extra_pins={"plan": {"vcpupin": {"0": "6"}, "emulator_cpus": "4", "reserved": "7"}})
+    assert _roles(cpu_map)[7] == "reserved"
+    assert [o["label"] for o in _cpu(cpu_map, 4)["occupants"]] == ["plan emu (stopped)"]
+
+
+def test_text_marks_emulator_and_reserved_cpus(two_node_facts):
+    text = render_text(build_map(two_node_facts, emulator_cpus="1,5"))
+    assert ", of them emulator (E) 1,5;" in text.splitlines()[0]
+    assert "cpu 5    E    -" in text
+    assert "cpu 7    I !  reserved for rt2  [" in text
+
+
+class _Tiles(html.parser.HTMLParser):
+    """The CPU tiles of the page: {cpu: (attributes, text inside)}, and the legend's guest entries."""
+
+    def __init__(self):
+        super().__init__()
+        self.tiles, self.legend, self._open, self._depth = {}, [], None, 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "div" and "data-cpu" in attrs:
+            self._open, self._depth = int(attrs["data-cpu"]), 0
+            self.tiles[self._open] = (attrs, [])
+        elif self._open is not None and tag == "div":
+            self._depth += 1
+        if tag == "li" and "data-guest" in attrs:
+            self.legend.append((attrs["data-guest"], attrs.get("style")))
+
+    def handle_endtag(self, tag):
+        if self._open is not None and tag == "div":
+            if self._depth == 0:
+                self._open = None
+            else:
+                self._depth -= 1
+
+    def handle_data(self, data):
+        if self._open is not None:
+            self.tiles[self._open][1].append(data)
+
+
+def test_html_tiles_say_role_guest_node_and_sibling(two_node_facts):
+    page = render_html(build_map(two_node_facts, emulator_cpus="1,5"), title="CPU map of h")
+    parser = _Tiles()
+    parser.feed(page)
+    assert sorted(parser.tiles) == list(range(8))
+    got = {cpu: (a["data-role"], a["data-node"], a["data-siblings"], a["data-guests"], a["data-vcpus"])
+           for cpu, (a, _text) in parser.tiles.items()}
+    assert got == {
+        0: ("housekeeping", "0", "0,4", "", ""), 4: ("housekeeping", "0", "0,4", "", ""),
+        1: ("emulator", "0", "1,5", "", ""), 5: ("emulator", "0", "1,5", "", ""),
+        2: ("vcpu", "1", "2,6", "rt1", "rt1:0"), 6: ("vcpu", "1", "2,6", "rt2", "rt2:0"),
+        3: ("vcpu", "1", "3,7", "rt1", "rt1:1"), 7: ("reserved", "1", "3,7", "", ""),
+    }
+    text = {cpu: " ".join("".join(parts).split()) for cpu, (_a, parts) in parser.tiles.items()}
+    assert text[2].startswith("CPU 2realtimert1 vCPU 0SMT sibling of CPU 6")
+    assert "idle for rt2" in text[7] and "QEMU emulators" in text[5] and "host threads, IRQs" in text[0]
+    # Each guest has its own colour in the legend, and its realtime CPUs wear it.
+    colours = dict(parser.legend)
+    assert len(set(colours.values())) == 2
+    assert parser.tiles[2][0]["style"] == colours["rt1"] and parser.tiles[6][0]["style"] == colours["rt2"]
+    assert "stopped" in parser.tiles[6][0]["class"].split() and "stopped" not in parser.tiles[2][0]["class"]
+    assert "bad" in parser.tiles[3][0]["class"].split()   # pinning drift of rt1 vCPU 1
+    assert "pinning_<wbr>drift" in page
+
+
+def test_filters_pass_the_emulator_cpus_on(two_node_facts):
+    from ansible_collections.rtvirt.kvm.plugins.filter.realtime import FilterModule
+    filters = FilterModule().filters()
+    assert 'data-cpu="5" data-role="emulator"' in filters["cpu_map_html"](two_node_facts, emulator_cpus="1,5")
+    assert 'data-cpu="5" data-role="housekeeping"' in filters["cpu_map_html"](two_node_facts)
+    assert "cpu 1    E" in filters["cpu_map_text"](two_node_facts, None, "m", "1,5")

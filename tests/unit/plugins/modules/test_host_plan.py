@@ -141,6 +141,44 @@ def test_hook_layout_is_compared_as_data(tmp_path):
     assert hs.check_hook(hook, "#!y\n", layout_path, layout) == ["%s differs from what the role writes" % hook]
 
 
+def test_hook_in_qemu_d_and_a_hook_of_ours_at_the_old_path_is_pending(tmp_path):
+    hooks = tmp_path / "hooks"
+    hook, legacy, layout_path = str(hooks / "qemu.d" / "rtvirt-kvm-partitions"), str(hooks / "qemu"), str(hooks / "l.json")
+    layout = {"partitions": {}, "machine": {}}
+    os.makedirs(str(hooks), mode=0o755)
+    os.chmod(str(hooks), 0o755)
+    assert hs.check_hook(hook, "#!x\n", layout_path, layout, legacy) == [
+        "directory %s is missing" % os.path.dirname(hook), "%s is missing" % hook, "%s is missing" % layout_path]
+    os.makedirs(os.path.dirname(hook), mode=0o755)
+    os.chmod(os.path.dirname(hook), 0o755)
+    write(hook, "#!x\n", 0o755)
+    write(layout_path, json.dumps(layout), 0o644)
+    assert hs.check_hook(hook, "#!x\n", layout_path, layout, legacy) == []
+    # An earlier version's hook at the single-script path: pending until the role removes it.
+    write(legacy, "#!/usr/bin/python3\n# Ansible managed\n%s: re-creates ...\n" % hs.HOOK_MARKER, 0o755)
+    assert hs.legacy_hook(legacy) == "ours"
+    assert hs.check_hook(hook, "#!x\n", layout_path, layout, legacy) == [
+        "%s is host_prep's hook of an earlier version: it moves to %s" % (legacy, hook)]
+    assert hs.hook_kept_note(legacy, "ours", hook) is None
+    # The operator's (or OpenStack's, oVirt's) hook there: not pending, and said to be kept.
+    write(legacy, "#!/bin/sh\necho \"$@\" >> /var/log/mine\n", 0o755)
+    assert hs.legacy_hook(legacy) == "foreign"
+    assert hs.check_hook(hook, "#!x\n", layout_path, layout, legacy) == []
+    assert hs.hook_kept_note(legacy, "foreign", hook) == (
+        "found %s, which is not host_prep's: kept as it is (libvirt runs it before %s/)" % (legacy, hooks / "qemu.d"))
+    # The marker must be near the top: a script that only mentions it further down is not ours.
+    write(legacy, "#!/bin/sh\n" + "# x\n" * 20 + hs.HOOK_MARKER + "\n", 0o755)
+    assert hs.legacy_hook(legacy) == "foreign"
+
+
+def test_summary_says_a_foreign_hook_is_kept():
+    plan = dict(realtime_cpus="1", source="given", housekeeping_cpus="0", machine_cpus="0", emulator_cpus="0",
+                emulator_mode="shared", partitions=[], pending={},
+                hook_legacy={"path": "/h/qemu", "state": "foreign", "note": "found /h/qemu, which is not ours"})
+    assert hs.summary(plan, True).endswith("; the host matches the plan; found /h/qemu, which is not ours")
+    assert hs.summary(dict(plan, hook_legacy={"state": "absent", "note": None}), True).endswith("matches the plan")
+
+
 def test_dpkg_status_and_commands(tmp_path):
     status = str(tmp_path / "status")
     write(status, "Package: a\nStatus: install ok installed\n\nPackage: b\nStatus: deinstall ok config-files\n")
@@ -198,8 +236,9 @@ def test_partitions_are_libvirt_partitions_own_plan(tmp_path, monkeypatch, targe
     assert hs.check_partitions(None, [dict({"name": "/rt"}, **target)]) == []
 
 
-def test_partition_missing_in_one_hierarchy_is_pending(tmp_path, monkeypatch):
+def test_partition_missing_in_one_hierarchy_is_pending(tmp_path, monkeypatch, partition_record):
     root = _v1_host(tmp_path, monkeypatch)
+    partition_record.write_text('{"version": 1, "partitions": {"/rt": {"cpus": "0-3"}}}')
     shutil.rmtree(str(root / "cpu" / "rt.partition"))
     reasons = hs.check_partitions(None, [{"name": "/rt", "cpus": "0-3"}])
     assert reasons == ["/rt: mkdir %s" % (root / "cpu" / "rt.partition")]

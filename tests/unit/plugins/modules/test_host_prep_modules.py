@@ -108,10 +108,20 @@ def test_irq_affinity_refuses_a_cpu_no_host_has_without_hanging(proc, cpus):
     assert open(os.path.join(proc, "irq/default_smp_affinity")).read().strip() == "3"
 
 
-def test_kernel_cmdline_path_that_is_a_directory_fails_with_a_message(tmp_path, grub):
-    # Found by test_hostile_arguments: open() of a directory raised IsADirectoryError out of the module.
+def test_kernel_cmdline_grub_file_that_is_not_text_is_no_grub(grub):
+    # Found by test_hostile_arguments: a path that is a directory raised IsADirectoryError out of the module; a
+    # file that is not text raised UnicodeDecodeError from the boot loader detection. Neither is a GRUB file.
+    with open(grub["path"], "wb") as handle:
+        handle.write(b'GRUB_CMDLINE_LINUX="\xff\xfe"\n')
+    result = run_module(kernel_cmdline, dict(grub, params={"isolcpus": "1"}))
+    assert not result.get("failed") and result["bootloader"] == "none", result
+    with open(grub["path"], "rb") as handle:
+        assert handle.read() == b'GRUB_CMDLINE_LINUX="\xff\xfe"\n'
+
+
+def test_kernel_cmdline_path_that_is_a_directory_is_no_grub(tmp_path, grub):
     result = run_module(kernel_cmdline, dict(grub, path=str(tmp_path), params={"isolcpus": "1"}))
-    assert result.get("failed") and result["msg"].startswith("cannot read %s (path): [Errno 21]" % tmp_path), result
+    assert not result.get("failed") and result["bootloader"] == "none", result
 
 
 def test_kernel_cmdline_unwritable_directory_fails_and_leaves_the_file(tmp_path, grub, monkeypatch):

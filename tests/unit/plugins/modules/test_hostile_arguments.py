@@ -189,6 +189,7 @@ def build_host(root):
     _write(host / "etc" / "libvirt" / "hooks" / "rtvirt-kvm-layout.json",
            json.dumps({"realtime_cpus": "2-3,6-7", "emulator_cpus": "0"}) + "\n")
     _write(host / "var" / "lib" / "dpkg" / "status", "Package: libvirt-daemon\nStatus: install ok installed\n")
+    _write(host / "etc" / "os-release", 'ID=debian\nVERSION_ID="12"\n')
     (host / "cwd").mkdir()
     return host
 
@@ -427,6 +428,8 @@ def _seams(name, fake, monkeypatch):
             monkeypatch.setattr(module, "gather", functools.partial(_isolation.gather, systemd_run_dir=h + "/no-systemd"))
         else:
             monkeypatch.setattr(module, "gather", functools.partial(_isolation.gather, **roots))
+    if hasattr(module, "PCPU_LOCK_PATH"):  # the allocation lock around a define
+        monkeypatch.setattr(module, "PCPU_LOCK_PATH", str(fake.root / "locks" / "pcpu"))
     if hasattr(module, "read_access"):
         monkeypatch.setattr(module, "read_access", lambda *_a, **_k: ("libvirt-qemu", None))
     if name == "cgroup_cpuset":
@@ -435,13 +438,16 @@ def _seams(name, fake, monkeypatch):
         monkeypatch.setattr(module, "is_cgroup_mount", lambda _mountpoint: False)
     if name == "host_plan":
         monkeypatch.setattr(module, "SYSTEMD_DIR", h + "/no-systemd")
+        if hasattr(module, "read_os_release"):
+            from ansible_collections.rtvirt.kvm.plugins.module_utils._bootloader import read_os_release
+            monkeypatch.setattr(module, "read_os_release", functools.partial(read_os_release, h))
         monkeypatch.setattr(module, "KVM_DEVICE", h + "/dev/kvm")
         monkeypatch.setattr(module, "udev_manages_devices", lambda *_a: True)
         monkeypatch.setattr(module, "_systemctl_states", lambda verb, units: {})
         monkeypatch.setattr(module, "installed_packages",
                             functools.partial(_host_plan.installed_packages, h + "/var/lib/dpkg/status"))
         monkeypatch.setattr(module, "check_cmdline",
-                            functools.partial(_host_plan.check_cmdline, proc_cmdline=h + "/proc/cmdline"))
+                            functools.partial(_host_plan.check_cmdline, proc_cmdline=h + "/proc/cmdline", root=h))
         monkeypatch.setattr(module, "check_irqs",
                             functools.partial(_host_plan.check_irqs, proc_root=h + "/proc", sys_root=h + "/sys"))
         monkeypatch.setattr(module, "check_sysctl", functools.partial(_host_plan.check_sysctl, proc_root=h + "/proc"))
@@ -475,7 +481,7 @@ def calls(fake):
         "guest_plan": ({"guests": [{"name": "rt1", "vcpus": 2}], "pool": "2-3,6-7", "emulator_cpus": "0",
                         "layout_file": h + "/etc/libvirt/hooks/rtvirt-kvm-layout.json", "uri": "test:///fake"}, {}),
         "host_plan": ({"cpus": "1,3,5,7", "sys_root": h + "/sys", "partitions": [{"name": "/rt", "cpus": "3,7"}],
-                       "cmdline": {"path": h + "/etc/default/grub"},
+                       "cmdline": {"path": "/etc/default/grub"},
                        "irqs": {"irqbalance_file": h + "/etc/default/irqbalance"},
                        "sysctl": {"path": h + "/etc/sysctl.d/90-rt.conf",
                                   "content": "kernel.sched_rt_runtime_us = -1\n", "value": -1},
@@ -484,7 +490,7 @@ def calls(fake):
                        "libvirt": {"packages": ["libvirt-daemon"]}, "verify": True}, {}),
         "irq_affinity": ({"cpus": "0-1,4-5", "proc_root": h + "/proc", "sys_root": h + "/sys"}, {}),
         "kernel_cmdline": ({"params": {"isolcpus": "2-3", "nohz_full": "2-3"}, "absent": ["splash"],
-                            "path": h + "/etc/default/grub", "proc_cmdline": h + "/proc/cmdline"},
+                            "root": h, "path": "/etc/default/grub", "proc_cmdline": h + "/proc/cmdline"},
                            {"update_command": []}),
         "libvirt_partition": ({"name": "/machine/rt", "cpus": "2-3", "lock_timeout": 0}, {}),
         "pcpu_allocation": ({"name": "rt1", "vcpus": 2, "pool": "2-3,6-7", "sys_root": h + "/sys",

@@ -1,4 +1,5 @@
 """libvirt_partition through main() against a fake hybrid cgroup tree (and a fake systemd host)."""
+import json
 import os
 import pathlib
 import sys
@@ -342,7 +343,7 @@ def test_host_prep_order_drops_exclusive_before_machine_widens():
     assert _host_prep_steps() == [(False, False), ("/machine", None), (True, True)]
 
 
-def test_dedicated_to_shared_to_dedicated_in_host_prep_order(host):
+def test_dedicated_to_shared_to_dedicated_in_host_prep_order(host, partition_record):
     _converge_like_host_prep(dedicated=True)
     assert _rt_state(host) == {"rt": "1-3", "rt_exclusive": "1", "machine": "0"}
     shared = _converge_like_host_prep(dedicated=False)
@@ -352,7 +353,9 @@ def test_dedicated_to_shared_to_dedicated_in_host_prep_order(host):
     assert [w for w in shared[0]["writes"] if w["file"].startswith(rt_cpuset)] == [
         {"file": rt_cpuset + "/cpuset.cpu_exclusive", "value": "0"},
         {"file": rt_cpuset + "/cpuset.cpus", "value": "0-3"}]
-    assert [w["file"] for w in shared[1]["writes"]] == [str(host / "cg" / "cpuset" / "machine" / "cpuset.cpus")]
+    # /machine's: its CPUs, and the record the qemu hook re-creates it from.
+    assert [w["file"] for w in shared[1]["writes"]] == [str(host / "cg" / "cpuset" / "machine" / "cpuset.cpus"),
+                                                        str(partition_record)]
     _converge_like_host_prep(dedicated=True)
     assert _rt_state(host) == {"rt": "1-3", "rt_exclusive": "1", "machine": "0"}
     assert [r["changed"] for r in _converge_like_host_prep(dedicated=True)] == [False, False]
@@ -448,3 +451,64 @@ def test_a_failure_in_the_last_hierarchy_undoes_every_hierarchy(host, monkeypatc
         host / "cg" / "cpu" / "machine" / "production.partition" / "cpu.shares")
     assert "mkdir '/machine/production.partition'" in result["rolled_back"]
     assert snapshot(host) == before
+
+
+# The record of what the collection manages: what host_prep's qemu hook may re-create at a guest's start.
+
+def _recorded(path):
+    return json.loads(path.read_text())["partitions"] if path.exists() else None
+
+
+def test_record_is_written_on_present_and_dropped_on_absent(host, partition_record):
+    checked = run({"name": "/machine/production", "cpus": "1-2", "exclusive": True}, check=True, diff=True)
+    assert checked["changed"] and not partition_record.exists(), "check mode wrote the record"
+    step = "record /machine/production in %s (%s)" % (partition_record, '{"cpus": "1-2", "exclusive": true}')
+    assert checked["planned"][-1] == step
+    assert '%s /machine/production = {"cpus": "1-2", "exclusive": true}' % partition_record in checked["diff"]["after"]
+    created = run({"name": "/machine/production", "cpus": "1-2", "exclusive": True})
+    assert created["planned"] == checked["planned"]
+    assert created["writes"][-1] == {"file": str(partition_record), "value": "<record /machine/production>"}
+    assert _recorded(partition_record) == {"/machine/production": {"cpus": "1-2", "exclusive": True}}
+    assert oct(partition_record.stat().st_mode & 0o777) == "0o644"
+    # A call without cpus keeps the partition's CPUs, and so the recorded ones; exclusive=false is the default.
+    kept = run({"name": "/machine/production", "exclusive": False})
+    assert _recorded(partition_record) == {"/machine/production": {"cpus": "1-2"}}
+    assert kept["changed"]
+    assert not run({"name": "/machine/production"})["changed"]
+    other = run({"name": "/machine/other", "cpus": "3"})
+    assert not other.get("failed"), other["msg"]
+    before = partition_record.read_text()
+    checked_absent = run({"name": "/machine/production", "state": "absent"}, check=True)
+    assert checked_absent["planned"][-1] == "drop /machine/production from the partition record %s" % partition_record
+    assert partition_record.read_text() == before, "check mode wrote the record"
+    run({"name": "/machine/production", "state": "absent"})
+    assert _recorded(partition_record) == {"/machine/other": {"cpus": "3"}}
+    again = run({"name": "/machine/production", "state": "absent"})
+    assert not again["changed"] and again["writes"] == []
+
+
+def test_a_partition_already_there_is_recorded_by_its_next_run(host, partition_record):
+    """A host prepared by an earlier version has the cgroups but no record: the next run only records."""
+    run({"name": "/machine/production", "cpus": "1"})
+    partition_record.unlink()
+    result = run({"name": "/machine/production", "cpus": "1"})
+    assert result["changed"] and result["writes"] == [{"file": str(partition_record),
+                                                       "value": "<record /machine/production>"}]
+    assert _recorded(partition_record) == {"/machine/production": {"cpus": "1"}}
+
+
+def test_a_record_that_is_not_one_is_refused_and_kept(host, partition_record):
+    partition_record.write_text("[1, 2]\n")
+    before = snapshot(host)
+    result = run({"name": "/machine/production"})
+    assert result.get("failed")
+    assert "partition record %s is not a JSON object" % partition_record in result["msg"]
+    assert partition_record.read_text() == "[1, 2]\n"
+    # The cgroups were converged first (the record step comes after them, under the same lock).
+    assert snapshot(host) != before
+
+
+def test_systemd_hosts_keep_no_record(systemd_host, partition_record):
+    result = run({"name": "/machine/production", "cpus": "1"})
+    assert not result.get("failed"), result.get("msg")
+    assert not partition_record.exists()

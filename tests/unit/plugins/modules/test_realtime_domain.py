@@ -74,13 +74,17 @@ class FakeHost:
         self.domains[name] = dom
         return dom
 
+    def listAllDomains(self, flags):  # noqa: N802
+        return list(self.domains.values())
+
     def close(self):
         pass
 
 
 @pytest.fixture
-def host(monkeypatch):
+def host(monkeypatch, tmp_path):
     fake = FakeHost()
+    monkeypatch.setattr(realtime_domain, "PCPU_LOCK_PATH", str(tmp_path / "pcpu.lock"))
     module = types.SimpleNamespace(libvirtError=FakeError, VIR_ERR_NO_DOMAIN=42, VIR_DOMAIN_XML_INACTIVE=2,
                                    open=lambda uri: fake)
     monkeypatch.setitem(sys.modules, "libvirt", module)
