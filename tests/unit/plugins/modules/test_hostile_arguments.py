@@ -85,8 +85,9 @@ class _Omit:
 OMIT = _Omit()
 
 
-def value_strategy(spec, where):
-    """Hostile values for one option of an argument spec (``where``: the fake host, for options of type path)."""
+def value_strategy(spec, where, kept=()):
+    """Hostile values for one option of an argument spec (``where``: the fake host, for options of type path;
+    ``kept``: its suboptions never dropped)."""
     kind = spec.get("type", "str")
     if kind == "path":
         return where.locations
@@ -97,7 +98,7 @@ def value_strategy(spec, where):
         return st.one_of(st.lists(element, max_size=4), element, wrong_types)
     if kind == "dict":
         if spec.get("options"):
-            return st.one_of(options_strategy(spec["options"], where, base=None), wrong_types,
+            return st.one_of(options_strategy(spec["options"], where, base=None, kept=kept), wrong_types,
                              st.sampled_from(["a=b", "a=b c=d", ""]))
         return st.one_of(st.dictionaries(hostile_text, st.one_of(hostile_text, scalars), max_size=4), wrong_types,
                          st.sampled_from(["a=b", "a=b c=d", "", "{", "0=2 1=3"]))
@@ -132,8 +133,9 @@ def options_strategy(options, where, base, kept=()):
             spec = options.get(key) or next(s for s in options.values() if key in (s.get("aliases") or ()))
             # A path option's default is a real host path: it is changed, never dropped.
             droppable = key not in kept and (spec.get("type") != "path" or spec.get("default") is None)
-            value = draw(st.one_of(value_strategy(spec, where), st.just(OMIT)) if droppable
-                         else value_strategy(spec, where))
+            inner = tuple(k.split(".", 1)[1] for k in kept if k.startswith(key + "."))
+            value = draw(st.one_of(value_strategy(spec, where, inner), st.just(OMIT)) if droppable
+                         else value_strategy(spec, where, inner))
             if value is OMIT:
                 call.pop(key, None)
             else:
@@ -226,8 +228,9 @@ class FakeHost:
         suffixes = ["", "/", "//", "/missing", "/\x00", "\x00x", "/\u00fc", "/\n", "/ ", "/.", "/proc/cmdline/x"]
         self.locations = st.one_of(
             st.builds(lambda place, suffix: place + suffix, st.sampled_from(places), st.sampled_from(suffixes)),
-            # Relative paths resolve in the run's working directory, inside the fake host.
-            st.sampled_from(["", "relative", "a b", "\u00fc", "x\x00"]),
+            # Relative paths resolve in the run's working directory, inside the fake host. Not "": kernel_cmdline's
+            # root="" is the real root, as "/" is.
+            st.sampled_from(["relative", "a b", "\u00fc", "x\x00"]),
             # A list or a number becomes a (relative) string; a dict is refused.
             st.sampled_from([["x"], {"a": 1}, 7, True, 1.5]),
         )
@@ -438,6 +441,17 @@ def _seams(name, fake, monkeypatch):
         monkeypatch.setattr(module, "is_cgroup_mount", lambda _mountpoint: False)
     if name == "host_plan":
         monkeypatch.setattr(module, "SYSTEMD_DIR", h + "/no-systemd")
+        if hasattr(module, "resolve_os_names"):
+            # The OS's defaults name real files (irqbalance's); a run without irqs.irqbalance_file reads the fake one.
+            resolve = module.resolve_os_names
+
+            def fake_names(*args, **kwargs):
+                names, used = resolve(*args, **kwargs)
+                path = names.get("irqbalance_file")
+                if isinstance(path, str) and not path.startswith(h):
+                    names = dict(names, irqbalance_file=h + path)
+                return names, used
+            monkeypatch.setattr(module, "resolve_os_names", fake_names)
         if hasattr(module, "read_os_release"):
             from ansible_collections.rtvirt.kvm.plugins.module_utils._bootloader import read_os_release
             monkeypatch.setattr(module, "read_os_release", functools.partial(read_os_release, h))
@@ -461,8 +475,9 @@ def _seams(name, fake, monkeypatch):
     return module
 
 
-# Options of type path without a default that, left out, mean the real host: changed, never dropped.
-KEPT = {"cgroup_cpuset": ("mountpoint",)}
+# Options of type path without a default that, left out, mean the real host: changed, never dropped
+# ("a.b": suboption b of option a).
+KEPT = {"cgroup_cpuset": ("mountpoint",), "host_plan": ("irqs.irqbalance_file",)}
 
 
 def calls(fake):
