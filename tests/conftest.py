@@ -32,7 +32,24 @@ def pytest_runtest_makereport(item, call):
 # The main job (hack/site.sh) and the tests share this machine: before the first real-system test the host guard
 # snapshots what the main job owns and makes room for the tests (tests/support/host_guard.py); the session's end
 # puts it back, pass, fail or Ctrl-C. A run killed outright is finished by the next one's save.
-_GUARD = {"saved": False}
+# Real-system sessions on one machine also wait for each other (an flock held for the whole session): two of them
+# would otherwise share one snapshot, and the first one's restore would land in the middle of the other's tests.
+_GUARD = {"saved": False, "lock": None}
+SESSION_LOCK = "/run/lock/rtvirt-kvm-tests.lock"
+
+
+def _wait_for_other_sessions():
+    import fcntl
+    fd = os.open(SESSION_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        sys.stderr.write("host guard: waiting for the real-system test session of pid %s (%s)\n" % (holder, SESSION_LOCK))
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, ("%d\n" % os.getpid()).encode(), 0)
+    return fd
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,6 +58,7 @@ def _host_guard(request):
     if wanted and os.geteuid() == 0 and os.environ.get("RTVIRT_HOST_GUARD", "1") != "0" \
             and not hasattr(request.config, "workerinput"):
         from tests.support import host_guard
+        _GUARD["lock"] = _wait_for_other_sessions()
         try:
             lines = host_guard.save(os.getpid())
         except host_guard.GuardError as exc:
