@@ -10,6 +10,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / ".venv"))
 
 REAL_LAYERS = ("real", "libvirt", "v2host", "molecule")
+# The layers that change this machine (cgroupfs, libvirtd, IRQs, /etc); v2host tests change only their QEMU guest.
+HOST_LAYERS = ("real", "libvirt", "molecule")
 
 pytest_plugins = ["tests.support.fixtures_libvirt", "tests.support.fixtures_v2host"]
 
@@ -54,7 +56,7 @@ def _wait_for_other_sessions():
 
 @pytest.fixture(scope="session", autouse=True)
 def _host_guard(request):
-    wanted = any(item.get_closest_marker(m) for item in request.session.items for m in REAL_LAYERS)
+    wanted = any(item.get_closest_marker(m) for item in request.session.items for m in HOST_LAYERS)
     if wanted and os.geteuid() == 0 and os.environ.get("RTVIRT_HOST_GUARD", "1") != "0" \
             and not hasattr(request.config, "workerinput"):
         from tests.support import host_guard
