@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 
+from ansible_collections.rtvirt.kvm.plugins.module_utils._textfile import read_or_none
 from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import key_of
 
 ENTRIES_DIR = "/boot/loader/entries"
@@ -58,14 +59,6 @@ class NoBootloader(BootloaderError):
 
 def _under(root, path):
     return os.path.join(root, path.lstrip("/")) if root not in ("", "/") else path
-
-
-def _read(path):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except (OSError, UnicodeDecodeError):  # a file that is not text is no boot loader's configuration
-        return None
 
 
 def which(root, name):
@@ -97,7 +90,7 @@ def parse_os_release(text):
 
 def read_os_release(root="/"):
     """``/etc/os-release`` below ``root`` as a dict ({} where it is missing)."""
-    return parse_os_release(_read(_under(root, "/etc/os-release")))
+    return parse_os_release(read_or_none(_under(root, "/etc/os-release")))
 
 
 def os_family(release):
@@ -149,7 +142,7 @@ def read_entries(root):
     """Every ``*.conf`` in the BLS directory below ``root``, sorted by file name."""
     entries = []
     for path in sorted(glob.glob(os.path.join(_under(root, ENTRIES_DIR), "*.conf"))):
-        text = _read(path)
+        text = read_or_none(path)
         if text is not None:
             name = os.path.basename(path)[:-len(".conf")]
             entries.append(parse_entry(name, os.path.join(ENTRIES_DIR, os.path.basename(path)), text))
@@ -159,7 +152,7 @@ def read_entries(root):
 def read_grubenv(root):
     """(host path, dict) of the first grubenv found below ``root``, or (None, {})."""
     for path in GRUBENV_PATHS:
-        text = _read(_under(root, path))
+        text = read_or_none(_under(root, path))
         if text is not None:
             return path, parse_grubenv(text)
     return None, {}
@@ -216,7 +209,7 @@ def detect(root="/", grub_file="/etc/default/grub"):
     BootloaderError for a half-set-up BLS host that grubby is missing on."""
     release = read_os_release(root)
     entries = glob.glob(os.path.join(_under(root, ENTRIES_DIR), "*.conf"))
-    grub_text = _read(_under(root, grub_file))
+    grub_text = read_or_none(_under(root, grub_file))
     if entries and which(root, "grubby"):
         env_path, _env = read_grubenv(root)
         sources = [ENTRIES_DIR + "/*.conf"] + ([env_path] if env_path else [])

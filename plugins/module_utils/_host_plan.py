@@ -21,6 +21,7 @@ import pwd
 import re
 import stat
 
+from ansible_collections.rtvirt.kvm.plugins.module_utils._textfile import read_or_none
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import ApplyError, LockTimeout
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import PlanError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._bootloader import (
@@ -41,14 +42,6 @@ _IRQBALANCE_LINE = re.compile(r"^#?\s*IRQBALANCE_BANNED_CPULIST=")
 AREAS = ("cmdline", "libvirt", "hook", "partitions", "irqs", "sysctl")
 
 
-def _read(path):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
 def _mode(path):
     try:
         return stat.S_IMODE(os.stat(path).st_mode)
@@ -58,7 +51,7 @@ def _mode(path):
 
 def plan_file(path, content, mode):
     """What ansible.builtin.copy with this content and mode would change on ``path``, in words ([]: nothing)."""
-    current = _read(path)
+    current = read_or_none(path)
     if current is None:
         return ["%s is missing" % path]
     if current != content:
@@ -101,18 +94,18 @@ def check_cmdline(path, params, proc_cmdline="/proc/cmdline", variable="GRUB_CMD
             plan = plan_bls_host(root, params)
         except BootloaderError as exc:
             return ["the BLS entries cannot be changed safely (%s)" % exc], False
-        pending = missing_from_running(_read(proc_cmdline) or "", params)
+        pending = missing_from_running(read_or_none(proc_cmdline) or "", params)
         reasons = ["BLS entries lack %s (%s)" % (", ".join(sorted(params)), " ".join(plan.argv))] if plan.changed else []
         if pending:
             reasons.append("the running kernel lacks %s (reboot required)" % ", ".join(pending))
         return reasons, bool(pending)
     if found.kind != "grub":
         return [], False            # recognised, not managed: the task warns and changes nothing
-    text = _read(path if root == "/" else os.path.join(root, path.lstrip("/")))
+    text = read_or_none(path if root == "/" else os.path.join(root, path.lstrip("/")))
     if text is None:
         return [], False
     try:
-        changed, _new, pending = plan_edit(text, variable, params, (), _read(proc_cmdline) or "")
+        changed, _new, pending = plan_edit(text, variable, params, (), read_or_none(proc_cmdline) or "")
     except CmdlineParseError as exc:
         return ["%s cannot be edited safely (%s)" % (path, exc)], False
     reasons = []
@@ -170,7 +163,7 @@ def resolve_os_names(table, family, major=None, overrides=None):
 
 def installed_packages(status_path="/var/lib/dpkg/status"):
     """Names dpkg lists as installed, or None without dpkg."""
-    text = _read(status_path)
+    text = read_or_none(status_path)
     if text is None:
         return None
     names = set()
@@ -191,7 +184,7 @@ def running_commands(proc_root="/proc"):
     names = set()
     for entry in os.listdir(proc_root):
         if entry.isdigit():
-            comm = _read(os.path.join(proc_root, entry, "comm"))
+            comm = read_or_none(os.path.join(proc_root, entry, "comm"))
             if comm:
                 names.add(comm.strip())
     return names
@@ -289,7 +282,7 @@ def check_hook(path, content, layout_path, layout, legacy_path=None):
     for directory in dict.fromkeys((os.path.dirname(layout_path), os.path.dirname(path))):
         reasons.extend(_dir_check(directory, 0o755))
     reasons.extend(plan_file(path, content, 0o755))
-    text = _read(layout_path)
+    text = read_or_none(layout_path)
     try:
         current = json.loads(text) if text is not None else None
     except ValueError:
@@ -332,7 +325,7 @@ def check_irqs(cpus, irqbalance_file, banned, proc_root="/proc", sys_root="/sys"
     """irq_affinity's plan for ``cpus`` (IRQs the kernel refuses to move are not pending: the module cannot move
     them either) and the irqbalance line lineinfile would write."""
     reasons = plan_irqs(cpus, proc_root, sys_root).reasons()
-    text = _read(irqbalance_file)
+    text = read_or_none(irqbalance_file, errors="surrogateescape")  # lineinfile edits it as bytes
     if text is not None:
         line = "IRQBALANCE_BANNED_CPULIST=%s" % banned
         matching = [row for row in text.splitlines() if _IRQBALANCE_LINE.match(row)]
@@ -343,7 +336,7 @@ def check_irqs(cpus, irqbalance_file, banned, proc_root="/proc", sys_root="/sys"
 
 def check_sysctl(path, content, value, proc_root="/proc"):
     reasons = plan_file(path, content, 0o644)
-    current = (_read(os.path.join(proc_root, "sys", "kernel", "sched_rt_runtime_us")) or "").strip()
+    current = (read_or_none(os.path.join(proc_root, "sys", "kernel", "sched_rt_runtime_us")) or "").strip()
     if current != str(value):
         reasons.append("kernel.sched_rt_runtime_us is %s, not %s" % (current or "unreadable", value))
     return reasons

@@ -341,3 +341,20 @@ def test_a_dict_option_given_a_scalar_fails_with_a_message(tmp_path, value):
     result = run_module(host_plan, {"cmdline": value, "sys_root": str(tmp_path / "sys")})
     assert result.get("failed"), result
     assert result["msg"].startswith("argument 'cmdline' is of type %s" % type(value).__name__), result["msg"]
+
+
+def test_a_file_that_is_not_text_reads_as_absent_not_a_crash(irqs, tmp_path):
+    # host_plan and the boot loader detection share one reader: a Latin-1 byte in irqbalance's config or a
+    # binary where the sysctl file should be is "not what the role writes", never a UnicodeDecodeError.
+    # irqbalance's file is read as lineinfile reads it, as bytes, so the plan and the task agree on it.
+    proc, sys_root = irqs
+    banned = tmp_path / "irqbalance"
+    banned.write_bytes(b"# caf\xe9\nIRQBALANCE_BANNED_CPULIST=2-3\n")
+    assert hs.check_irqs(frozenset([0]), str(banned), "2-3", proc_root=proc, sys_root=sys_root) == []
+    banned.write_bytes(b"# caf\xe9\n")
+    assert hs.check_irqs(frozenset([0]), str(banned), "2-3", proc_root=proc, sys_root=sys_root) == [
+        "%s does not ban 2-3" % banned]
+    sysctl = tmp_path / "90.conf"
+    sysctl.write_bytes(b"\xff\xfe\x00")
+    write(proc + "/sys/kernel/sched_rt_runtime_us", "-1\n")
+    assert hs.check_sysctl(str(sysctl), "x = 1\n", -1, proc_root=proc) == ["%s is missing" % sysctl]
