@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: sets up this machine (Debian packages, .venv) and runs every test layer.
-#   static: ansible-galaxy collection build, ansible-test sanity, ansible-lint (production profile)
-#   pytest: unit (parsers, planners, modules on fake trees), the real kernel's cgroupfs, a real
+#   static: ansible-test sanity, ansible-lint (production profile), antsibull-docs lint
+#   pytest: unit (parsers, planners, modules on fake trees), the built artifact, the real kernel's cgroupfs, a real
 #           libvirtd with KVM/QEMU guests, the systemd + cgroup v2 QEMU test host, Molecule scenarios.
 # Real-system tests may not skip here: a skip is a failure (RTVIRT_REQUIRE_REAL=1).
 # Extra arguments go to pytest (e.g. `hack/test.sh -k cpuset` while working; CI passes none).
@@ -14,12 +14,6 @@ step() { printf '\n=== %s\n' "$*"; }
 
 step "preflight: what the real-system layers need"
 python hack/preflight.py
-
-step "static: ansible-galaxy collection build"
-out=$(mktemp -d)
-ansible-galaxy collection build --force --output-path "$out" >/dev/null
-ls "$out"
-rm -rf "$out"
 
 step "static: ansible-test sanity"
 bash hack/sanity.sh
