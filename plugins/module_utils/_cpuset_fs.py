@@ -206,6 +206,11 @@ class CgroupFs:
         return knob
 
 
+# cgroup v2 controllers that work in threaded subtrees (cgrp_dfl_threaded_ss_mask); every other one is a domain
+# controller, to which the no internal process rule applies.
+THREADED_CONTROLLERS = frozenset(("cpuset", "cpu", "perf_event", "pids"))
+
+
 class CpusetFs(CgroupFs):
     """The cpuset hierarchy mounted at ``mountpoint`` (cgroup ``version`` 1 or 2); writes by engine knob."""
 
@@ -292,6 +297,7 @@ class CpusetFs(CgroupFs):
                 cpus_exclusive=read_list("cpus_exclusive"),
                 partition=read("partition") or "member",
                 subtree_cpuset="cpuset" in (word.lstrip("+") for word in subtree),
+                subtree_domain=any(word.lstrip("+") not in THREADED_CONTROLLERS for word in subtree),
             )
         finally:
             os.close(dir_fd)

@@ -113,6 +113,7 @@ class Node:
     cpus_exclusive: frozenset = frozenset()     # v2 cpuset.cpus.exclusive
     partition: str = "member"                  # v2; "root invalid (...)" etc. as read back
     subtree_cpuset: bool = False               # v2: "cpuset" enabled in cgroup.subtree_control
+    subtree_domain: bool = False               # v2: a domain controller (memory, io, ...) enabled there too
 
     def knob_text(self, key):
         if key == "subtree_control":
@@ -359,8 +360,8 @@ class CpusetModel:
                 empty = "cpuset.cpus" if not node.cpus else "cpuset.mems"
                 self._refuse(op, "%s is empty, and a task needs CPUs and memory nodes to run on "
                                  "(set cpus and mems before attaching tasks)" % empty, _errno.ENOSPC)
-        elif not self.effective_cpus(op.path):
-            self._refuse(op, "its effective CPU set is empty", _errno.ENOSPC)
+        else:
+            self._attach_v2(op, node)
         task = int(op.value)
         if op.previous:
             self.tasks(op.previous)      # load where it comes from, so it leaves there
@@ -368,6 +369,32 @@ class CpusetModel:
             if task in tasks:
                 tasks.remove(task)
         self.tasks(op.path).append(task)
+
+    def _attach_v2(self, op, node):
+        """cgroup v2's placement rules (kernel/cgroup/cgroup.c: cgroup_migrate_vet_dst, cgroup_attach_permissions).
+
+        The root is mixable. Elsewhere a cgroup that hands controllers to children may hold processes only while
+        those are threaded controllers (cpuset, cpu, pids, perf_event) and no child subtree holds a process: it
+        could still become a thread root. Threads move one by one only inside one threaded domain, and every
+        cgroup this model knows is a domain of its own.
+        """
+        if op.knob == "threads" and op.previous is not None and op.previous.strip("/") != op.path:
+            self._refuse(op, "a single thread can move only inside its threaded subtree, and %s and %s are "
+                             "separate domain cgroups: move the whole process (cgroup.procs)" % (
+                                 display_path(op.previous.strip("/")), display_path(op.path)), _errno.EOPNOTSUPP)
+        if op.path and (node.subtree_cpuset or node.subtree_domain):
+            if node.subtree_domain:
+                self._refuse(op, "it enables domain controllers for its children in cgroup.subtree_control, and a "
+                                 "cgroup that distributes resources may hold no process of its own (the no internal "
+                                 "process rule): attach to a leaf below it", _errno.EBUSY)
+            populated = [c for c in self.children(op.path) if self.populated(join_path(op.path, c))]
+            if populated:
+                self._refuse(op, "it enables cpuset for its children and its child %s holds processes; a cgroup "
+                                 "with populated children may hold no process of its own (the no internal process "
+                                 "rule): attach to a leaf" % display_path(join_path(op.path, populated[0])),
+                             _errno.EBUSY)
+        if not self.effective_cpus(op.path):
+            self._refuse(op, "its effective CPU set is empty", _errno.ENOSPC)
 
     def _write(self, op):
         if not self.exists(op.path):
@@ -478,6 +505,9 @@ class CpusetModel:
                 if overlap:
                     self._refuse(op, "CPUs %s belong to the sibling partition %s" % (
                         format_cpulist(overlap), display_path(sibling)), _errno.EINVAL)
+            elif value & other.cpus_exclusive:
+                self._refuse(op, "CPUs %s are exclusive to the sibling %s (its cpuset.cpus.exclusive)" % (
+                    format_cpulist(value & other.cpus_exclusive), display_path(sibling)), _errno.EINVAL)
         self._set(op.path, cpus=value)
 
     def _write_mems_v2(self, op):
@@ -489,18 +519,18 @@ class CpusetModel:
         if not self.source.has_feature("cpus_exclusive"):
             self._refuse(op, "this kernel has no cpuset.cpus.exclusive (Linux 6.7 or later)", _errno.ENOENT)
         value = self._parse(op, self.online, "CPUs")
-        parent_path = parent_of(op.path)
-        if parent_path:
-            allowed = self.node(parent_path).cpus_exclusive
-            if not value <= allowed:
-                self._refuse(op, "CPUs %s are not in the parent %s cpuset.cpus.exclusive (%s); write it top-down" % (
-                    format_cpulist(value - allowed), display_path(parent_path),
-                    format_cpulist(allowed) or "empty"), _errno.EINVAL)
+        # No subset rule against the parent here: the kernel takes any list and intersects it with the parent's
+        # exclusive.effective (seen on 6.12); a remote partition is valid only once the parents hold the CPUs,
+        # which is why the planner still writes cpuset.cpus.exclusive top-down.
+        # Writing cpuset.cpus.exclusive makes the cgroup CPU-exclusive (cpusets_are_exclusive in validate_change):
+        # the list may not overlap a sibling's exclusive CPUs, or its cpuset.cpus where it has none.
         for sibling in self.siblings(op.path):
-            overlap = value & self.node(sibling).cpus_exclusive
+            other = self.node(sibling)
+            overlap = value & (other.cpus_exclusive or other.cpus)
             if overlap:
-                self._refuse(op, "CPUs %s are already exclusive to the sibling %s" % (
-                    format_cpulist(overlap), display_path(sibling)), _errno.EINVAL)
+                self._refuse(op, "CPUs %s are already %s the sibling %s" % (
+                    format_cpulist(overlap), "exclusive to" if other.cpus_exclusive else "in the cpuset.cpus of",
+                    display_path(sibling)), _errno.EINVAL)
         for child in self.children(op.path):
             held = self.node(join_path(op.path, child)).cpus_exclusive - value
             if held:
@@ -517,6 +547,11 @@ class CpusetModel:
         if enable and not self.cpuset_enabled(op.path):
             self._refuse(op, "cpuset is not available in it: enable it in the parent %s first (top-down)" %
                          display_path(parent_of(op.path)), _errno.ENOENT)
+        if enable and op.path and not self.node(op.path).subtree_cpuset and self.tasks(op.path):
+            # cgroup_vet_subtree_control_enable: children would compete with the cgroup's own processes.
+            self._refuse(op, "it holds processes %s of its own, and a cgroup with processes may not enable "
+                             "controllers for children (the no internal process rule): move them to a leaf "
+                             "first" % " ".join(map(str, self.tasks(op.path))), _errno.EBUSY)
         if not enable:
             for child in self.children(op.path):
                 if self.node(join_path(op.path, child)).subtree_cpuset:

@@ -256,6 +256,34 @@ def test_v2_dissolving_a_partition_goes_children_first():
     assert writes(result) == [(WRITE, "a/b", "partition", "member"), (WRITE, "a", "partition", "member")]
 
 
+def test_v2_no_process_in_a_cgroup_whose_children_hold_processes():
+    # cgroup_migrate_vet_dst: with cpuset (a threaded controller) enabled below it, "a" could still take a process
+    # as a thread root, but not while a child subtree is populated.
+    source = v2({"": Node(subtree_cpuset=True), "a": Node(cpus=F({1}), subtree_cpuset=True), "a/b": Node()},
+                tasks={"a/b": [41], "": [42]})
+    with pytest.raises(PlanError, match=r"child '/a/b' holds processes.*no internal process rule"):
+        plan(source, [Request("a", procs=(42,))])
+    assert writes(plan(source, [Request("a/c", procs=(42,))]))[-1] == (ATTACH, "a/c", "procs", "42")
+
+
+def test_v2_no_process_where_a_domain_controller_is_handed_down():
+    source = v2({"": Node(subtree_cpuset=True), "a": Node(cpus=F({1}), subtree_domain=True)}, tasks={"": [42]})
+    with pytest.raises(PlanError, match=r"enables domain controllers.*no internal process rule"):
+        plan(source, [Request("a", procs=(42,))])
+
+
+def test_v2_a_cgroup_with_processes_does_not_enable_cpuset_for_children():
+    source = v2({"": Node(subtree_cpuset=True), "a": Node()}, tasks={"a": [41]})
+    with pytest.raises(PlanError, match=r"holds processes 41 of its own.*move them to a leaf first"):
+        plan(source, [Request("a/b", cpus=F({2}))])
+
+
+def test_v2_single_threads_do_not_cross_domain_cgroups():
+    source = v2({"": Node(subtree_cpuset=True), "a": Node(), "b": Node()}, tasks={"a": [41]})
+    with pytest.raises(PlanError, match=r"separate domain cgroups: move the whole process"):
+        plan(source, [Request("b", threads=(41,))])
+
+
 def test_v1_knobs_on_v2_are_refused():
     with pytest.raises(PlanError, match="sched_load_balance is a cgroup v1 knob"):
         plan(v2(), [Request("a", sched_load_balance=False)])
