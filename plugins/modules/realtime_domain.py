@@ -21,7 +21,7 @@ description:
   - Only the parts it owns are compared, normalized (CPU lists as sets, memory in KiB). An unchanged guest
     is not redefined and the module reports no change.
   - With O(running=true) it starts the guest when it is not running.
-  - V(absent) powers the guest off (C(destroy)) and removes its definition (C(undefine)). It never deletes a file:
+  - V(absent) powers the guest off (C(destroy)) and removes its definition (C(undefine)). It never deletes a file;
     disks stay, and so do the NVRAM of a UEFI guest and its TPM state (the undefine keeps them).
   - The module does not choose pCPUs; use M(rtvirt.kvm.pcpu_allocation) for that, or the
     P(rtvirt.kvm.realtime_vm#role) role that does both and verifies the result.
