@@ -24,7 +24,7 @@ import hashlib
 import os
 import re
 import xml.etree.ElementTree as ET
-import xml.parsers.expat as expat
+from xml.parsers import expat
 from dataclasses import dataclass
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
