@@ -393,7 +393,8 @@ def _cpu_html(cpu, node, siblings, colour):
 def placement_problems(facts, expected):
     """What differs between the guests as asked and as running; a list of messages (empty: all good).
 
-    ``expected``: [{"name", "vcpupin": {vcpu: cpus}, "emulator_cpus", "fifo_priority"}].
+    ``expected``: [{"name", "vcpupin": {vcpu: cpus}, "emulator_cpus", "fifo_priority", "iothreads"}]; I/O threads
+    belong on the emulator CPUs as the emulator does.
     """
     guests = {g.get("name"): g for g in facts.get("guests") or ()}
     problems = []
@@ -417,8 +418,11 @@ def placement_problems(facts, expected):
                                 % (where, thread.get("policy"), thread.get("rt_priority"), want.get("fifo_priority")))
         emulator = _cpus(want.get("emulator_cpus"))
         for thread in guest.get("threads") or ():
-            if thread.get("role") == "emulator" and not _cpus(thread.get("affinity")) <= emulator:
-                problems.append("guest %s emulator thread %s (%s) may run on CPUs %s, outside the emulator CPUs %s"
-                                % (name, thread.get("tid"), thread.get("comm"), thread.get("affinity"),
-                                   want.get("emulator_cpus")))
+            if thread.get("role") in ("emulator", "iothread") and not _cpus(thread.get("affinity")) <= emulator:
+                problems.append("guest %s %s thread %s (%s) may run on CPUs %s, outside the emulator CPUs %s"
+                                % (name, "I/O" if thread.get("role") == "iothread" else "emulator", thread.get("tid"),
+                                   thread.get("comm"), thread.get("affinity"), want.get("emulator_cpus")))
+        iothreads = [t for t in guest.get("threads") or () if t.get("role") == "iothread"]
+        if "iothreads" in want and len(iothreads) != (want["iothreads"] or 0):
+            problems.append("guest %s runs %d I/O threads, expected %d" % (name, len(iothreads), want["iothreads"] or 0))
     return problems

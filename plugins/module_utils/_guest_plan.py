@@ -7,11 +7,12 @@ definition rendered and compared with the one libvirt holds.
 :func:`plan_guests` is pure: the guest_plan module reads the host (topology, isolated CPUs, libvirt's
 definitions and running guests) and hands it in.  Its resolved guests are exactly what the realtime_vm role's
 tasks give realtime_domain, so the role repeats no default and predicts nothing: what it applies is what was
-planned here, with the same planners (``allocate_all``, ``render``, ``differences``) the modules use.
+planned here, with the same planners (``allocate_all``, ``plan_definition``) the modules use.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError, format_cpulist, parse_cpulist
@@ -19,10 +20,8 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
     DomainSpec,
     DomainSpecError,
     allocation_requests,
-    check_spec,
-    differences,
     guest_list_problems,
-    render,
+    plan_definition,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import holdings_from_domain_xml
 from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu_allocator import allocate_all, requests_from_entries
@@ -86,17 +85,17 @@ def guest_spec(resolved):
                       vcpupin=resolved["vcpupin"], emulator_cpus=resolved["emulator_cpus"],
                       fifo_priority=resolved["fifo_priority"], partition=resolved["partition"],
                       numa_nodes=tuple(resolved["numa_nodes"]), metadata=resolved["metadata"],
-                      domain_type=resolved["domain_type"])
+                      domain_type=resolved["domain_type"], iothreads=resolved["iothreads"])
 
 
 def _given(guest):
     return {key: value for key, value in guest.items() if value is not None}
 
 
-def plan_guests(guests, topology, host, pool, emulator_cpus, defaults=Defaults()):
+def plan_guests(guests, topology, host, pool, emulator_cpus, defaults=Defaults(), exists=os.path.exists):
     """The :class:`GuestsPlan` of ``guests`` (realtime_vm_guests entries) on ``topology`` with libvirt's ``host``.
 
-    ``pool`` and ``emulator_cpus`` are settled CPU lists (text).  Raises GuestPlanError (the list's problems,
+    ``pool`` and ``emulator_cpus`` are settled CPU lists (text); ``exists`` checks a base_xml's disk paths.  Raises GuestPlanError (the list's problems,
     no pool) or the planners' own errors (PcpuError, DomainSpecError) before anything is changed.
     """
     entries = [_given(guest) for guest in guests]
@@ -132,11 +131,11 @@ def plan_guests(guests, topology, host, pool, emulator_cpus, defaults=Defaults()
             "partition": guest.get("partition", defaults.partition),
             "numa_nodes": list(plan.numa_nodes), "metadata": plan.metadata_xml(),
             "base_xml": guest.get("base_xml"), "domain_type": guest.get("domain_type", defaults.domain_type),
+            "iothreads": guest.get("iothreads", 0),
         }
         spec = guest_spec(resolved)
-        check_spec(spec)
         current = host.definitions.get(spec.name)
-        changed = differences(current, render(spec, current if current is not None else resolved["base_xml"]))
+        changed = plan_definition(spec, current, resolved["base_xml"], exists).differences
         if current is None:
             resolved["changes"] = ["define"]
         else:

@@ -53,7 +53,8 @@ def read_guests(ctx, run_root, proc_root):
 # The parts of a persistent definition the realtime_vm role compares (_domain_xml.owned_view) and the pCPU planner
 # reads (_pcpu.guest_pins_from_domain_xml); the rest (devices, with graphics passwords and the like) stays out of
 # the facts.
-_DEFINITION_PARTS = ("name", "uuid", "memory", "currentMemory", "vcpu", "vcpus", "cputune", "numatune", "resource")
+_DEFINITION_PARTS = ("name", "uuid", "memory", "currentMemory", "vcpu", "vcpus", "iothreads", "iothreadids", "cputune",
+                     "numatune", "resource")
 _PCPU_METADATA = "{urn:rtvirt:kvm:pcpu:1}pcpu"
 
 
@@ -145,6 +146,7 @@ def guest_facts(guest, scan, cgroups, isolated, violations, given):
         "partition": (domain["partition"] or "/machine") if domain else None,
         "pinning": None,
         "threads": [],
+        "iothreads": [],
     }
     if domain:
         facts["pinning"] = {
@@ -181,6 +183,10 @@ def guest_facts(guest, scan, cgroups, isolated, violations, given):
             "last_cpu": last_cpu,
             "state": state,
         })
+        if role == "iothread":
+            # Beside the threads, for the operator who asks "where do my I/O threads run": libvirt's iothreadN cgroup.
+            facts["iothreads"].append({"id": number, "tid": tid, "cgroup": path, "cpuset": format_cpus(cpuset),
+                                       "affinity": format_cpulist(affinity), "pinning": format_cpus(pin)})
         if pin is None:
             continue
         if path is not None and pin & isolated:

@@ -241,11 +241,14 @@ def allocate_all(topology, pool, holdings, requests, emulators=None):
     for index in order:
         request = requests[index]
         if request.state != "absent" and request.name in emulators:
-            # The emulator pins it is about to get count as its own: its vCPUs are not planned onto them.
+            # The emulator pins it is about to get count as its own: its vCPUs are not planned onto them.  Its I/O
+            # threads go there too (realtime_domain pins them beside the emulator), so an I/O thread pin of the old
+            # definition on a realtime pCPU is not held any longer.
             own = holdings.get(request.name) or GuestPins(name=request.name)
+            emulator = frozenset(emulators[request.name])
             holdings = holdings.replace(GuestPins(
-                name=own.name, vcpupin=own.vcpupin, emulator=frozenset(emulators[request.name]),
-                iothreads=own.iothreads, reserved=own.reserved, smt_policy=own.smt_policy, vcpus=own.vcpus))
+                name=own.name, vcpupin=own.vcpupin, emulator=emulator, iothreads=emulator if own.iothreads else
+                frozenset(), reserved=own.reserved, smt_policy=own.smt_policy, vcpus=own.vcpus))
         try:
             plan = allocate(topology, pool, holdings, request)
         except AllocationError as exc:

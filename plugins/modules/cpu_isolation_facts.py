@@ -239,7 +239,10 @@ ansible_facts:
           description:
             - "Every running libvirt guest found through C(<libvirt_run_dir>/*.pid), with C(name), C(pid), C(id),
               C(partition), C(pinning) (from the status XML: C(vcpus) and C(iothreads) by number, C(emulator);
-              null values are unpinned) and C(threads)."
+              null values are unpinned), C(threads) and C(iothreads)."
+            - C(iothreads) lists the guest's I/O threads, each with C(id), C(tid), C(cgroup) (libvirt's C(iothreadN)
+              cgroup), C(cpuset), C(affinity) and C(pinning); a C(pinning_drift) violation names one whose affinity
+              or cgroup differs from its C(<iothreadpin>)."
             - Each thread has C(tid), C(comm), C(role) (vcpu, iothread, emulator, or kernel_worker for tasks the kernel adds to the QEMU
               process such as vhost and kvm-nx-lpage-recovery, which the domain XML does not pin), C(id) (vCPU or I/O thread
               number), C(cgroup) (its cpuset cgroup), C(cpuset) (the CPUs in that cgroup's C(cpuset.cpus); the
@@ -253,7 +256,9 @@ ansible_facts:
                     "threads": [{"tid": 4250, "comm": "CPU 0/KVM", "role": "vcpu", "id": 0,
                                  "cgroup": "/machine/qemu-3-rt1.libvirt-qemu/vcpu0", "cpuset": "2",
                                  "affinity": "2", "pinning": "2", "policy": "fifo", "rt_priority": 1,
-                                 "last_cpu": 2, "state": "R"}]}]
+                                 "last_cpu": 2, "state": "R"}],
+                    "iothreads": [{"id": 1, "tid": 4249, "cgroup": "/machine/qemu-3-rt1.libvirt-qemu/iothread1",
+                                   "cpuset": "0-1", "affinity": "0-1", "pinning": "0-1"}]}]
         threads_scanned:
           description: How many tasks the pass over C(/proc) read; null with O(gather_threads=false).
           returned: always

@@ -64,8 +64,15 @@ options:
         description: Place the guest on this NUMA node.
         type: int
       base_xml:
-        description: Domain XML to start a new definition from.
+        description:
+          - The operator's own domain XML; the guest's definition keeps all of it but the parts
+            M(rtvirt.kvm.realtime_domain) owns (see its O(rtvirt.kvm.realtime_domain#module:base_xml)).
+          - A change to it (a disk, a NIC) is a change of the guest (C(its definition differs in base_xml)).
+          - Its name, its disks' files and the I/O threads its devices name are checked here, before anything changes.
         type: str
+      iothreads:
+        description: Number of I/O threads, pinned to the guest's emulator CPUs (default 0).
+        type: int
       emulator_cpus:
         description: CPUs for the emulator threads (default O(emulator_cpus)).
         type: str
@@ -168,7 +175,7 @@ guests:
   description:
     - Every guest, resolved. Present ones carry every M(rtvirt.kvm.realtime_domain) option (C(name), C(vcpus),
       C(memory_mib), C(vcpupin), C(emulator_cpus), C(fifo_priority), C(partition), C(numa_nodes), C(metadata),
-      C(base_xml), C(domain_type)); absent ones C(name) only. Each has C(state) and C(changes), what is to be done
+      C(base_xml), C(domain_type), C(iothreads)); absent ones C(name) only. Each has C(state) and C(changes), what is to be done
       for it (empty - nothing).
   returned: always
   type: list
@@ -245,6 +252,7 @@ _GUEST_OPTIONS = dict(
     fifo_priority=dict(type="int"),
     numa_node=dict(type="int"),
     base_xml=dict(type="str"),
+    iothreads=dict(type="int"),
     emulator_cpus=dict(type="str"),
     domain_type=dict(type="str", choices=["kvm", "qemu"]),
 )

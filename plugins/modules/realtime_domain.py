@@ -21,7 +21,8 @@ description:
   - Only the parts it owns are compared, normalized (CPU lists as sets, memory in KiB). An unchanged guest
     is not redefined and the module reports no change.
   - With O(running=true) it starts the guest when it is not running.
-  - V(absent) powers the guest off (C(destroy)) and removes its definition (C(undefine)).
+  - V(absent) powers the guest off (C(destroy)) and removes its definition (C(undefine)). It never deletes a file;
+    disks stay, and so do the NVRAM of a UEFI guest and its TPM state (the undefine keeps them).
   - The module does not choose pCPUs; use M(rtvirt.kvm.pcpu_allocation) for that, or the
     P(rtvirt.kvm.realtime_vm#role) role that does both and verifies the result.
   - Right before it writes a definition, under a host-wide lock (C(/run/lock/rtvirt-kvm-pcpu.lock)), the module reads
@@ -90,9 +91,30 @@ options:
     default: ""
   base_xml:
     description:
-      - A domain XML to start from when the guest is not defined yet (disks, network, firmware).
-      - Ignored when the guest is already defined. Its current definition is the base then.
+      - The operator's own domain XML (disks, NICs, firmware, C(qemu:commandline), metadata, anything). The module
+        owns only C(<name>), the memory size, C(<vcpu>), C(<vcpus>) (removed), C(<iothreads>), C(<iothreadids>)
+        (removed), the C(<vcpupin>), C(<emulatorpin>), C(<iothreadpin>) and C(<vcpusched>) children of
+        C(<cputune>), C(<numatune><memory>), C(<resource><partition>) and its own C(<metadata>) elements. Everything
+        else reaches libvirt byte for byte as given (comments, namespaces, quoting, unknown elements).
+      - "Checked before anything is defined: its C(<name>), when given, must be O(name); every disk's
+        C(<source file>) (or C(dev) of a block disk) must exist; a device's C(<driver iothread>) must name one of
+        the O(iothreads)."
+      - The digest of its canonical form is recorded in the definition's C(<metadata>). While it stays the same
+        (re-indenting or editing comments counts as the same), the guest's current definition is the base, so what
+        libvirt added (uuid, MAC and PCI addresses, controllers) is kept and an unchanged guest is not redefined.
+      - When it changes, the guest is redefined from it, with the guest's uuid (a different uuid in it is refused)
+        and the owned parts as planned, so the pins stay as they are. A running guest is not restarted; libvirt
+        applies the new definition at its next start, so the module returns RV(restart_needed=true) (O(restart)
+        restarts it). Give interfaces a C(<mac address>) to keep it across such a redefine.
+      - Without it, the guest's current definition is the base, or for a new guest a tiny diskless one.
     type: str
+  iothreads:
+    description:
+      - Number of I/O threads (C(<iothreads>)); each is pinned with C(<iothreadpin>) to O(emulator_cpus), never
+        to a vCPU's pCPU. Disks use one with C(<driver iothread='N'>) in O(base_xml).
+      - 0 removes the guest's I/O threads.
+    type: int
+    default: 0
   domain_type:
     description:
       - The C(<domain type>) of the built-in diskless guest. Ignored when O(base_xml) or a current definition is
@@ -222,9 +244,8 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
     DomainSpecError,
     check_name,
     check_spec,
-    differences,
     owned_view,
-    render,
+    plan_definition,
     view_text,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._kvm import DEVICE, GROUP, MODE, read_access
@@ -251,6 +272,7 @@ def get_argument_spec():
         numa_nodes=dict(type="list", elements="int", default=[]),
         metadata=dict(type="str", default=""),
         base_xml=dict(type="str"),
+        iothreads=dict(type="int", default=0),
         domain_type=dict(type="str", choices=["kvm", "qemu"], default="kvm"),
         running=dict(type="bool", default=True),
         restart=dict(type="bool", default=False),
@@ -288,6 +310,13 @@ class _Libvirt:
         return self.call("cannot read the definition of %s" % dom.name(), dom.XMLDesc,
                          self.libvirt.VIR_DOMAIN_XML_INACTIVE)
 
+    def keep_files_flags(self):
+        """undefine flags that keep every file of the guest: its NVRAM (a plain undefine refuses a UEFI guest that
+        has one, and removing it would lose the firmware's variables) and its TPM state where libvirt has the flag
+        (8.9+).  Disks are never removed by an undefine; only virsh's --remove-all-storage does that, client side."""
+        return (getattr(self.libvirt, "VIR_DOMAIN_UNDEFINE_KEEP_NVRAM", 0)
+                | getattr(self.libvirt, "VIR_DOMAIN_UNDEFINE_KEEP_TPM", 0))
+
     def books(self):
         """What every defined guest holds, read now (the books pcpu_allocation planned from may be stale)."""
         texts = []
@@ -310,16 +339,17 @@ def _spec(params, domain_type):
                       vcpupin=params["vcpupin"] or {}, emulator_cpus=params["emulator_cpus"] or "",
                       fifo_priority=params["fifo_priority"], partition=params["partition"],
                       numa_nodes=tuple(params["numa_nodes"] or ()), metadata=params["metadata"] or "",
-                      domain_type=domain_type)
+                      domain_type=domain_type, iothreads=params["iothreads"])
 
 
 def _present(module, virt, spec, result):
     params = module.params
     dom = virt.lookup(spec.name)
     current = virt.inactive_xml(dom) if dom is not None else None
-    rendered = render(spec, current if current is not None else params["base_xml"])
+    plan = plan_definition(spec, current, params["base_xml"])
+    rendered = plan.xml
     result["xml"] = rendered
-    result["differences"] = differences(current, rendered)
+    result["differences"] = plan.differences
     active = bool(dom is not None and virt.call("cannot query %s" % spec.name, dom.isActive))
     result["defined"] = bool(result["differences"])
     if module._diff:
@@ -355,7 +385,8 @@ def _present(module, virt, spec, result):
                       % (spec.name, spec.partition), dom.create)
         except LibvirtError:
             if current is None:  # a guest this run defined: leave the host as it was
-                virt.call("cannot undefine %s after its failed start" % spec.name, dom.undefine)
+                virt.call("cannot undefine %s after its failed start" % spec.name, dom.undefineFlags,
+                          virt.keep_files_flags())
                 result["defined"] = False
             raise
 
@@ -407,7 +438,7 @@ def _absent(module, virt, name, result):
         return
     if result["destroyed"]:
         virt.call("cannot power off %s" % name, dom.destroy)
-    virt.call("cannot undefine %s" % name, dom.undefine)
+    virt.call("cannot undefine %s" % name, dom.undefineFlags, virt.keep_files_flags())
 
 
 def main():

@@ -260,3 +260,16 @@ def test_filters_pass_the_emulator_cpus_on(two_node_facts):
     assert 'data-cpu="5" data-role="emulator"' in filters["cpu_map_html"](two_node_facts, emulator_cpus="1,5")
     assert 'data-cpu="5" data-role="housekeeping"' in filters["cpu_map_html"](two_node_facts)
     assert "cpu 1    E" in filters["cpu_map_text"](two_node_facts, None, "m", "1,5")
+
+
+def test_io_threads_belong_on_the_emulator_cpus():
+    facts = copy.deepcopy(FACTS)
+    facts["guests"][0]["threads"].append({"tid": 13, "role": "iothread", "id": 1, "comm": "IO iothread1",
+                                          "affinity": "0"})
+    want = {"name": "rt<1>", "vcpupin": {"0": "2", "1": "3"}, "emulator_cpus": "0", "fifo_priority": 5,
+            "iothreads": 1}
+    assert placement_problems(facts, [want]) == []
+    facts["guests"][0]["threads"][-1]["affinity"] = "0,3"
+    assert placement_problems(facts, [want]) == [
+        "guest rt<1> I/O thread 13 (IO iothread1) may run on CPUs 0,3, outside the emulator CPUs 0"]
+    assert placement_problems(facts, [dict(want, iothreads=2)])[-1] == "guest rt<1> runs 1 I/O threads, expected 2"

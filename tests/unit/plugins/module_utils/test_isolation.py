@@ -255,6 +255,8 @@ def test_v1_isolcpus_guest_threads(v1_isolcpus_root):
         (1011, "CPU 1/KVM", "vcpu", 1, dom + "/vcpu1", "3,7", "3,7", "3", "fifo", 1, 7),
         (1020, "IO iothread1", "iothread", 1, dom + "/iothread1", "0-1", "0-1", "0-1", "other", 0, 0),
     ]
+    assert guest["iothreads"] == [{"id": 1, "tid": 1020, "cgroup": dom + "/iothread1", "cpuset": "0-1",
+                                   "affinity": "0-1", "pinning": "0-1"}]
 
 
 def test_v1_isolcpus_violations_exact(v1_isolcpus_root):

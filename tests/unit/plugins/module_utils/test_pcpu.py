@@ -669,3 +669,14 @@ def test_all_equals_defining_one_by_one_or_refuses_the_whole_list(scenario):
         with pytest.raises(AllocationError) as info:
             allocate_all(topo, pool, Holdings(), requests)
         assert "guest '%s'" % first_refused in str(info.value)
+
+
+def test_all_iothreads_go_with_the_emulator_and_a_stale_iothread_pin_on_a_realtime_pcpu_is_freed():
+    """An old definition pinned its I/O thread to realtime pCPU 4; replanned with emulator CPUs 0-1, the I/O
+    threads go there (as realtime_domain pins them), so pCPU 4 is free for the next guest."""
+    old = domain_xml("a", [2, 3], emulator="0-1").replace("</cputune>", "<iothreadpin iothread='1' cpuset='4'/></cputune>")
+    books = holdings_from_domain_xml([old])
+    assert books.get("a").iothreads == {4}
+    a, b = allocate_all(FLAT8, range(2, 8), books, [Request("a", 2), Request("b", 1)], {"a": {0, 1}, "b": {0, 1}})
+    assert a.pins == ((0, 2), (1, 3)) and b.pins == ((0, 4),)
+    assert 4 not in a.reserved

@@ -49,8 +49,10 @@ class FakeDom:
         self.host.calls.append(("destroy", self.name()))
         self.active = False
 
-    def undefine(self):
-        self.host.calls.append(("undefine", self.name()))
+    def undefineFlags(self, flags):  # noqa: N802
+        if "<nvram" in self.xml and not flags & 4:  # libvirt refuses a UEFI guest's plain undefine
+            raise FakeError("cannot undefine domain with nvram")
+        self.host.calls.append(("undefine", self.name(), flags))
         del self.host.domains[self.name()]
 
 
@@ -86,6 +88,7 @@ def host(monkeypatch, tmp_path):
     fake = FakeHost()
     monkeypatch.setattr(realtime_domain, "PCPU_LOCK_PATH", str(tmp_path / "pcpu.lock"))
     module = types.SimpleNamespace(libvirtError=FakeError, VIR_ERR_NO_DOMAIN=42, VIR_DOMAIN_XML_INACTIVE=2,
+                                   VIR_DOMAIN_UNDEFINE_KEEP_NVRAM=4, VIR_DOMAIN_UNDEFINE_KEEP_TPM=128,
                                    open=lambda uri: fake)
     monkeypatch.setitem(sys.modules, "libvirt", module)
     return fake
@@ -152,3 +155,44 @@ def test_bad_input_fails_before_libvirt_is_touched(host, change, message):
     result = run_module(realtime_domain, dict(ARGS, **change))
     assert result["failed"] and message in result["msg"]
     assert host.calls == []
+
+
+def test_absent_keeps_the_nvram_and_tpm_state(host, tmp_path):
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(b"QFI\xfb" + bytes(range(256)))
+    base = ("<domain type='qemu'><name>rt1</name><os firmware='efi'><type>hvm</type>"
+            "<nvram>%s</nvram></os><devices><disk type='file'><source file='%s'/><target dev='vda'/></disk>"
+            "</devices></domain>" % (tmp_path / "rt1_VARS.fd", disk))
+    assert not run_module(realtime_domain, dict(ARGS, base_xml=base)).get("failed")
+    result = run_module(realtime_domain, dict(name="rt1", state="absent"))
+    assert result["undefined"] and host.calls[-1] == ("undefine", "rt1", 4 | 128)
+
+
+def test_a_base_xml_change_redefines_without_a_restart(host, tmp_path):
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(b"QFI")
+    base = ("<domain type='qemu'><name>rt1</name><devices><disk type='file'><driver name='qemu' iothread='1'/>"
+            "<source file='%s'/><target dev='vda'/></disk></devices></domain>" % disk)
+    args = dict(ARGS, base_xml=base, iothreads=1)
+    first = run_module(realtime_domain, args)
+    assert first["changed"] and not first.get("failed"), first
+    assert "<iothreadpin iothread=\"1\" cpuset=\"0\" />" in first["xml"]
+    assert not run_module(realtime_domain, args)["changed"]
+    changed = run_module(realtime_domain, dict(args, base_xml=base.replace("<target dev='vda'/>",
+                                                                           "<target dev='vda' bus='virtio'/>")))
+    assert changed["differences"] == ["base_xml"] and changed["restart_needed"] and not changed["destroyed"]
+    assert host.calls[-1] == ("define", "rt1")
+    assert ET.fromstring(host.domains["rt1"].xml).find("devices/disk/target").get("bus") == "virtio"
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(base_xml="<domain><name>other</name></domain>"), "guest rt1: base_xml names the domain 'other'"),
+    (dict(base_xml="<domain><devices><disk type='file'><source file='/nonexistent/rt1.qcow2'/>"
+                   "<target dev='vda'/></disk></devices></domain>"),
+     "guest rt1: base_xml disk vda: source /nonexistent/rt1.qcow2 does not exist"),
+    (dict(iothreads=1, emulator_cpus=""), "guest rt1: iothreads 1 need emulator CPUs"),
+])
+def test_bad_base_xml_or_iothreads_define_nothing(host, change, message):
+    result = run_module(realtime_domain, dict(ARGS, **change))
+    assert result["failed"] and message in result["msg"], result
+    assert host.domains == {} and host.calls == []
