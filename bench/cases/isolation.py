@@ -26,8 +26,8 @@ from __future__ import annotations
 import fcntl
 import glob
 import json
+import math
 import os
-import pathlib
 import shutil
 import signal
 import subprocess
@@ -420,7 +420,6 @@ def svg(section):
     plot_h = height - top - bottom
     group_w = (width - left - 20) / len(SIDES)
     bar_w = group_w / (len(sources) + 1)
-    import math
     values = {s: {src: (_med(r["device_per_s"] for r in res.get(s) or []) if src == "device"
                         else _row_rate(res.get(s) or [], src)) for src in sources} for s in SIDES}
     peak = max([v or 0 for d in values.values() for v in d.values()] + [10])
