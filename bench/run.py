@@ -11,6 +11,7 @@ cgroup-tools, strace and libvirt (hack/bootstrap.sh installs them).  Timings liv
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -79,6 +80,9 @@ def main(argv=None):
     if "isolation" in sections:
         with open(os.path.join(HERE, report.ISOLATION_PLOT), "w") as handle:
             handle.write(isolation.svg(sections["isolation"]))
+        # The raw figures, so that the section can be drawn again without another run.
+        with open(os.path.join(HERE, "isolation.json"), "w") as handle:
+            json.dump(sections["isolation"], handle, indent=1, sort_keys=True)
     if args.cases == ["isolation"] and os.path.exists(args.output):
         # Case 4 alone (it changes the host's tuning, so it is run on its own): only its section is replaced.
         with open(args.output) as handle:

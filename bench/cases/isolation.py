@@ -149,7 +149,7 @@ def _untuned(online):
 
 def _ensure_packages():
     wanted = [line.strip() for line in PACKAGES.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    missing = [p for p in wanted if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True,
+    missing = [p for p in wanted if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, check=False,
                                                    text=True).stdout != "install ok installed"]
     if missing:
         log("installing %s" % " ".join(missing))
@@ -371,7 +371,7 @@ def markdown(section, plot_name):
            % (cpu, section["housekeeping"], section["duration"], section["reps"], section["kernel"],
               " (PREEMPT_RT)" if section["realtime"] else "", section["cmdline"][:120]), "",
            "| side | oslat max (us) | p99.9 (us) | p99.99 (us) | LOC/s | RES/s | CAL/s | TLB/s | device IRQs/s | "
-           "foreign task runs | foreign tasks |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "foreign task runs | foreign tasks (runs, all repetitions) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for side in SIDES:
         runs = res.get(side) or []
         if not runs:
@@ -412,7 +412,7 @@ def markdown(section, plot_name):
 
 
 def svg(section):
-    """Grouped bars: interrupts per second on the realtime CPU by source, per side (log scale), oslat max above."""
+    """Grouped bars: interrupts per second on the realtime CPU by source, per side (log scale), oslat max under."""
     res = section.get("results") or {}
     sources = list(TIMER_ROWS) + ["device"]
     colours = {"LOC": "#4477aa", "RES": "#66ccee", "CAL": "#228833", "TLB": "#ccbb44", "device": "#ee6677"}
@@ -431,7 +431,7 @@ def svg(section):
     parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">'
              % (width, height),
              '<text x="%d" y="18" font-size="13">Interrupts per second on realtime CPU %s by source (log scale); '
-             'oslat max above each group</text>' % (left, section.get("cpu", "?"))]
+             'oslat max under each side</text>' % (left, section.get("cpu", "?"))]
     decade = 0.1
     while decade <= top_decade:
         parts.append('<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#ddd"/><text x="%d" y="%.1f" text-anchor="end">'
