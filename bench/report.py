@@ -6,6 +6,10 @@ import time
 
 from bench.cases.common import fmt_ratio, fmt_s, median
 
+ISOLATION_PLOT = "isolation.svg"
+ISOLATION_BEGIN = "<!-- case 4: isolation (bench/cases/isolation.py) -->"
+ISOLATION_END = "<!-- end of case 4 -->"
+
 ENGINE_SIDES = [
     ("floor", "(a) floor: plain loop of mkdir + open().write()"),
     ("engine", "**engine in-process** (cgroup_cpuset run(): plan + execute)"),
@@ -217,9 +221,33 @@ def markdown(args, machine, sections, elapsed, plot_name):
         out += _facts_table(fx)
     else:
         out.append("Not run: %s" % fx.get("error", "not selected"))
+    out += [""] + _isolation_block(sections.get("isolation"))
     out += ["", "See bench/README.md for what each side does and for the profiler findings behind the engine "
             "changes.", ""]
     return "\n".join(out)
+
+
+def _isolation_block(section):
+    from bench.cases import isolation
+    lines = [ISOLATION_BEGIN, "## 4. Isolation: the realtime CPU untuned, with TuneD, after host_prep, and both", ""]
+    if section is None:
+        lines.append("Not selected (run it alone: `python bench/run.py --cases isolation`).")
+    else:
+        lines += isolation.markdown(section, ISOLATION_PLOT)
+    return lines + [ISOLATION_END]
+
+
+def splice_isolation(text, section):
+    """RESULTS.md with case 4's section replaced (or added before the closing pointer), the rest untouched."""
+    block = "\n".join(_isolation_block(section))
+    if ISOLATION_BEGIN in text and ISOLATION_END in text:
+        head, rest = text.split(ISOLATION_BEGIN, 1)
+        return head + block + rest.split(ISOLATION_END, 1)[1]
+    marker = "\nSee bench/README.md for what each side does"
+    if marker in text:
+        head, tail = text.split(marker, 1)
+        return head.rstrip("\n") + "\n\n" + block + "\n" + marker + tail
+    return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
 # ---- SVG ------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ cgroup-tools, strace and libvirt (hack/bootstrap.sh installs them).  Timings liv
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.cases import common  # noqa: E402
 from bench.cases.common import fmt_s, log  # noqa: E402
 from bench import report  # noqa: E402
+from bench.cases import isolation  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,6 +39,8 @@ def parse_args(argv):
     parser.add_argument("--site-args", default="", help="extra ansible-playbook arguments for site.yml")
     parser.add_argument("--remediate-args", default="",
                         help="extra ansible-playbook arguments for remediate.yml (report mode is its default)")
+    parser.add_argument("--isolation-duration", type=int, default=20, help="oslat seconds per side in case 4")
+    parser.add_argument("--isolation-reps", type=int, default=2, help="repetitions per side in case 4")
     parser.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
     parser.add_argument("--plot", default=os.path.join(HERE, "cost-vs-size.svg"))
     args = parser.parse_args(argv)
@@ -73,6 +77,20 @@ def main(argv=None):
             sections[case] = {"error": "%s: %s" % (type(exc).__name__, str(exc)[:1500])}
         sections[case]["elapsed"] = time.monotonic() - start
     elapsed = time.monotonic() - began
+    if "isolation" in sections:
+        with open(os.path.join(HERE, report.ISOLATION_PLOT), "w") as handle:
+            handle.write(isolation.svg(sections["isolation"]))
+        # The raw figures, so that the section can be drawn again without another run.
+        with open(os.path.join(HERE, "isolation.json"), "w") as handle:
+            json.dump(sections["isolation"], handle, indent=1, sort_keys=True)
+    if args.cases == ["isolation"] and os.path.exists(args.output):
+        # Case 4 alone (it changes the host's tuning, so it is run on its own): only its section is replaced.
+        with open(args.output) as handle:
+            text = report.splice_isolation(handle.read(), sections["isolation"])
+        with open(args.output, "w") as handle:
+            handle.write(text)
+        log("wrote case 4 into %s in %s" % (args.output, fmt_s(elapsed)))
+        return
     text = report.markdown(args, machine, sections, elapsed, os.path.basename(args.plot))
     with open(args.output, "w") as handle:
         handle.write(text)

@@ -468,6 +468,15 @@ def _seams(name, fake, monkeypatch):
         monkeypatch.setattr(module, "check_libvirt",
                             functools.partial(_host_plan.check_libvirt, proc_root=h + "/proc",
                                               log_dir=h + "/var/log/libvirt"))
+    if name == "latency_check":
+        from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import parse_cpulist
+
+        def fake_oslat(_module, argv, _json_path):
+            cpus = sorted(parse_cpulist(argv[argv.index("--cpu-list") + 1]))
+            return json.dumps({"thread": {str(i): {"cpu": cpu, "min": 1, "avg": 1.0, "max": 3, "duration": 1.0,
+                                                   "histogram": {"1": 100, "3": 1}} for i, cpu in enumerate(cpus)}})
+        monkeypatch.setattr(module, "run_oslat", fake_oslat)
+        monkeypatch.setattr(module, "WORK_DIR", str(fake.root))
     if name == "remediation_findings":
         real = {"/etc/libvirt/qemu.conf": h + "/etc/libvirt/qemu.conf", "/proc/cgroups": h + "/proc/cgroups"}
         read = module._read
@@ -507,6 +516,8 @@ def calls(fake):
         "kernel_cmdline": ({"params": {"isolcpus": "2-3", "nohz_full": "2-3"}, "absent": ["splash"],
                             "root": h, "path": "/etc/default/grub", "proc_cmdline": h + "/proc/cmdline"},
                            {"update_command": []}),
+        "latency_check": ({"cpus": "2-3", "duration_s": 1, "max_latency_us": 40, "oslat": h, "proc_root": h + "/proc",
+                           "sys_root": h + "/sys", "libvirt_run_dir": h + "/run/libvirt/qemu"}, {}),
         "libvirt_partition": ({"name": "/machine/rt", "cpus": "2-3", "lock_timeout": 0}, {}),
         "pcpu_allocation": ({"name": "rt1", "vcpus": 2, "pool": "2-3,6-7", "sys_root": h + "/sys",
                              "domains_xml": [domain]}, {}),
@@ -521,7 +532,7 @@ REAL_READS = {"cgroup_cpuset": re.compile(r"^/proc/\d+/(task|cgroup)$")}
 
 MODULES = sorted(p.stem for p in MODULES_DIR.glob("*.py") if not p.name.startswith("_"))
 COVERED = ("cgroup_cpuset", "cpu_isolation_facts", "guest_plan", "host_plan", "irq_affinity", "kernel_cmdline",
-           "libvirt_partition", "pcpu_allocation", "realtime_domain", "remediation_findings")
+           "latency_check", "libvirt_partition", "pcpu_allocation", "realtime_domain", "remediation_findings")
 
 
 def test_every_module_is_covered(tmp_path):
