@@ -142,8 +142,10 @@ attributes:
 requirements:
   - libvirt-python (python3-libvirt) on the target.
 notes:
-  - "SCHED_FIFO vCPUs need C(kernel.sched_rt_runtime_us=-1) on kernels with RT group scheduling, or the start fails
-    with C(Cannot set scheduler parameters ... Operation not permitted) (the C(host_prep) role sets it)."
+  - "SCHED_FIFO vCPUs need RT time on kernels with RT group scheduling, or the start fails with C(Cannot set scheduler
+    parameters ... Operation not permitted): C(kernel.sched_rt_runtime_us=-1) (the C(host_prep) role's default, which
+    turns RT throttling off host-wide), or throttling kept on with the C(cpu) controller left out of qemu.conf's
+    C(cgroup_controllers) (C(host_prep_libvirt_cgroup_controllers))."
 seealso:
   - module: rtvirt.kvm.pcpu_allocation
   - module: rtvirt.kvm.libvirt_partition
