@@ -43,6 +43,22 @@ ERRNO_RULES = {
     _errno.EOPNOTSUPP: "the cgroup type does not allow this (cgroup v2 threaded/domain rules)",
 }
 
+# The other controllers' knobs libvirt_partition writes: what the kernel's refusal of one means, by file and errno.
+KNOB_RULES = {
+    ("memory.limit_in_bytes", _errno.EINVAL): "on cgroup v1 memory.limit_in_bytes may not exceed "
+                                              "memory.memsw.limit_in_bytes (memory + swap): raise that one first",
+    ("memory.limit_in_bytes", _errno.EBUSY): "the cgroup uses more memory than the new limit and the kernel could "
+                                             "not reclaim enough",
+    ("memory.memsw.limit_in_bytes", _errno.EINVAL): "on cgroup v1 memory.memsw.limit_in_bytes (memory + swap) may "
+                                                    "not be below memory.limit_in_bytes",
+    ("memory.max", _errno.EINVAL): "the value is not a size in bytes or 'max'",
+    ("cpu.shares", _errno.EINVAL): "cpu.shares is a weight from 2 to 262144",
+    ("cpu.weight", _errno.ERANGE): "cpu.weight is a weight from 1 to 10000",
+    ("blkio.bfq.weight", _errno.ERANGE): "blkio.bfq.weight is a weight from 1 to 1000",
+    ("cpu.rt_runtime_us", _errno.EINVAL): "the RT time of a cgroup may not exceed its parent's, nor the sum of its "
+                                          "children's exceed its own",
+}
+
 
 class ApplyError(Exception):
     """A kernel write failed; ``rolled_back`` and ``rollback_failures`` say what was restored."""
@@ -136,7 +152,9 @@ class HostLock:
 def describe_failure(fs, op, exc):
     err = exc.errno or 0
     name = _errno.errorcode.get(err, str(err))
-    rule = fs.errno_rules.get(err, "the kernel refused it") if fs.errno_rules else None
+    rule = KNOB_RULES.get((op.knob, err)) if op.kind == WRITE else None
+    if rule is None and fs.errno_rules:
+        rule = fs.errno_rules.get(err, "the kernel refused it")
     return "%s failed: %s (%s)%s" % (fs.describe(op), exc.strerror or str(exc), name, ": " + rule if rule else "")
 
 

@@ -34,7 +34,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._bootloader import (
 from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import CmdlineParseError, missing_from_running, plan_edit
 from ansible_collections.rtvirt.kvm.plugins.module_utils._irq_plan import plan_irqs
 from ansible_collections.rtvirt.kvm.plugins.module_utils import _kvm as kvm
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionError, parse_qemu_conf_controllers
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_host import planned_steps
 
 # The regexp roles/host_prep/tasks/irqs.yml gives lineinfile: the last matching line is the one it edits.
@@ -334,11 +334,60 @@ def check_irqs(cpus, irqbalance_file, banned, proc_root="/proc", sys_root="/sys"
     return reasons
 
 
-def check_sysctl(path, content, value, proc_root="/proc"):
+# What lineinfile replaces in qemu.conf: the setting, or the commented default distributions ship.
+QEMU_CONF_CONTROLLERS_LINE = r"^\s*#?\s*cgroup_controllers\s*="
+_QEMU_CONF_CONTROLLERS_LINE = re.compile(QEMU_CONF_CONTROLLERS_LINE)
+RT_THROTTLING_OFF = (
+    "kernel.sched_rt_runtime_us=-1 turns RT throttling off on every CPU of the host: a runaway SCHED_FIFO task (a "
+    "vCPU spinning in its guest, a stuck driver thread) then owns its CPU for good, and the kernel threads bound to "
+    "that CPU never run there again. To keep throttling on, set host_prep_sched_rt_runtime_us to a number (the "
+    "kernel's default is 950000: FIFO tasks get 95%% of each CPU) and, on a kernel with RT group scheduling (%s), "
+    "host_prep_libvirt_cgroup_controllers to a list without cpu")
+
+
+def qemu_conf_controllers_line(controllers):
+    """The qemu.conf line host_prep writes for ``controllers`` (libvirt's names, in the order given)."""
+    return "cgroup_controllers = [ %s ]" % ", ".join('"%s"' % name for name in controllers)
+
+
+def check_qemu_conf(path, controllers):
+    """What the role's lineinfile would change in qemu.conf for ``controllers`` ([]: nothing)."""
+    text = read_or_none(path)
+    matching = [row for row in (text or "").splitlines() if _QEMU_CONF_CONTROLLERS_LINE.match(row)]
+    if not matching or matching[-1] != qemu_conf_controllers_line(controllers):
+        return ["%s does not set cgroup_controllers to %s" % (path, ", ".join(controllers) or "none")]
+    return []
+
+
+def rt_budget_warnings(value, pending, sys_root, qemu_conf, controllers):
+    """What the role says about the RT budget: RT throttling switched off by this run (``pending``: the area
+    differs), or kept on where libvirt's vCPU cgroups would get no RT time. ``controllers``: what the role writes
+    as qemu.conf's cgroup_controllers (None: qemu.conf as it is)."""
+    # RT group scheduling shows as the v1 cpu hierarchy's cpu.rt_runtime_us; cgroup v2 has no RT knob at all.
+    rt_groups = os.path.exists(os.path.join(sys_root, "fs", "cgroup", "cpu", "cpu.rt_runtime_us"))
+    if value == -1:
+        return [RT_THROTTLING_OFF % ("this kernel has it" if rt_groups else "this kernel shows none")] if pending else []
+    if not rt_groups:
+        return []
+    if controllers is None:
+        text = read_or_none(qemu_conf)
+        controllers = parse_qemu_conf_controllers(text) if text else None
+    if controllers is None or "cpu" in controllers:
+        return ["kernel.sched_rt_runtime_us stays %s and this kernel has RT group scheduling: libvirt gives every "
+                "vCPU's cpu cgroup cpu.rt_runtime_us=0, so a guest with SCHED_FIFO vCPUs fails to start (Cannot set "
+                "scheduler parameters ... Operation not permitted). Leave cpu out of "
+                "host_prep_libvirt_cgroup_controllers, or set host_prep_sched_rt_runtime_us to -1" % value]
+    return []
+
+
+def check_sysctl(path, content, value, proc_root="/proc", qemu_conf=None, controllers=None):
+    """The RT budget: the sysctl file and value, and (``controllers`` not None) qemu.conf's cgroup_controllers."""
     reasons = plan_file(path, content, 0o644)
     current = (read_or_none(os.path.join(proc_root, "sys", "kernel", "sched_rt_runtime_us")) or "").strip()
     if current != str(value):
         reasons.append("kernel.sched_rt_runtime_us is %s, not %s" % (current or "unreadable", value))
+    if controllers is not None:
+        reasons.extend(check_qemu_conf(qemu_conf, controllers))
     return reasons
 
 

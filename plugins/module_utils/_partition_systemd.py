@@ -351,6 +351,25 @@ def _set_partition(gate, pname, cpuset_fs, kind):
     return fs
 
 
+def _undo_unit(systemctl, gate, pname, unit_file, current, unit_changed, exc):
+    """Raise ApplyError for ``exc`` (systemd's refusal, in its words) once the unit change is undone."""
+    restored, failures = [], []
+    if unit_changed:
+        try:
+            if current is None:
+                if os.path.exists(unit_file):
+                    gate.unlink(unit_file)
+            else:
+                gate.replace_file(unit_file, current)
+            systemctl.run("daemon-reload")
+            restored.append("write %s" % unit_file)
+        except (OSError, PartitionError) as undo_exc:
+            failures.append("could not restore %s: %s" % (unit_file, undo_exc))
+    message = "%s: %s; %s" % (pname.slice, exc, "ROLLBACK INCOMPLETE: %s" % "; ".join(failures) if failures else
+                              "the unit change was undone" if restored else "nothing was changed")
+    raise ApplyError(message, list(gate.writes), restored, failures) from None
+
+
 def _apply(systemctl, gate, pname, unit_file, current, new, was_active, cpuset_fs, kind):
     """Unit file, daemon-reload and start through systemd; then the partition file on the slice's cgroup
     (planned again on what systemd really left).  A partition the kernel refuses or marks invalid undoes
@@ -368,11 +387,16 @@ def _apply(systemctl, gate, pname, unit_file, current, new, was_active, cpuset_f
             raise ApplyError("%s: %s; nothing was changed" % (pname.slice, exc), list(gate.writes), [], []) from None
         kind = None
         member_state = fs.read(pname.slice_path, PARTITION_FILE)
-    if unit_changed:
-        gate.replace_file(unit_file, new)
-        systemctl.run("daemon-reload")
-    if was_active != 0:
-        systemctl.run("start", pname.slice)
+    try:
+        if unit_changed:
+            gate.replace_file(unit_file, new)
+            systemctl.run("daemon-reload")
+        if was_active != 0:
+            systemctl.run("start", pname.slice)
+    except (OSError, PartitionError) as exc:
+        # systemd refused the unit or the start (an assertion, a masked parent, a failed dependency): put the
+        # unit file back, so that what systemd loads is what it loaded before this run.
+        _undo_unit(systemctl, gate, pname, unit_file, current, unit_changed, exc)
     if kind is None:
         return member_state
     try:

@@ -195,9 +195,24 @@ options:
         type: str
         required: true
       value:
-        description: kernel.sched_rt_runtime_us.
+        description:
+          - kernel.sched_rt_runtime_us.
+          - When it is V(-1) and differs from the host's, the module warns that RT throttling goes off host-wide. When
+            it is a number, the kernel has RT group scheduling and libvirt's C(cgroup_controllers) include C(cpu),
+            it warns that SCHED_FIFO vCPUs cannot start.
         type: int
         required: true
+      qemu_conf:
+        description: libvirt's C(qemu.conf).
+        type: path
+        default: /etc/libvirt/qemu.conf
+      cgroup_controllers:
+        description:
+          - The C(cgroup_controllers) C(qemu.conf) should set (host_prep's lineinfile line). Omitted, qemu.conf is
+            not checked.
+        type: list
+        elements: str
+        choices: [cpu, cpuacct, cpuset, memory, devices, freezer, blkio, net_cls, perf_event]
   verify:
     description: Return RV(cpu_isolation) for the planned realtime CPUs and partitions, and the violations of
       O(verify_kinds) host_prep answers for (RV(violations)).
@@ -413,6 +428,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._host_plan import (
     check_libvirt,
     check_partitions,
     check_sysctl,
+    rt_budget_warnings,
     cmdline_params,
     hook_kept_note,
     hook_layout,
@@ -430,7 +446,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._host_plan import (
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import gather
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_read import IsolationError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._kvm import DEVICE as KVM_DEVICE, udev_manages_devices
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import LIBVIRT_CONTROLLERS, PartitionNameError
 
 SYSTEMD_DIR = "/run/systemd/system"
 RPM_TOOLS = ("/usr/bin/rpm", "/usr/bin/dnf")
@@ -456,7 +472,10 @@ def get_argument_spec():
         irqs=dict(type="dict", options=dict(irqbalance_file=dict(type="path"))),
         sysctl=dict(type="dict", options=dict(path=dict(type="path", required=True),
                                               content=dict(type="str", required=True),
-                                              value=dict(type="int", required=True))),
+                                              value=dict(type="int", required=True),
+                                              qemu_conf=dict(type="path", default="/etc/libvirt/qemu.conf"),
+                                              cgroup_controllers=dict(type="list", elements="str",
+                                                                      choices=list(LIBVIRT_CONTROLLERS)))),
         verify=dict(type="bool", default=False),
         verify_kinds=dict(type="list", elements="str", default=list(VERIFY_KINDS)),
     )
@@ -549,7 +568,11 @@ def check(module, params, plan):
                                      plan["realtime_cpus"])
     if params["sysctl"] is not None:
         sysctl = params["sysctl"]
-        pending["sysctl"] = check_sysctl(sysctl["path"], sysctl["content"], sysctl["value"])
+        pending["sysctl"] = check_sysctl(sysctl["path"], sysctl["content"], sysctl["value"],
+                                         qemu_conf=sysctl["qemu_conf"], controllers=sysctl["cgroup_controllers"])
+        for warning in rt_budget_warnings(sysctl["value"], bool(pending["sysctl"]), params["sys_root"],
+                                          sysctl["qemu_conf"], sysctl["cgroup_controllers"]):
+            module.warn(warning)
     extra["pending"] = {area: reasons for area, reasons in pending.items() if reasons}
     extra["summary"] = summary(dict(plan, **extra), params["narrow_machine"])
     return extra

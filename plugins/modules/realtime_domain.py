@@ -21,6 +21,12 @@ description:
   - Only the parts it owns are compared, normalized (CPU lists as sets, memory in KiB). An unchanged guest
     is not redefined and the module reports no change.
   - With O(running=true) it starts the guest when it is not running.
+  - "What survives a libvirtd restart (or crash) in the middle of a run: one C(defineXML) carries every owned part, so the
+    definition libvirt keeps is the old one or the new one, never one without its pins or partition; nothing is pinned
+    live. A start or power-off that fails after the define names what is left: a guest this run defined is undefined
+    again (over a fresh connection), any other is fully defined, and the message says to rerun the same call."
+  - A running guest is compared by what it runs too, so a rerun after a define whose restart was cut off still reports
+    RV(restart_needed), or with O(restart=true) restarts it.
   - V(absent) powers the guest off (C(destroy)) and removes its definition (C(undefine)). It never deletes a file;
     disks stay, and so do the NVRAM of a UEFI guest and its TPM state (the undefine keeps them).
   - The module does not choose pCPUs; use M(rtvirt.kvm.pcpu_allocation) for that, or the
@@ -158,8 +164,10 @@ attributes:
 requirements:
   - libvirt-python (python3-libvirt) on the target.
 notes:
-  - "SCHED_FIFO vCPUs need C(kernel.sched_rt_runtime_us=-1) on kernels with RT group scheduling, or the start fails
-    with C(Cannot set scheduler parameters ... Operation not permitted) (the C(host_prep) role sets it)."
+  - "SCHED_FIFO vCPUs need RT time on kernels with RT group scheduling, or the start fails with C(Cannot set scheduler
+    parameters ... Operation not permitted): C(kernel.sched_rt_runtime_us=-1) (the C(host_prep) role's default, which
+    turns RT throttling off host-wide), or throttling kept on with the C(cpu) controller left out of qemu.conf's
+    C(cgroup_controllers) (C(host_prep_libvirt_cgroup_controllers))."
 seealso:
   - module: rtvirt.kvm.pcpu_allocation
   - module: rtvirt.kvm.libvirt_partition
@@ -244,6 +252,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._domain_xml import (
     DomainSpecError,
     check_name,
     check_spec,
+    differences,
     owned_view,
     plan_definition,
     view_text,
@@ -296,6 +305,7 @@ class _Libvirt:
             raise LibvirtError("%s: %s" % (what, exc), exc) from exc
 
     def open(self):
+        self.close()
         self.conn = self.call("cannot connect to %s (is libvirtd running?)" % self.uri, self.libvirt.open, self.uri)
 
     def lookup(self, name):
@@ -305,6 +315,9 @@ class _Libvirt:
             if exc.get_error_code() == self.libvirt.VIR_ERR_NO_DOMAIN:
                 return None
             raise LibvirtError("cannot look up guest %s: %s" % (name, exc), exc) from exc
+
+    def live_xml(self, dom):
+        return self.call("cannot read the running definition of %s" % dom.name(), dom.XMLDesc, 0)
 
     def inactive_xml(self, dom):
         return self.call("cannot read the definition of %s" % dom.name(), dom.XMLDesc,
@@ -331,7 +344,11 @@ class _Libvirt:
 
     def close(self):
         if self.conn is not None:
-            self.conn.close()
+            conn, self.conn = self.conn, None
+            try:
+                conn.close()
+            except self.libvirt.libvirtError:
+                pass  # a connection libvirtd dropped (restarted): nothing left to close
 
 
 def _spec(params, domain_type):
@@ -351,17 +368,20 @@ def _present(module, virt, spec, result):
     result["xml"] = rendered
     result["differences"] = plan.differences
     active = bool(dom is not None and virt.call("cannot query %s" % spec.name, dom.isActive))
+    # What runs is compared too: a run that defined and was cut off before its restart (libvirtd restarted,
+    # the run killed) leaves a complete new definition and a guest on the old pins, which the next run must see.
+    stale = differences(virt.live_xml(dom), rendered) if active else []
     result["defined"] = bool(result["differences"])
     if module._diff:
         result["diff"] = dict(before=view_text(owned_view(current)) if current is not None else "",
                               after=view_text(owned_view(rendered)),
                               before_header="%s %s (defined)" % (params["uri"], spec.name),
                               after_header="%s %s (wanted)" % (params["uri"], spec.name))
-    restart = result["defined"] and active
+    restart = bool(stale)
     if restart and not params["restart"]:
         result["restart_needed"] = True
         module.warn("guest %s is running with its old definition (%s changed); it takes effect at the next start, "
-                    "or set restart=true" % (spec.name, ", ".join(result["differences"])))
+                    "or set restart=true" % (spec.name, ", ".join(stale)))
     result["destroyed"] = restart and params["restart"]
     result["started"] = params["running"] and (not active or result["destroyed"])
     if result["started"]:
@@ -372,23 +392,41 @@ def _present(module, virt, spec, result):
         return
     if result["defined"]:
         # The lock spans the re-check and the define, so that no other writer defines in between; it is not held
-        # while the guest starts (the qemu hook may wait for the cpuset engine's lock then).
+        # while the guest starts (the qemu hook may wait for the cpuset engine's lock then). One defineXML carries
+        # every owned part, so whatever happens to libvirtd, the definition on disk is the old one or the new one.
         with HostLock(PCPU_LOCK_PATH, timeout=params["lock_timeout"], owner="realtime_domain %s" % spec.name):
             _check_claim(virt, spec.name, rendered, result)
-            dom = virt.call("libvirt refused the definition of %s" % spec.name, virt.conn.defineXML, rendered)
-    if result["destroyed"]:
-        virt.call("cannot power off %s" % spec.name, dom.destroy)
-    if result["started"]:
-        try:
+            dom = virt.call("libvirt refused the definition of %s; nothing was changed, rerun the same call"
+                            % spec.name, virt.conn.defineXML, rendered)
+    try:
+        if result["destroyed"]:
+            virt.call("cannot power off %s" % spec.name, dom.destroy)
+        if result["started"]:
             virt.call("cannot start %s (partition %s must exist in every cgroup controller and hold both the vCPU "
-                      "and the emulator CPUs; FIFO vCPUs need kernel.sched_rt_runtime_us=-1)"
-                      % (spec.name, spec.partition), dom.create)
-        except LibvirtError:
-            if current is None:  # a guest this run defined: leave the host as it was
-                virt.call("cannot undefine %s after its failed start" % spec.name, dom.undefineFlags,
-                          virt.keep_files_flags())
-                result["defined"] = False
-            raise
+                      "and the emulator CPUs; FIFO vCPUs need RT time: kernel.sched_rt_runtime_us=-1, or the cpu "
+                      "controller left out of qemu.conf cgroup_controllers)" % (spec.name, spec.partition), dom.create)
+    except LibvirtError as exc:
+        raise _settled(virt, spec.name, current is None and result["defined"], exc, result) from exc
+
+
+def _settled(virt, name, new, exc, result):
+    """The failure of a power-off or start after the definition was written, with what it left behind. The
+    connection may be the casualty (libvirtd restarted), so a fresh one looks. A guest this run defined is
+    undefined again, leaving the host as it was; otherwise the definition is complete and the error says so."""
+    try:
+        virt.open()
+        dom = virt.lookup(name)
+        if new and dom is not None and not virt.call("cannot query %s" % name, dom.isActive):
+            virt.call("cannot undefine %s after its failed start" % name, dom.undefineFlags, virt.keep_files_flags())
+            result.update(defined=False, started=False)
+            return LibvirtError("%s; %s is not defined any more, rerun the same call" % (exc, name), exc.exception)
+        state = "not defined" if dom is None else (
+            "running" if virt.call("cannot query %s" % name, dom.isActive) else "defined but not running")
+    except LibvirtError as again:
+        state = "in an unknown state (%s)" % again
+    result.update(started=False)
+    return LibvirtError("%s; %s is %s, its definition is complete (every pin, the partition, the scheduler): rerun "
+                        "the same call to finish" % (exc, name, state), exc.exception)
 
 
 def _check_claim(virt, name, rendered, result):

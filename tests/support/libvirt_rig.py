@@ -269,6 +269,44 @@ def stop(state_dir, stop_timeout=DEFAULT_STOP_TIMEOUT):
         return _stop_locked(pathlib.Path(state_dir).resolve(), stop_timeout)
 
 
+def restart_libvirtd(state_dir, stop_timeout=DEFAULT_STOP_TIMEOUT, ready_timeout=DEFAULT_READY_TIMEOUT):
+    """Stop this rig's libvirtd (its own or the one it reuses) by PID and start it again with the same command
+    line and environment, as an operator's restart does; running guests stay up (libvirtd reconnects to them).
+    Every registered rig that recorded the old daemon records the new one. Returns the Rig after the restart."""
+    state_dir = pathlib.Path(state_dir).resolve()
+    with _machine_lock():
+        state = _load_state(state_dir)
+        record = state["libvirtd"]
+        if not _same_process(record):
+            raise RigError("libvirtd (pid %d) of rig %s is not running" % (record["pid"], state_dir))
+        proc = pathlib.Path("/proc/%d" % record["pid"])
+        argv = proc.joinpath("cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
+        env = dict(item.split("=", 1) for item in proc.joinpath("environ").read_bytes().decode().split("\0")
+                   if "=" in item)
+        pid_file = pathlib.Path(argv[argv.index("--pid-file") + 1]) if "--pid-file" in argv else None
+        _terminate(record, stop_timeout)
+        _run(argv, env=env, timeout=60)
+        deadline = time.monotonic() + 10
+        pid = None
+        while pid is None and time.monotonic() < deadline:
+            try:
+                pid = int(pid_file.read_text().strip()) if pid_file else running_daemon_pid("libvirtd")
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        if pid is None:
+            raise RigError("libvirtd restarted as %s but its pid is unknown" % " ".join(argv))
+        fresh = _record(pid, owned=record["owned"])
+        for entry in [state_dir] + sorted(pathlib.Path(json.loads(path.read_text())["state_dir"])
+                                          for path in (MACHINE_DIR / "rigs").glob("*.json")):
+            other = _load_state(entry)
+            if other.get("libvirtd", {}).get("pid") == record["pid"]:
+                other["libvirtd"] = dict(fresh, owned=other["libvirtd"]["owned"])
+                _save_state(entry, other)
+        state = _load_state(state_dir)
+        _wait_until_answering(state, ready_timeout)
+    return _rig_from_state(state_dir, state)
+
+
 def _stop_locked(state_dir, stop_timeout):
     report = {"stopped": [], "handed_over": [], "left_running": [], "guests_left_running": [],
               "removed_cgroup_dirs": [], "kept_cgroup_dirs": []}

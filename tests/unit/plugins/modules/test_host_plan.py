@@ -125,6 +125,44 @@ def test_sysctl(tmp_path):
     assert hs.check_sysctl(path, "x = 1\n", -1, proc_root=proc) == ["kernel.sched_rt_runtime_us is 950000, not -1"]
 
 
+@pytest.mark.parametrize("text, pending", [
+    (None, True),
+    ('#cgroup_controllers = [ "cpu", "devices", "memory", "blkio", "cpuset", "cpuacct" ]\n', True),
+    ('cgroup_controllers = [ "cpuset", "memory" ]\n', False),
+    ('cgroup_controllers = [ "cpuset", "memory" ]\n#cgroup_controllers = [ "cpu" ]\n', True),  # the last match
+    ('cgroup_controllers = [ "cpu", "cpuset", "memory" ]\n', True),
+])
+def test_qemu_conf_controllers_follow_lineinfile(tmp_path, text, pending):
+    proc = str(tmp_path / "proc")
+    write(proc + "/sys/kernel/sched_rt_runtime_us", "950000\n")
+    sysctl = str(tmp_path / "90.conf")
+    write(sysctl, "x = 1\n", 0o644)
+    conf = str(tmp_path / "qemu.conf")
+    if text is not None:
+        write(conf, text)
+    reasons = hs.check_sysctl(sysctl, "x = 1\n", 950000, proc_root=proc, qemu_conf=conf,
+                              controllers=["cpuset", "memory"])
+    assert bool(reasons) == pending, reasons
+    assert hs.check_sysctl(sysctl, "x = 1\n", 950000, proc_root=proc, qemu_conf=conf) == []  # not asked: not read
+
+
+def test_rt_budget_warnings(tmp_path):
+    rt_groups = str(tmp_path / "rt")
+    write(rt_groups + "/fs/cgroup/cpu/cpu.rt_runtime_us", "950000\n")
+    plain = str(tmp_path / "plain")
+    os.makedirs(plain + "/fs/cgroup/cpu")
+    conf = str(tmp_path / "qemu.conf")
+    off = hs.rt_budget_warnings(-1, True, rt_groups, conf, None)
+    assert len(off) == 1 and "turns RT throttling off on every CPU" in off[0] and "this kernel has it" in off[0]
+    assert hs.rt_budget_warnings(-1, False, rt_groups, conf, None) == []  # not set by this run: said when it was
+    refused = hs.rt_budget_warnings(950000, False, rt_groups, conf, None)  # no qemu.conf: libvirt uses cpu
+    assert len(refused) == 1 and "fails to start" in refused[0]
+    assert hs.rt_budget_warnings(950000, False, rt_groups, conf, ["cpuset", "memory"]) == []
+    write(conf, 'cgroup_controllers = [ "cpuset", "memory" ]\n')
+    assert hs.rt_budget_warnings(950000, False, rt_groups, conf, None) == []
+    assert hs.rt_budget_warnings(950000, False, plain, conf, ["cpu"]) == []  # no RT group scheduling: no problem
+
+
 def test_hook_layout_is_compared_as_data(tmp_path):
     hook = str(tmp_path / "hooks" / "qemu")
     layout_path = str(tmp_path / "hooks" / "layout.json")

@@ -216,11 +216,14 @@ class FakeSystemctl:
     def __init__(self):
         self.calls = []
         self.active = set()
+        self.refuse_start = None  # systemd's words when it refuses a start
 
     def __call__(self, argv):
         self.calls.append(argv[1:])
         if argv[1] == "is-active":
             return (0 if argv[2] in self.active else 3), "", ""
+        if argv[1] == "start" and self.refuse_start:
+            return 1, "", self.refuse_start
         if argv[1] == "start":
             self.active.add(argv[2])
         if argv[1] == "stop":
@@ -259,6 +262,27 @@ def test_systemd_slice_unit(systemd_host):
     gone = run({"name": "/machine/my-rt", "state": "absent"})
     assert gone["changed"] and not unit.exists()
     assert ["stop", "machine-my\\x2drt.slice"] in fake.calls
+
+
+def test_systemd_refused_start_undoes_the_unit(systemd_host):
+    host, fake = systemd_host
+    fake.refuse_start = "Assertion failed on job for machine-rt.slice."
+    failed = run({"name": "/machine/rt", "cpus": "2-3"})
+    assert failed.get("failed")
+    assert "machine-rt.slice: " in failed["msg"] and "Assertion failed on job for machine-rt.slice." in failed["msg"]
+    assert "the unit change was undone" in failed["msg"], failed["msg"]
+    assert not (host / "etc-systemd" / "machine-rt.slice").exists()
+    assert fake.calls[-1] == ["daemon-reload"]
+    # An existing unit gets its old text back.
+    fake.refuse_start = None
+    run({"name": "/machine/rt", "cpus": "2-3"})
+    unit = host / "etc-systemd" / "machine-rt.slice"
+    before = unit.read_text()
+    fake.active.discard("machine-rt.slice")
+    fake.refuse_start = "Unit machine.slice is masked."
+    failed = run({"name": "/machine/rt", "cpus": "2"})
+    assert failed.get("failed") and "Unit machine.slice is masked." in failed["msg"], failed
+    assert unit.read_text() == before
 
 
 def test_systemd_machine_is_a_drop_in_never_a_replacement_unit(systemd_host):

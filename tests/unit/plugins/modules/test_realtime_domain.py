@@ -29,12 +29,13 @@ class FakeError(Exception):
 class FakeDom:
     def __init__(self, host, xml):
         self.host, self.xml, self.active = host, xml, False
+        self.live = None  # the running definition, when a test makes it differ from the persistent one
 
     def name(self):
         return ET.fromstring(self.xml).findtext("name")
 
     def XMLDesc(self, flags):  # noqa: N802 (libvirt's name)
-        return self.xml
+        return self.live if flags == 0 and self.live is not None else self.xml
 
     def isActive(self):  # noqa: N802
         return self.active
@@ -43,7 +44,7 @@ class FakeDom:
         if self.host.fail_start:
             raise FakeError("Cannot set scheduler parameters for pid 1: Operation not permitted")
         self.host.calls.append(("create", self.name()))
-        self.active = True
+        self.active, self.live = True, None
 
     def destroy(self):
         self.host.calls.append(("destroy", self.name()))
@@ -123,6 +124,23 @@ def test_changed_running_guest_warns_or_restarts(host):
     result = run_module(realtime_domain, dict(changed, fifo_priority=30, restart=True))
     assert result["destroyed"] and result["started"]
     assert host.calls[-3:] == [("define", "rt1"), ("destroy", "rt1"), ("create", "rt1")]
+
+
+def test_guest_running_an_older_definition_is_restarted_by_the_rerun(host):
+    """A run that defined and was cut off before its restart (libvirtd restarted) leaves the guest on its old
+    definition; the rerun finds nothing to define but sees what runs, and restarts it."""
+    run_module(realtime_domain, ARGS)
+    old = host.domains["rt1"].xml
+    changed = dict(ARGS, fifo_priority=20)
+    run_module(realtime_domain, changed)
+    host.domains["rt1"].live = old
+    told = run_module(realtime_domain, changed)
+    assert not told["defined"] and told["restart_needed"] and not told["changed"]
+    assert any("vcpusched changed" in w for w in told["warnings"])
+    result = run_module(realtime_domain, dict(changed, restart=True))
+    assert not result["defined"] and result["destroyed"] and result["started"]
+    assert host.calls[-2:] == [("destroy", "rt1"), ("create", "rt1")]
+    assert not run_module(realtime_domain, dict(changed, restart=True))["changed"]
 
 
 def test_absent(host):
