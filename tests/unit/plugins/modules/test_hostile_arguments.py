@@ -468,6 +468,9 @@ def _seams(name, fake, monkeypatch):
         monkeypatch.setattr(module, "check_libvirt",
                             functools.partial(_host_plan.check_libvirt, proc_root=h + "/proc",
                                               log_dir=h + "/var/log/libvirt"))
+    if name == "host_tuning":
+        # Threads of a fake /proc are numbers of real ones: the gate's thread calls touch nothing.
+        monkeypatch.setattr(module, "GATE", module.Gate(setaffinity=lambda *_a: None, setscheduler=lambda *_a: None))
     if name == "remediation_findings":
         real = {"/etc/libvirt/qemu.conf": h + "/etc/libvirt/qemu.conf", "/proc/cgroups": h + "/proc/cgroups"}
         read = module._read
@@ -503,6 +506,10 @@ def calls(fake):
                        "hook": {"path": h + "/etc/libvirt/hooks/qemu", "content": "#!/bin/sh\n",
                                 "layout_path": h + "/etc/libvirt/hooks/rtvirt-kvm-layout.json"},
                        "libvirt": {"packages": ["libvirt-daemon"]}, "verify": True}, {}),
+        "host_tuning": ({"realtime_cpus": "2-3"},
+                        {"proc_root": h + "/proc", "sys_root": h + "/sys", "tuned_dir": h + "/etc/tuned",
+                         "tuned_profiles_dir": h + "/usr/lib/tuned", "modprobe_file": h + "/etc/modprobe.d/rt.conf",
+                         "sysctl_file": h + "/etc/sysctl.d/91-rt.conf"}),
         "irq_affinity": ({"cpus": "0-1,4-5", "proc_root": h + "/proc", "sys_root": h + "/sys"}, {}),
         "kernel_cmdline": ({"params": {"isolcpus": "2-3", "nohz_full": "2-3"}, "absent": ["splash"],
                             "root": h, "path": "/etc/default/grub", "proc_cmdline": h + "/proc/cmdline"},
@@ -520,8 +527,8 @@ def calls(fake):
 REAL_READS = {"cgroup_cpuset": re.compile(r"^/proc/\d+/(task|cgroup)$")}
 
 MODULES = sorted(p.stem for p in MODULES_DIR.glob("*.py") if not p.name.startswith("_"))
-COVERED = ("cgroup_cpuset", "cpu_isolation_facts", "guest_plan", "host_plan", "irq_affinity", "kernel_cmdline",
-           "libvirt_partition", "pcpu_allocation", "realtime_domain", "remediation_findings")
+COVERED = ("cgroup_cpuset", "cpu_isolation_facts", "guest_plan", "host_plan", "host_tuning", "irq_affinity",
+           "kernel_cmdline", "libvirt_partition", "pcpu_allocation", "realtime_domain", "remediation_findings")
 
 
 def test_every_module_is_covered(tmp_path):
