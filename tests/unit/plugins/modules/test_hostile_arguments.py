@@ -465,6 +465,10 @@ def _seams(name, fake, monkeypatch):
         monkeypatch.setattr(module, "check_irqs",
                             functools.partial(_host_plan.check_irqs, proc_root=h + "/proc", sys_root=h + "/sys"))
         monkeypatch.setattr(module, "check_sysctl", functools.partial(_host_plan.check_sysctl, proc_root=h + "/proc"))
+        if hasattr(module, "check_tuning"):
+            monkeypatch.setattr(module, "check_tuning", functools.partial(
+                module.check_tuning, proc_root=h + "/proc", sys_root=h + "/sys", tuned_dir=h + "/etc/tuned",
+                tuned_profiles_dir=h + "/usr/lib/tuned"))
         monkeypatch.setattr(module, "check_libvirt",
                             functools.partial(_host_plan.check_libvirt, proc_root=h + "/proc",
                                               log_dir=h + "/var/log/libvirt"))
