@@ -93,8 +93,9 @@ class Change(object):
         self.item, self.kind, self.target, self.before, self.after, self.what = item, kind, target, before, after, what
 
     def words(self):
-        return "%s: %s is %s, not %s" % (self.item, self.what, self.before if self.before is not None else "missing",
-                                           self.after if self.kind != "file" else "what host_prep writes")
+        if self.kind == "file":
+            return "%s: %s %s" % (self.item, self.what, "is missing" if self.before is None else "differs")
+        return "%s: %s is %s, not %s" % (self.item, self.what, self.before, self.after)
 
     def item_dict(self):
         return {"item": self.item, "kind": self.kind, "target": str(self.target), "what": self.what,
@@ -477,6 +478,5 @@ def tuned_note(tuned):
     if not tuned:
         return None
     left = tuned["items"] + ["sysctl " + name for name in tuned["sysctls"]]
-    return ("TuneD is active (profile %s; %s): host_prep leaves to it %s"
-            % (" ".join(tuned["profiles"]), tuned["how"], ", ".join(left) if left else "nothing (its profile sets none"
-                                                                              " of host_prep's tuning items)"))
+    what = ", ".join(left) if left else "nothing (its profiles set none of host_prep's tuning items)"
+    return "TuneD is active (profile %s; %s): host_prep leaves to it %s" % (" ".join(tuned["profiles"]), tuned["how"], what)

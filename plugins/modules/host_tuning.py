@@ -64,10 +64,11 @@ options:
     default: true
   kvm_params:
     description:
-      - Module name to parameter name to value. The default is what TuneD's realtime-virtual-host sets:
-        C(kvm.kvmclock_periodic_sync=N) (no periodic kvmclock update work), C(kvm.nx_huge_pages=N) (no
-        C(kvm-nx-lpage-recovery) thread beside the vCPUs; a security trade-off on CPUs affected by iTLB multihit)
-        and C(kvm_intel.ple_gap=0) (no pause-loop exits).
+      - Module name to parameter name to value.
+      - "The default is what TuneD's realtime-virtual-host sets: C(kvm.kvmclock_periodic_sync=N) (no periodic
+        kvmclock update work), C(kvm.nx_huge_pages=N) (the C(kvm-nx-lpage-recovery) thread beside the vCPUs stays
+        idle; a security trade-off on CPUs affected by iTLB multihit) and C(kvm_intel.ple_gap=0) (no pause-loop
+        exits)."
     type: dict
     default: {kvm: {kvmclock_periodic_sync: "N", nx_huge_pages: "N"}, kvm_intel: {ple_gap: "0"}}
   modprobe_file:

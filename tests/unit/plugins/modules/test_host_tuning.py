@@ -107,8 +107,8 @@ class Tree(object):
 @pytest.fixture
 def tree(tmp_path, monkeypatch):
     made = Tree(tmp_path)
-    monkeypatch.setattr(host_tuning, "GATE", _host_tuning.Gate(setaffinity=made.setaffinity,
-                                                              setscheduler=made.setscheduler))
+    gate = _host_tuning.Gate(setaffinity=made.setaffinity, setscheduler=made.setscheduler)
+    monkeypatch.setattr(host_tuning, "GATE", gate)
     return made
 
 
