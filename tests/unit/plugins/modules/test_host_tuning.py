@@ -227,3 +227,41 @@ def test_builtin_kvm_goes_on_the_command_line(tmp_path):
     params = _host_tuning.cmdline_params("0", {"kvm": {"kvm": {"nx_huge_pages": "N"}}}, sys_root=str(tmp_path),
                                          release="5.14")
     assert params == {"kvm.nx_huge_pages": "N"}
+
+
+class _Warner(object):
+    def __init__(self):
+        self.warnings = []
+
+    def warn(self, text):
+        self.warnings.append(text)
+
+
+def _plan_call(tree, **options):
+    from ansible_collections.rtvirt.kvm.plugins.modules import host_plan
+    spec = _host_tuning.argument_spec()
+    given = dict({key: value["default"] for key, value in spec.items()}, modprobe_file=tree.args()["modprobe_file"],
+                 sysctl_file=tree.args()["sysctl_file"], **options)
+    return host_plan.check_tuning(_Warner(), given, "2-3", "0-1", proc_root=tree.proc, sys_root=tree.sys,
+                                  tuned_dir=tree.etc + "/tuned", tuned_profiles_dir=str(tree.root / "usr/lib/tuned"))
+
+
+def test_host_plan_plans_the_area_with_the_modules_planner(tree):
+    planned = _plan_call(tree)
+    checked = run_module(host_tuning, tree.args(), check_mode=True)
+    assert len(planned["reasons"]) == len(checked["changes"]) + len(checked["reboot_reasons"])
+    assert planned["verify_kinds"] == ["workqueue_cpumask", "kthread_on_isolated"]
+    run_module(host_tuning, tree.args())
+    after = _plan_call(tree)
+    # Converged but for ple_gap, which is read-only until kvm_intel is reloaded.
+    assert after["reasons"] == after["reboot_reasons"] and len(after["reboot_reasons"]) == 1
+    assert _plan_call(tree, kthreads=False, workqueue=False)["verify_kinds"] == []
+
+
+def test_host_plan_leaves_tuneds_items_out_of_the_plan_and_the_command_line(tree):
+    _tuned(tree, daemon=True)
+    planned = _plan_call(tree)
+    assert planned["left_to_tuned"][:4] == ["ksm", "kthreads", "kvm", "workqueue"]
+    assert planned["verify_kinds"] == []
+    assert not [key for key in planned["cmdline_params"] if key.startswith(("kvm", "workqueue"))]
+    assert not [r for r in planned["reasons"] if r.startswith(("ksm", "kthreads", "kvm", "workqueue"))]
