@@ -373,8 +373,9 @@ def restore(force=False):
 
     for path, record in snapshot["files"].items():
         step("file %s" % path, _restore_file, path, record, report)
-    # In snapshot order: the workqueue cpumask before each workqueue's own, which must lie within it.
-    for path, value in snapshot["sysctls"].items():
+    # The workqueue cpumask before each workqueue's own, which must lie within it (the snapshot's keys are sorted).
+    global_mask = "/sys/devices/virtual/workqueue/cpumask"
+    for path, value in sorted(snapshot["sysctls"].items(), key=lambda item: item[0] != global_mask):
         if pathlib.Path(path).read_text().strip() != value:
             step("sysctl %s" % path, pathlib.Path(path).write_text, value)
             report.append("restored %s = %s" % (path, value))
