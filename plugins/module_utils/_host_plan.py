@@ -39,7 +39,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_host import 
 
 # The regexp roles/host_prep/tasks/irqs.yml gives lineinfile: the last matching line is the one it edits.
 _IRQBALANCE_LINE = re.compile(r"^#?\s*IRQBALANCE_BANNED_CPULIST=")
-AREAS = ("cmdline", "libvirt", "hook", "partitions", "irqs", "sysctl")
+AREAS = ("cmdline", "libvirt", "hook", "partitions", "irqs", "sysctl", "tuning")
 
 
 def _mode(path):

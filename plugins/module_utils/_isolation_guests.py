@@ -134,6 +134,19 @@ def classify_qemu_thread(comm, tid, vcpu_tids):
     return "emulator", None
 
 
+def worker_fix(role, comm):
+    """The setting that takes a guest's non-vCPU thread off the realtime CPUs, in words."""
+    if comm.startswith("kvm-nx-lpage"):
+        return ("KVM starts it from the first vCPU, in that vCPU's cgroup: kvm.nx_huge_pages=N (or "
+                "kvm.nx_huge_pages_recovery_ratio=0) leaves it idle there, kvm.nx_huge_pages=never on the kernel "
+                "command line (6.3+) keeps KVM from starting it; rtvirt.kvm.host_prep's host_prep_kvm_params set it")
+    if role == "kernel_worker":
+        return ("a kernel worker of the guest (vhost, ...) runs in the cgroup of the thread that created it: pin the "
+                "emulator (<emulatorpin>, realtime_domain's emulator_cpus) on housekeeping CPUs before it starts")
+    return ("pin it on housekeeping CPUs (<%spin>, realtime_domain's emulator_cpus)"
+            % ("iothread" if role == "iothread" else "emulator"))
+
+
 def guest_facts(guest, scan, cgroups, isolated, violations, given):
     """One guest's facts with its threads; a ``pinning_drift`` violation per thread that differs from the domain
     XML, and in ``given`` the isolated CPUs the XML gives each thread's cgroup."""
@@ -187,6 +200,24 @@ def guest_facts(guest, scan, cgroups, isolated, violations, given):
             # Beside the threads, for the operator who asks "where do my I/O threads run": libvirt's iothreadN cgroup.
             facts["iothreads"].append({"id": number, "tid": tid, "cgroup": path, "cpuset": format_cpus(cpuset),
                                        "affinity": format_cpulist(affinity), "pinning": format_cpus(pin)})
+        # Allowed on housekeeping CPUs too, the thread is a thread_on_isolated leak already; only here, inside the
+        # isolated CPUs, does it look placed on purpose.
+        if role != "vcpu" and affinity and affinity <= isolated:
+            label = "%s %s" % (role.replace("_", " "), number) if number is not None else role.replace("_", " ")
+            violations.append({
+                "kind": "guest_thread_on_isolated",
+                "offender": "guest %s %s (tid %d, %s)" % (name, label, tid, comm),
+                "message": "guest %s: %s thread %d (%s, policy %s, priority %d) may run on isolated CPUs %s (cgroup %s); %s"
+                           % (name, label, tid, comm, POLICIES.get(policy, str(policy)), rt_priority,
+                              format_cpulist(affinity & isolated), path, worker_fix(role, comm)),
+                "guest": name,
+                "role": role,
+                "id": number,
+                "tid": tid,
+                "comm": comm,
+                "cpus": format_cpulist(affinity & isolated),
+                "cgroup": path,
+            })
         if pin is None:
             continue
         if path is not None and pin & isolated:

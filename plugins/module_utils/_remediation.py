@@ -129,7 +129,7 @@ def findings(cpuset, present, partitions, partition_dirs, running, violations, r
             movable = violation.get("changeable") is not False
             result.append({"kind": kind, "target": violation["offender"], "message": violation["message"],
                            "fix": {"module": "irq_affinity"} if movable else None})
-        elif kind in ("thread_on_isolated", "kthread_on_isolated", "workqueue_cpumask"):
+        elif kind in ("thread_on_isolated", "kthread_on_isolated", "workqueue_cpumask", "guest_thread_on_isolated"):
             result.append({"kind": kind, "target": violation["offender"], "message": violation["message"],
                            "fix": None})
     return result

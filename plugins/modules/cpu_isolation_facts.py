@@ -282,8 +282,11 @@ ansible_facts:
               C(effective), C(changeable), C(note)), C(irq_default_affinity), C(workqueue_cpumask),
               C(cgroup_cpuset) (C(path), C(cpuset)), C(pinning_drift) (a guest thread whose domain XML pinning,
               cgroup C(cpuset.cpus) and real affinity differ; C(guest), C(role), C(id), C(tid), C(xml),
-              C(cgroup), C(cpuset), C(affinity)) and C(cmdline_mismatch) (the command line asks what the kernel
-              does not report; C(requested), C(reported))."
+              C(cgroup), C(cpuset), C(affinity)), C(guest_thread_on_isolated) (a guest thread other than a vCPU,
+              such as KVM's C(kvm-nx-lpage-recovery) worker in a vCPU's cgroup, allowed on isolated CPUs only, with
+              the setting that removes it in the message; C(guest), C(role), C(id), C(tid), C(comm), C(cpus),
+              C(cgroup)) and C(cmdline_mismatch) (the command line asks what the kernel does not report;
+              C(requested), C(reported))."
           returned: always
           type: list
           elements: dict

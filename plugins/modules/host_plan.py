@@ -213,6 +213,61 @@ options:
         type: list
         elements: str
         choices: [cpu, cpuacct, cpuset, memory, devices, freezer, blkio, net_cls, perf_event]
+  tuning:
+    description:
+      - Check the run-time tuning M(rtvirt.kvm.host_tuning) does (workqueue cpumask, movable kernel threads, KSM,
+        KVM module parameters, PREEMPT_RT kernel thread priorities, sysctls, machine check polling), with its
+        planner, for the realtime CPUs and RV(irq_cpus). Its options are host_tuning's, with the same defaults.
+      - It also adds the boot-time equivalents to RV(cmdline_params) (C(workqueue.unbound_cpus) on kernels 6.6 and
+        later, the KVM parameters when KVM is compiled into the kernel) and the facts' C(workqueue_cpumask) and
+        C(kthread_on_isolated) kinds to RV(verify_kinds). What an active TuneD sets is left to it (RV(tuning)).
+    type: dict
+    suboptions:
+      workqueue:
+        description: host_tuning's O(rtvirt.kvm.host_tuning#module:workqueue).
+        type: bool
+        default: true
+      kthreads:
+        description: host_tuning's O(rtvirt.kvm.host_tuning#module:kthreads).
+        type: bool
+        default: true
+      ksm:
+        description: host_tuning's O(rtvirt.kvm.host_tuning#module:ksm).
+        type: bool
+        default: true
+      kvm:
+        description: host_tuning's O(rtvirt.kvm.host_tuning#module:kvm).
+        type: bool
+        default: true
+      kvm_params:
+        description: host_tuning's O(rtvirt.kvm.host_tuning#module:kvm_params).
+        type: dict
+        default: {kvm: {kvmclock_periodic_sync: "N", nx_huge_pages: "N"}, kvm_intel: {ple_gap: "0"}}
+      modprobe_file:
+        description: host_tuning's O(rtvirt.kvm.host_tuning#module:modprobe_file).
+        type: path
+        default: /etc/modprobe.d/rtvirt-kvm.conf
+      rt_priorities:
+        description: host_tuning's O(rtvirt.kvm.host_tuning#module:rt_priorities).
+        type: bool
+        default: true
+      sysctl:
+        description: host_tuning's O(rtvirt.kvm.host_tuning#module:sysctl).
+        type: dict
+        default: {kernel.timer_migration: "0", vm.stat_interval: "10", kernel.hung_task_timeout_secs: "600",
+                  kernel.nmi_watchdog: "0", kernel.numa_balancing: "0"}
+      sysctl_file:
+        description: host_tuning's O(rtvirt.kvm.host_tuning#module:sysctl_file).
+        type: path
+        default: /etc/sysctl.d/91-rtvirt-kvm-tuning.conf
+      mce:
+        description: host_tuning's O(rtvirt.kvm.host_tuning#module:mce).
+        type: bool
+        default: true
+      respect_tuned:
+        description: host_tuning's O(rtvirt.kvm.host_tuning#module:respect_tuned).
+        type: bool
+        default: true
   verify:
     description: Return RV(cpu_isolation) for the planned realtime CPUs and partitions, and the violations of
       O(verify_kinds) host_prep answers for (RV(violations)).
@@ -353,8 +408,23 @@ reboot_required:
   returned: success
   type: bool
   sample: false
+tuning:
+  description:
+    - With O(tuning), C(left_to_tuned) (the items an active TuneD keeps), C(tuned) (what was detected, or null),
+      C(notes) (what the plan leaves out, in words) and C(reboot_reasons).
+  returned: when O(tuning) is given
+  type: dict
+  sample: {left_to_tuned: [], tuned: null, notes: [], reboot_reasons: []}
+verify_kinds:
+  description: The violation kinds the role's verify step checks, O(verify_kinds) and, with O(tuning), the kinds
+    of the items it tunes.
+  returned: success
+  type: list
+  elements: str
+  sample: [irq_default_affinity, irq_affinity, cgroup_cpuset, workqueue_cpumask, kthread_on_isolated]
 cmdline_params:
-  description: The kernel parameters for the plan (C(isolcpus), C(nohz_full), C(rcu_nocbs), C(irqaffinity)).
+  description: The kernel parameters for the plan (C(isolcpus), C(nohz_full), C(rcu_nocbs), C(irqaffinity), and
+    with O(tuning) C(workqueue.unbound_cpus) and built-in KVM's parameters).
   returned: success
   type: dict
   sample: {isolcpus: "managed_irq,domain,2-7", nohz_full: "2-7", rcu_nocbs: "2-7", irqaffinity: "0-1"}
@@ -435,6 +505,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._host_plan import (
     installed_packages,
     legacy_hook,
     OsNamesError,
+    running_commands,
     os_release_family,
     resolve_os_names,
     VERIFY_KINDS,
@@ -442,6 +513,15 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._host_plan import (
     partition_targets,
     summary,
     verdict,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._host_tuning import (
+    TuningError,
+    argument_spec as tuning_argument_spec,
+    cmdline_params as tuning_cmdline_params,
+    detect_tuned,
+    plan_tuning,
+    settings_from,
+    tuned_note,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import gather
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_read import IsolationError
@@ -476,6 +556,7 @@ def get_argument_spec():
                                               qemu_conf=dict(type="path", default="/etc/libvirt/qemu.conf"),
                                               cgroup_controllers=dict(type="list", elements="str",
                                                                       choices=list(LIBVIRT_CONTROLLERS)))),
+        tuning=dict(type="dict", options=tuning_argument_spec()),
         verify=dict(type="bool", default=False),
         verify_kinds=dict(type="list", elements="str", default=list(VERIFY_KINDS)),
     )
@@ -535,8 +616,20 @@ def check(module, params, plan):
                  # Where udev runs, its rules own /dev/kvm; elsewhere the role sets what those rules would.
                  manage_kvm_device=os.path.exists(KVM_DEVICE) and not udev_manages_devices())
     targets = partition_targets(plan, params["narrow_machine"])
+    extra["verify_kinds"] = list(params["verify_kinds"])
+    if params["tuning"] is not None:
+        tuning = check_tuning(module, params["tuning"], plan["realtime_cpus"], irq_cpus)
+        pending["tuning"] = tuning.pop("reasons")
+        extra["reboot_required"] = bool(tuning["reboot_reasons"])
+        extra["tuning"] = tuning
+        if params["cmdline"] is not None:
+            extra["cmdline_params"].update(tuning.pop("cmdline_params"))
+        else:
+            tuning.pop("cmdline_params")
+        extra["verify_kinds"] += [kind for kind in tuning.pop("verify_kinds") if kind not in extra["verify_kinds"]]
     if params["cmdline"] is not None:
-        reasons, extra["reboot_required"] = check_cmdline(params["cmdline"]["path"], extra["cmdline_params"])
+        reasons, cmdline_reboot = check_cmdline(params["cmdline"]["path"], extra["cmdline_params"])
+        extra["reboot_required"] = extra["reboot_required"] or cmdline_reboot
         pending["cmdline"] = reasons
     if params["libvirt"] is not None:
         lv = params["libvirt"]
@@ -578,6 +671,28 @@ def check(module, params, plan):
     return extra
 
 
+# The facts' kinds that prove each tuning item.
+TUNING_KINDS = (("workqueue", "workqueue_cpumask"), ("kthreads", "kthread_on_isolated"))
+
+
+def check_tuning(module, options, realtime, housekeeping, proc_root="/proc", sys_root="/sys",
+                 tuned_dir="/etc/tuned", tuned_profiles_dir="/usr/lib/tuned"):
+    """host_tuning's plan for the realtime and housekeeping CPUs, and what the rest of the role takes from it."""
+    settings = settings_from(options)
+    tuned = detect_tuned(tuned_dir, tuned_profiles_dir, running_commands(proc_root)) \
+        if options["respect_tuned"] else None
+    owned = set((tuned or {}).get("items") or ())
+    plan = plan_tuning(parse_cpulist(realtime), parse_cpulist(housekeeping), settings, proc_root, sys_root, tuned)
+    note = tuned_note(tuned)
+    for warning in ([note] if note else []) + plan.notes:
+        module.warn(warning)
+    mine = {key: value for key, value in settings.items() if key not in owned}
+    return {"reasons": plan.reasons(), "reboot_reasons": plan.reboot, "left_to_tuned": plan.left_to_tuned,
+            "tuned": tuned, "notes": plan.notes,
+            "cmdline_params": tuning_cmdline_params(housekeeping, mine, sys_root),
+            "verify_kinds": [kind for item, kind in TUNING_KINDS if mine.get(item)]}
+
+
 def run(module):
     params = module.params
     try:
@@ -592,6 +707,8 @@ def run(module):
         raise ModuleFailure("cannot read the host's state: %s" % exc, **plan) from None
     except OsNamesError as exc:
         raise ModuleFailure("os_names: %s" % exc, **plan) from None
+    except TuningError as exc:
+        raise ModuleFailure("tuning: %s" % exc, **plan) from None
     if params["verify"]:
         try:
             facts = gather(isolated_cpus=plan["realtime_cpus"],
@@ -602,12 +719,12 @@ def run(module):
             module.warn(warning)
         plan["cpu_isolation"] = facts
         # The verify step's answer, small: a task that reads the whole facts costs the role more than this.
-        plan["violations"] = host_prep_violations(facts["violations"], params["verify_kinds"])
+        plan["violations"] = host_prep_violations(facts["violations"], plan["verify_kinds"])
         plan["other_violations"] = len(facts["violations"]) - len(plan["violations"])
     # The role's line and verdict for a converged host, composed here: a task that builds them in Jinja costs a
     # converged run more than this whole function.
     plan["verdict"] = verdict(plan["summary"], plan.get("violations"), plan.get("other_violations", 0),
-                              params["verify_kinds"], check_mode=module.check_mode, verify=params["verify"])
+                              plan["verify_kinds"], check_mode=module.check_mode, verify=params["verify"])
     return plan
 
 

@@ -17,7 +17,7 @@ description:
   - "Kinds: C(empty_cpuset) (empty cpus or mems below C(machine)), C(missing_partition) (a partition a defined
     guest names is missing in a hierarchy), C(leftover_guest_cgroup) (a C(*.libvirt-qemu) cgroup of a guest that
     does not run), C(cgroup_on_isolated), C(pinning_drift), C(irq_affinity), C(irq_default_affinity), and
-    report-only C(thread_on_isolated), C(kthread_on_isolated), C(workqueue_cpumask)."
+    report-only C(thread_on_isolated), C(kthread_on_isolated), C(workqueue_cpumask), C(guest_thread_on_isolated)."
   - The module never changes anything.
 author:
   - rtvirt.kvm contributors (@rtvirt-kvm)

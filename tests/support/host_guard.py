@@ -49,8 +49,18 @@ FILES = (
     "/etc/sysctl.d/90-rtvirt-kvm.conf",
     "/etc/default/irqbalance",
     "/etc/default/grub",
+    "/etc/modprobe.d/rtvirt-kvm.conf",
+    "/etc/sysctl.d/91-rtvirt-kvm-tuning.conf",
 )
-SYSCTLS = ("/proc/sys/kernel/sched_rt_runtime_us",)
+# Knobs written back as they were read (host_prep's RT budget, and what its tuning area writes).
+SYSCTLS = ("/proc/sys/kernel/sched_rt_runtime_us", "/proc/sys/kernel/timer_migration", "/proc/sys/vm/stat_interval",
+           "/proc/sys/kernel/hung_task_timeout_secs", "/proc/sys/kernel/nmi_watchdog",
+           "/proc/sys/kernel/numa_balancing", "/sys/kernel/mm/ksm/run")
+# Knobs globbed at snapshot time (the workqueues sysfs shows, machine check banks, KVM's writable parameters).
+KNOB_GLOBS = ("/sys/devices/virtual/workqueue/cpumask", "/sys/devices/virtual/workqueue/*/cpumask",
+              "/sys/devices/system/machinecheck/machinecheck*/ignore_ce", "/sys/module/kvm*/parameters/*")
+PF_KTHREAD = 0x00200000
+PF_NO_SETAFFINITY = 0x04000000
 KVM_DEVICE = "/dev/kvm"
 KVM_GROUP = "kvm"
 QEMU_USER = "libvirt-qemu"
@@ -133,6 +143,54 @@ def _restore_file(path, record, report):
     os.chown(tmp, record["uid"], record["gid"])
     os.replace(tmp, path)
     report.append("restored %s" % path)
+
+
+def _knobs():
+    """Every knob of SYSCTLS and KNOB_GLOBS that can be written back: {path: value}."""
+    import glob
+    paths = [p for p in SYSCTLS if os.path.exists(p)]
+    for pattern in KNOB_GLOBS:
+        paths.extend(p for p in sorted(glob.glob(pattern)) if os.stat(p).st_mode & 0o200)
+    found = {}
+    for path in paths:
+        try:
+            found[path] = pathlib.Path(path).read_text().strip()
+        except OSError:
+            pass
+    return found
+
+
+def _kthread_affinities():
+    """{pid: [starttime, cpus]} of every kernel thread whose affinity can be changed (host_prep's tuning moves them)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = pathlib.Path("/proc/%s/stat" % entry).read_text()
+            fields = text[text.rindex(")") + 2:].split()
+            flags = int(fields[6])
+            if not flags & PF_KTHREAD or flags & PF_NO_SETAFFINITY:
+                continue
+            found[entry] = [int(fields[19]), sorted(os.sched_getaffinity(int(entry)))]
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _restore_kthreads(record, report):
+    moved = []
+    for pid, (starttime, cpus) in record.items():
+        if _starttime(int(pid)) != starttime:
+            continue  # ended meanwhile; its pid may be another thread's now
+        try:
+            if sorted(os.sched_getaffinity(int(pid))) != cpus:
+                os.sched_setaffinity(int(pid), cpus)
+                moved.append(pid)
+        except OSError:
+            continue
+    if moved:
+        report.append("restored the affinity of %d kernel thread(s)" % len(moved))
 
 
 def _irq_affinities():
@@ -268,7 +326,8 @@ def save(holder_pid):
     snapshot = {
         "holder": {"pid": holder_pid, "starttime": _starttime(holder_pid)},
         "files": {path: _file_record(path) for path in FILES},
-        "sysctls": {path: pathlib.Path(path).read_text().strip() for path in SYSCTLS if os.path.exists(path)},
+        "sysctls": _knobs(),
+        "kthreads": _kthread_affinities(),
         "default_smp_affinity": pathlib.Path("/proc/irq/default_smp_affinity").read_text().strip(),
         "irqs": _irq_affinities(),
         "kvm": _kvm_record(),
@@ -314,10 +373,13 @@ def restore(force=False):
 
     for path, record in snapshot["files"].items():
         step("file %s" % path, _restore_file, path, record, report)
-    for path, value in snapshot["sysctls"].items():
+    # The workqueue cpumask before each workqueue's own, which must lie within it (the snapshot's keys are sorted).
+    global_mask = "/sys/devices/virtual/workqueue/cpumask"
+    for path, value in sorted(snapshot["sysctls"].items(), key=lambda item: item[0] != global_mask):
         if pathlib.Path(path).read_text().strip() != value:
             step("sysctl %s" % path, pathlib.Path(path).write_text, value)
             report.append("restored %s = %s" % (path, value))
+    step("kernel threads", _restore_kthreads, snapshot.get("kthreads") or {}, report)
     step("KVM", _restore_kvm, snapshot["kvm"], report)
     current = _irq_affinities()
     moved = [irq for irq, cpus in snapshot["irqs"].items() if irq in current and current[irq] != cpus]

@@ -45,6 +45,8 @@ def _play(tmp_path, partition, check=False, extra=None):
         "host_prep_sysctl_file": str(tmp_path / "90-rtvirt-test.conf"),
         "host_prep_sched_rt_runtime_us": int(SYSCTL.read_text()),
         "host_prep_verify_kinds": ["cgroup_cpuset"],
+        # The tuning area has its own real test (tests/integration/test_host_tuning_real.py).
+        "host_prep_tuning": False,
     }
     role_vars.update(extra or {})
     play = [{"hosts": "localhost", "gather_facts": False,

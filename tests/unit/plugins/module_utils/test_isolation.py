@@ -457,3 +457,22 @@ def test_scan_tasks_skips_a_task_gone_before_its_affinity(v1_isolcpus_root):
 
     scan = scan_tasks(str(v1_isolcpus_root / "proc"), frozenset({2, 3, 6, 7}), guest_pids=[1000], affinity_of=gone)
     assert scan.count == 5  # only the guest's tasks, which are read in full
+
+
+def test_a_guest_worker_placed_on_an_isolated_cpu_is_a_violation_with_its_fix(tmp_path):
+    """KVM's kvm-nx-lpage-recovery worker sits in vcpu0's cgroup on the vCPU's CPU, at its SCHED_FIFO priority:
+    allowed on isolated CPUs only, the scan sees it as placed on purpose; the guest facts name it."""
+    make_hosts.v2_systemd(tmp_path)
+    root = tmp_path / "v2-systemd"
+    host = make_hosts.Host.__new__(make_hosts.Host)
+    host.proc, host.sys = root / "proc", root / "sys"
+    vcpu0 = "/machine.slice/machine-qemu\\x2d3\\x2drt1.scope/libvirt/vcpu0"
+    host.task(2000, 2012, "kvm-nx-lpage-recovery-2000", "2", flags=0x400100 | 0x4000, policy=1, rt_priority=10,
+              cgroup="0::%s\n" % vcpu0)
+    facts = _gather_root(root, isolated_cpus="2")
+    found = [v for v in facts["violations"] if v["kind"] == "guest_thread_on_isolated"]
+    assert [(v["guest"], v["tid"], v["role"], v["cpus"], v["cgroup"]) for v in found] == [
+        ("rt1", 2012, "kernel_worker", "2", vcpu0)]
+    assert "policy fifo, priority 10" in found[0]["message"] and "kvm.nx_huge_pages=never" in found[0]["message"]
+    # the vCPU itself, on the same CPU, is not one
+    assert not [v for v in found if v["tid"] == 2010]

@@ -465,6 +465,10 @@ def _seams(name, fake, monkeypatch):
         monkeypatch.setattr(module, "check_irqs",
                             functools.partial(_host_plan.check_irqs, proc_root=h + "/proc", sys_root=h + "/sys"))
         monkeypatch.setattr(module, "check_sysctl", functools.partial(_host_plan.check_sysctl, proc_root=h + "/proc"))
+        if hasattr(module, "check_tuning"):
+            monkeypatch.setattr(module, "check_tuning", functools.partial(
+                module.check_tuning, proc_root=h + "/proc", sys_root=h + "/sys", tuned_dir=h + "/etc/tuned",
+                tuned_profiles_dir=h + "/usr/lib/tuned"))
         monkeypatch.setattr(module, "check_libvirt",
                             functools.partial(_host_plan.check_libvirt, proc_root=h + "/proc",
                                               log_dir=h + "/var/log/libvirt"))
@@ -477,6 +481,9 @@ def _seams(name, fake, monkeypatch):
                                                    "histogram": {"1": 100, "3": 1}} for i, cpu in enumerate(cpus)}})
         monkeypatch.setattr(module, "run_oslat", fake_oslat)
         monkeypatch.setattr(module, "WORK_DIR", str(fake.root))
+    if name == "host_tuning":
+        # Threads of a fake /proc are numbers of real ones: the gate's thread calls touch nothing.
+        monkeypatch.setattr(module, "GATE", module.Gate(setaffinity=lambda *_a: None, setscheduler=lambda *_a: None))
     if name == "remediation_findings":
         real = {"/etc/libvirt/qemu.conf": h + "/etc/libvirt/qemu.conf", "/proc/cgroups": h + "/proc/cgroups"}
         read = module._read
@@ -512,6 +519,10 @@ def calls(fake):
                        "hook": {"path": h + "/etc/libvirt/hooks/qemu", "content": "#!/bin/sh\n",
                                 "layout_path": h + "/etc/libvirt/hooks/rtvirt-kvm-layout.json"},
                        "libvirt": {"packages": ["libvirt-daemon"]}, "verify": True}, {}),
+        "host_tuning": ({"realtime_cpus": "2-3"},
+                        {"proc_root": h + "/proc", "sys_root": h + "/sys", "tuned_dir": h + "/etc/tuned",
+                         "tuned_profiles_dir": h + "/usr/lib/tuned", "modprobe_file": h + "/etc/modprobe.d/rt.conf",
+                         "sysctl_file": h + "/etc/sysctl.d/91-rt.conf"}),
         "irq_affinity": ({"cpus": "0-1,4-5", "proc_root": h + "/proc", "sys_root": h + "/sys"}, {}),
         "kernel_cmdline": ({"params": {"isolcpus": "2-3", "nohz_full": "2-3"}, "absent": ["splash"],
                             "root": h, "path": "/etc/default/grub", "proc_cmdline": h + "/proc/cmdline"},
@@ -531,8 +542,9 @@ def calls(fake):
 REAL_READS = {"cgroup_cpuset": re.compile(r"^/proc/\d+/(task|cgroup)$")}
 
 MODULES = sorted(p.stem for p in MODULES_DIR.glob("*.py") if not p.name.startswith("_"))
-COVERED = ("cgroup_cpuset", "cpu_isolation_facts", "guest_plan", "host_plan", "irq_affinity", "kernel_cmdline",
-           "latency_check", "libvirt_partition", "pcpu_allocation", "realtime_domain", "remediation_findings")
+COVERED = ("cgroup_cpuset", "cpu_isolation_facts", "guest_plan", "host_plan", "host_tuning", "irq_affinity",
+           "kernel_cmdline", "latency_check", "libvirt_partition", "pcpu_allocation", "realtime_domain",
+           "remediation_findings")
 
 
 def test_every_module_is_covered(tmp_path):
