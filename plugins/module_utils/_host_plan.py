@@ -36,8 +36,10 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils import _kvm as kvm
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_host import planned_steps
 
-# The regexp roles/host_prep/tasks/irqs.yml gives lineinfile: the last matching line is the one it edits.
-_IRQBALANCE_LINE = re.compile(r"^#?\s*IRQBALANCE_BANNED_CPULIST=")
+# The regexp roles/host_prep/tasks/irqs.yml gives lineinfile: the last matching line is the one it edits.  A
+# commented line (the package's template) is not matched: ours goes after it, so the way back leaves the file as
+# it was.
+_IRQBALANCE_LINE = re.compile(r"^\s*IRQBALANCE_BANNED_CPULIST=")
 AREAS = ("cmdline", "libvirt", "hook", "partitions", "irqs", "sysctl")
 
 
@@ -522,7 +524,11 @@ def check_revert_partitions(module, names, guests, online_cpus):
         reasons.extend("%s: %s" % (name, step) for step in steps)
     # Planned against the host as it is: an exclusive partition still beside /machine makes the widening pending;
     # the tasks remove the partitions first.
-    reasons.extend(check_partitions(module, [{"name": "/machine", "cpus": online_cpus, "exclusive": None}]))
+    try:
+        steps = planned_steps(module, name="/machine", cpus=online_cpus, record=False)
+    except (PartitionError, PlanError, LockTimeout, ApplyError) as exc:
+        steps = ["not converged as it stands (%s)" % exc]
+    reasons.extend("/machine: %s" % step for step in steps)
     return reasons, refusals
 
 
@@ -533,7 +539,7 @@ def banned_line(realtime_cpus):
 
 def check_revert_irqs(online, irqbalance_file, realtime_cpus, proc_root="/proc", sys_root="/sys"):
     """irq_affinity's plan for every online CPU, and host_prep's line still in irqbalance's file."""
-    reasons = plan_irqs(online, proc_root, sys_root).reasons()
+    reasons = plan_irqs(online, proc_root, sys_root, exact=True).reasons()
     text = _read(irqbalance_file)
     if text is not None and banned_line(realtime_cpus) in text.splitlines():
         reasons.append("%s still has host_prep's %s" % (irqbalance_file, banned_line(realtime_cpus)))

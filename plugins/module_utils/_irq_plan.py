@@ -94,8 +94,9 @@ class IrqPlan:
         return moved, unmovable
 
 
-def plan_irqs(cpus, proc_root="/proc", sys_root="/sys"):
-    """The :class:`IrqPlan` that keeps IRQs and the default affinity within ``cpus`` (a frozenset)."""
+def plan_irqs(cpus, proc_root="/proc", sys_root="/sys", exact=False):
+    """The :class:`IrqPlan` that keeps IRQs and the default affinity within ``cpus`` (a frozenset); ``exact``:
+    on all of ``cpus``, also for IRQs already within them (the way back spreads IRQs over every CPU again)."""
     irq_dir = os.path.join(proc_root, "irq")
     default_path = os.path.join(irq_dir, "default_smp_affinity")
     result = IrqPlan(cpus=cpus, default_path=default_path,
@@ -106,7 +107,7 @@ def plan_irqs(cpus, proc_root="/proc", sys_root="/sys"):
             current = parse_cpulist(_read(path), what=path)
         except (OSError, CpuListError):
             continue            # an IRQ that went away, or an affinity the kernel does not show: nothing to move
-        if current <= cpus:
+        if current == cpus or (current <= cpus and not exact):
             continue
         result.moves.append(IrqMove(int(entry), path, current, irq_changeable(proc_root, sys_root, entry)))
     return result
