@@ -210,7 +210,7 @@ options:
     default: [irq_default_affinity, irq_affinity, cgroup_cpuset]
   state:
     description:
-      - V(present) plans host_prep's layout. V(absent) plans the way back (the role's C(host_prep_state=absent)):
+      - V(present) plans host_prep's layout. V(absent) plans the way back (the role's C(host_prep_state=absent));
         RV(pending) then names what differs from the host as it was before host_prep, and RV(revert) says what the
         role's revert tasks take from where.
       - With V(absent) the module fails, before the role changes anything, while a defined guest names one of the
