@@ -105,7 +105,7 @@ def partition(unique_name, host_before):
         assert not widened.get("failed"), widened.get("msg")
 
 
-def _host_prep(tmp_path, partition, state, check=False):
+def _host_prep(tmp_path, partition, state, check=False, diff=False):
     online = _online()
     role_vars = {
         "host_prep_state": state,
@@ -124,7 +124,7 @@ def _host_prep(tmp_path, partition, state, check=False):
     }
     play = [{"hosts": "localhost", "gather_facts": False,
              "roles": [{"role": "rtvirt.kvm.host_prep", "vars": role_vars}]}]
-    return run_playbook(tmp_path, play, check=check, timeout=600)
+    return run_playbook(tmp_path, play, check=check, diff=diff, timeout=600)
 
 
 def _prepared(partition):
@@ -168,9 +168,12 @@ def test_absent_puts_the_host_back_refuses_while_a_guest_runs_and_is_idempotent(
     assert guest not in libvirt_rig.domains()
     prepared = _prepared(partition)
 
-    # 2. Check mode: what would change is reported; nothing is written.
-    dry = _host_prep(tmp_path, partition, "absent", check=True)
+    # 2. Check mode with --diff: what would change is reported and shown; nothing is written.
+    dry = _host_prep(tmp_path, partition, "absent", check=True, diff=True)
     assert dry["rc"] == 0 and dry["changed"] > 0, dry["out"][-5000:]
+    for shown in ("--- before: %s" % grub, "-IRQBALANCE_BANNED_CPULIST=%s" % realtime, '"path": "%s"' % OURS,
+                  "--- before: cgroup hierarchies"):
+        assert shown in dry["out"], (shown, dry["out"][-6000:])
     assert "taking host_prep off: differs from the host before host_prep" in dry["out"], dry["out"][-5000:]
     assert _prepared(partition) == prepared
     assert "isolcpus=" in grub.read_text() and sysctl_file.is_file()
