@@ -20,6 +20,7 @@ import os
 import pwd
 import re
 import stat
+from xml.etree import ElementTree
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import ApplyError, LockTimeout
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import PlanError
@@ -460,7 +461,6 @@ class RevertRefused(ValueError):
 def defined_guest_partitions(config_dir=LIBVIRT_QEMU_CONFIG):
     """{guest: partition} of every persistent libvirt domain (its XML in ``config_dir``) that names a
     ``<resource><partition>``.  Read from the files, not from libvirtd, so it answers with the daemon down too."""
-    import xml.etree.ElementTree as ElementTree  # pylint: disable=import-outside-toplevel
     found = {}
     try:
         entries = sorted(os.listdir(config_dir))
