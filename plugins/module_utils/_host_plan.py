@@ -20,6 +20,7 @@ import os
 import pwd
 import re
 import stat
+from xml.etree import ElementTree
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._textfile import read_or_none
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import ApplyError, LockTimeout
@@ -37,9 +38,12 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils import _kvm as kvm
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionError, parse_qemu_conf_controllers
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_host import planned_steps
 
-# The regexp roles/host_prep/tasks/irqs.yml gives lineinfile: the last matching line is the one it edits.
-_IRQBALANCE_LINE = re.compile(r"^#?\s*IRQBALANCE_BANNED_CPULIST=")
+# The regexp roles/host_prep/tasks/irqs.yml gives lineinfile: the last matching line is the one it edits.  A
+# commented line (the package's template) is not matched: ours goes after it, so the way back leaves the file as
+# it was.
+_IRQBALANCE_LINE = re.compile(r"^\s*IRQBALANCE_BANNED_CPULIST=")
 AREAS = ("cmdline", "libvirt", "hook", "partitions", "irqs", "sysctl", "tuning")
+
 
 
 def _mode(path):
@@ -80,9 +84,9 @@ def cmdline_params(realtime, housekeeping, isolcpus_flags):
     }
 
 
-def check_cmdline(path, params, proc_cmdline="/proc/cmdline", variable="GRUB_CMDLINE_LINUX", root="/"):
+def check_cmdline(path, params, proc_cmdline="/proc/cmdline", variable="GRUB_CMDLINE_LINUX", root="/", absent=()):
     """Returns (reasons, reboot_required): kernel_cmdline's own detection and plan (GRUB's defaults file, or every
-    BLS entry through grubby)."""
+    BLS entry through grubby) for ``params`` to set and ``absent`` names to remove."""
     try:
         found = detect(root, path)
     except NoBootloader:
@@ -91,13 +95,14 @@ def check_cmdline(path, params, proc_cmdline="/proc/cmdline", variable="GRUB_CMD
         return [str(exc)], False    # the task fails with it
     if found.kind == "bls":
         try:
-            plan = plan_bls_host(root, params)
+            plan = plan_bls_host(root, params, absent)
         except BootloaderError as exc:
             return ["the BLS entries cannot be changed safely (%s)" % exc], False
-        pending = missing_from_running(read_or_none(proc_cmdline) or "", params)
-        reasons = ["BLS entries lack %s (%s)" % (", ".join(sorted(params)), " ".join(plan.argv))] if plan.changed else []
+        pending = missing_from_running(read_or_none(proc_cmdline) or "", params, absent)
+        reasons = ["BLS entries %s (%s)" % (_cmdline_difference(params, absent, plural=True), " ".join(plan.argv))] \
+            if plan.changed else []
         if pending:
-            reasons.append("the running kernel lacks %s (reboot required)" % ", ".join(pending))
+            reasons.append(_running_difference(params, pending))
         return reasons, bool(pending)
     if found.kind != "grub":
         return [], False            # recognised, not managed: the task warns and changes nothing
@@ -105,15 +110,25 @@ def check_cmdline(path, params, proc_cmdline="/proc/cmdline", variable="GRUB_CMD
     if text is None:
         return [], False
     try:
-        changed, _new, pending = plan_edit(text, variable, params, (), read_or_none(proc_cmdline) or "")
+        changed, _new, pending = plan_edit(text, variable, params, absent, read_or_none(proc_cmdline) or "")
     except CmdlineParseError as exc:
         return ["%s cannot be edited safely (%s)" % (path, exc)], False
     reasons = []
     if changed:
-        reasons.append("%s of %s lacks %s" % (variable, path, ", ".join(sorted(params))))
+        reasons.append("%s of %s %s" % (variable, path, _cmdline_difference(params, absent)))
     if pending:
-        reasons.append("the running kernel lacks %s (reboot required)" % ", ".join(pending))
+        reasons.append(_running_difference(params, pending))
     return reasons, bool(pending)
+
+
+def _cmdline_difference(params, absent, plural=False):
+    if params:
+        return "%s %s" % ("lack" if plural else "lacks", ", ".join(sorted(params)))
+    return "%s %s" % ("still have" if plural else "still has", ", ".join(sorted(absent)))
+
+
+def _running_difference(params, pending):
+    return "the running kernel %s %s (reboot required)" % ("lacks" if params else "still has", ", ".join(pending))
 
 
 # The package and service names the role uses, per OS family (roles/host_prep/vars/<family>.yml), and what each
@@ -470,3 +485,145 @@ def host_prep_violations(violations, kinds, unmovable_irqs=()):
             continue
         result.append(violation)
     return result
+
+
+# --- host_prep_state: absent -----------------------------------------------------------------------------------
+# The way back is planned here too, area by area, from the planners of the modules that write it: libvirt_partition
+# (state=absent, and /machine on every CPU), irq_affinity (every online CPU), kernel_cmdline (absent=), and the
+# files the role removes with ansible.builtin.file.
+
+# The kernel's default RT budget (kernel/sched/core.c, sysctl_sched_rt_runtime): what the value goes back to.
+KERNEL_RT_RUNTIME_US = 950000
+LIBVIRT_QEMU_CONFIG = "/etc/libvirt/qemu"
+
+
+class RevertRefused(ValueError):
+    """Taking host_prep off would leave guests without their partition: nothing is changed."""
+
+
+def defined_guest_partitions(config_dir=LIBVIRT_QEMU_CONFIG):
+    """{guest: partition} of every persistent libvirt domain (its XML in ``config_dir``) that names a
+    ``<resource><partition>``.  Read from the files, not from libvirtd, so it answers with the daemon down too."""
+    found = {}
+    try:
+        entries = sorted(os.listdir(config_dir))
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.endswith(".xml"):
+            continue
+        text = read_or_none(os.path.join(config_dir, entry))
+        try:
+            root = ElementTree.fromstring(text or "")
+        except ElementTree.ParseError:
+            continue
+        if root.tag != "domain":
+            continue
+        partition = (root.findtext("resource/partition") or "").strip()
+        if partition:
+            found[(root.findtext("name") or entry[:-4]).strip()] = partition
+    return found
+
+
+def _json_partitions(path):
+    text = read_or_none(path)
+    try:
+        data = json.loads(text) if text is not None else {}
+    except ValueError:
+        return []
+    partitions = data.get("partitions") if isinstance(data, dict) else None
+    return list(partitions) if isinstance(partitions, dict) else []
+
+
+def revert_partition_names(planned, record_path, layout_path):
+    """The partitions the way back removes, in order: host_prep's layout as planned now, then what the hook's layout
+    file and libvirt_partition's record hold (an earlier layout, realtime_vm's partitions).  Never /machine, which
+    is libvirt's own and goes back to every CPU instead."""
+    names = [p["name"] for p in planned] + _json_partitions(layout_path) + _json_partitions(record_path)
+    return [name for name in dict.fromkeys(names) if name.rstrip("/") not in ("/machine", "")]
+
+
+def check_revert_partitions(module, names, guests, online_cpus):
+    """(reasons, refusals): libvirt_partition's own plan for removing each of ``names`` and for /machine on
+    ``online_cpus``.  A partition a defined guest (``guests``: {guest: partition}) names, or that still holds
+    guests or tasks (libvirt_partition's refusal), is a refusal naming both."""
+    reasons, refusals = [], []
+    for name in names:
+        inside = sorted(guest for guest, partition in guests.items() if partition.rstrip("/") == name.rstrip("/"))
+        if inside:
+            refusals.append("partition %s: guest%s %s %s defined in it (remove %s first: rtvirt.kvm.realtime_vm "
+                            "with state absent, or virsh undefine)"
+                            % (name, "s" if len(inside) > 1 else "", ", ".join(inside),
+                               "are" if len(inside) > 1 else "is", "them" if len(inside) > 1 else "it"))
+            continue
+        try:
+            steps = planned_steps(module, name=name, state="absent")
+        except PartitionError as exc:
+            refusals.append(str(exc))
+            continue
+        except (PlanError, LockTimeout, ApplyError) as exc:
+            reasons.append("%s: cannot be removed as it stands (%s)" % (name, exc))
+            continue
+        reasons.extend("%s: %s" % (name, step) for step in steps)
+    # Planned against the host as it is: an exclusive partition still beside /machine makes the widening pending;
+    # the tasks remove the partitions first.
+    try:
+        steps = planned_steps(module, name="/machine", cpus=online_cpus, record=False)
+    except (PartitionError, PlanError, LockTimeout, ApplyError) as exc:
+        steps = ["not converged as it stands (%s)" % exc]
+    reasons.extend("/machine: %s" % step for step in steps)
+    return reasons, refusals
+
+
+def banned_line(realtime_cpus):
+    """The irqbalance line host_prep writes (roles/host_prep/tasks/irqs.yml), the one line the way back removes."""
+    return "IRQBALANCE_BANNED_CPULIST=%s" % realtime_cpus
+
+
+def check_revert_irqs(online, irqbalance_file, realtime_cpus, proc_root="/proc", sys_root="/sys"):
+    """irq_affinity's plan for every online CPU, and host_prep's line still in irqbalance's file."""
+    reasons = plan_irqs(online, proc_root, sys_root, exact=True).reasons()
+    text = read_or_none(irqbalance_file, errors="surrogateescape")
+    if text is not None and banned_line(realtime_cpus) in text.splitlines():
+        reasons.append("%s still has host_prep's %s" % (irqbalance_file, banned_line(realtime_cpus)))
+    return reasons
+
+
+def check_revert_sysctl(path, proc_root="/proc"):
+    reasons = ["%s exists" % path] if os.path.lexists(path) else []
+    current = (read_or_none(os.path.join(proc_root, "sys", "kernel", "sched_rt_runtime_us")) or "").strip()
+    if current != str(KERNEL_RT_RUNTIME_US):
+        reasons.append("kernel.sched_rt_runtime_us is %s, not the kernel's default %d"
+                       % (current or "unreadable", KERNEL_RT_RUNTIME_US))
+    return reasons, current
+
+
+def revert_files(hook_path, layout_path, record_path, legacy_path=None):
+    """The files of ours the way back removes, in the order it removes them: the qemu.d hook, the layout, the
+    record, and an earlier host_prep's hook at the single-script path.  The operator's hook there, and every other
+    file in qemu.d, are never touched."""
+    files = [hook_path, layout_path, record_path]
+    if legacy_path and legacy_hook(legacy_path) == "ours":
+        files.append(legacy_path)
+    return files
+
+
+def check_revert_hook(files):
+    return ["%s exists" % path for path in files if os.path.lexists(path)]
+
+
+def not_undone(systemd, libvirt_installed, kvm_device, starter_path=None):
+    """What host_prep may have changed that the way back leaves, in words (the role prints them)."""
+    kept = []
+    if libvirt_installed:
+        kept.append("packages host_prep installed (libvirt, QEMU) stay installed: remove them with the package "
+                    "manager if nothing else needs them")
+    kept.append("the libvirt-qemu user and group, the kvm group and libvirt-qemu's membership in it stay")
+    if kvm_device:
+        kept.append("/dev/kvm stays root:kvm 0660 until the next boot")
+    if not systemd and starter_path:
+        kept.append("%s (the daemon starter) stays: libvirtd may be running through it" % starter_path)
+    kept.append("libvirt's qemu.conf is not host_prep's: left as it is")
+    kept.append("a GRUB or BLS value host_prep replaced for isolcpus, nohz_full, rcu_nocbs or irqaffinity is "
+                "removed, not restored")
+    return kept

@@ -45,6 +45,7 @@ class IrqPlan:
     default_path: str
     default_before: frozenset
     moves: list = field(default_factory=list)
+    exact: bool = False
 
     @property
     def default_changes(self):
@@ -69,7 +70,8 @@ class IrqPlan:
         if self.default_changes:
             reasons.append("default_smp_affinity is %s, not %s" % (format_cpulist(self.default_before) or "empty", wanted))
         if self.movable:
-            reasons.append("IRQ(s) %s allowed outside %s" % (", ".join(str(m.irq) for m in self.movable), wanted))
+            reasons.append("IRQ(s) %s %s %s" % (", ".join(str(m.irq) for m in self.movable),
+                                                "not on all of" if self.exact else "allowed outside", wanted))
         return reasons
 
     def default_affinity(self):
@@ -94,19 +96,20 @@ class IrqPlan:
         return moved, unmovable
 
 
-def plan_irqs(cpus, proc_root="/proc", sys_root="/sys"):
-    """The :class:`IrqPlan` that keeps IRQs and the default affinity within ``cpus`` (a frozenset)."""
+def plan_irqs(cpus, proc_root="/proc", sys_root="/sys", exact=False):
+    """The :class:`IrqPlan` that keeps IRQs and the default affinity within ``cpus`` (a frozenset); ``exact``:
+    on all of ``cpus``, also for IRQs already within them (the way back spreads IRQs over every CPU again)."""
     irq_dir = os.path.join(proc_root, "irq")
     default_path = os.path.join(irq_dir, "default_smp_affinity")
     result = IrqPlan(cpus=cpus, default_path=default_path,
-                     default_before=parse_cpumask(_read(default_path), what=default_path))
+                     default_before=parse_cpumask(_read(default_path), what=default_path), exact=exact)
     for entry in sorted((e for e in os.listdir(irq_dir) if e.isdigit()), key=int):
         path = os.path.join(irq_dir, entry, "smp_affinity_list")
         try:
             current = parse_cpulist(_read(path), what=path)
         except (OSError, CpuListError):
             continue            # an IRQ that went away, or an affinity the kernel does not show: nothing to move
-        if current <= cpus:
+        if current == cpus or (current <= cpus and not exact):
             continue
         result.moves.append(IrqMove(int(entry), path, current, irq_changeable(proc_root, sys_root, entry)))
     return result

@@ -60,6 +60,7 @@ def partition_argument_spec():
         blkio_weight=dict(type="int"),
         controllers=dict(type="list", elements="str", choices=list(LIBVIRT_CONTROLLERS)),
         lock_timeout=dict(type="int", default=60),
+        record=dict(type="bool", default=True),
     )
 
 
@@ -81,18 +82,18 @@ def converge_partition(module, params, host, check_mode):
         return converge_systemd(module, host, gate, layout, desired, params["lock_timeout"], check_mode)
     diff = getattr(module, "_diff", False)
     result = converge_cgroupfs(host, gate, layout, desired, check_mode, params["lock_timeout"], diff=diff)
-    _converge_record(host, desired, result, check_mode, params["lock_timeout"], diff)
+    _converge_record(host, desired, result, check_mode, params["lock_timeout"], diff, keep=params.get("record", True))
     return result
 
 
-def _converge_record(host, desired, result, check_mode, lock_timeout, diff):
+def _converge_record(host, desired, result, check_mode, lock_timeout, diff, keep=True):
     """Enter the partition in (or drop it from) the record the qemu hook re-creates from, as one more planned step
     of the same run: after the cgroups, so a partition the kernel refused is never recorded."""
     path = host.partition_record
 
     def step():
         record = read_record(path)
-        after = plan_record(record, desired)
+        after = plan_record(record, desired, keep)
         if after is not None and not check_mode:
             write_record(path, after)
         return record, after

@@ -61,11 +61,12 @@ def entry_for(desired, previous):
     return entry
 
 
-def plan_record(record, desired):
-    """The record after ``desired`` (a ``_partition.Desired``), or None when it does not change."""
+def plan_record(record, desired, keep=True):
+    """The record after ``desired`` (a ``_partition.Desired``), or None when it does not change.  ``keep`` false
+    drops the entry of a present partition too (one the hook need not re-create)."""
     name = desired.pname.name
     partitions = dict(record["partitions"])
-    if desired.state == "absent":
+    if desired.state == "absent" or not keep:
         if name not in partitions:
             return None
         del partitions[name]

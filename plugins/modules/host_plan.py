@@ -278,6 +278,25 @@ options:
     type: list
     elements: str
     default: [irq_default_affinity, irq_affinity, cgroup_cpuset]
+  state:
+    description:
+      - V(present) plans host_prep's layout. V(absent) plans the way back (the role's C(host_prep_state=absent));
+        RV(pending) then names what differs from the host as it was before host_prep, and RV(revert) says what the
+        role's revert tasks take from where.
+      - With V(absent) the module fails, before the role changes anything, while a defined guest names one of the
+        partitions to remove, or guests or tasks still run in one, naming the partition and the guests.
+      - O(verify) is not used with V(absent).
+    type: str
+    choices: [present, absent]
+    default: present
+  libvirt_config_dir:
+    description: Where libvirt keeps the persistent domains' XML (read with O(state=absent) for guests in the partitions).
+    type: path
+    default: /etc/libvirt/qemu
+  partition_record:
+    description: libvirt_partition's record of the partitions it manages (removed with O(state=absent)).
+    type: path
+    default: /etc/libvirt/hooks/rtvirt-kvm-partitions.json
   sys_root:
     description: Where sysfs is mounted (the CPU topology). For tests against a recorded tree.
     type: path
@@ -472,6 +491,21 @@ verdict:
   type: dict
   sample: {ok: true, failures: [], msg: "realtime CPUs 2-7 (automatic), ...; the host matches the plan; no
     irq_default_affinity/irq_affinity/cgroup_cpuset violation host_prep answers for on the realtime CPUs"}
+revert:
+  description:
+    - With O(state=absent), what the role's revert tasks do, each planned here with the writing module's planner.
+    - C(partitions), the partitions to remove (host_prep's layout, the hook's layout file, the partition record);
+      C(machine_cpus) and C(irq_cpus), every online CPU; C(irqbalance_line), host_prep's line to remove;
+      C(files), our hook, layout and record files to remove; C(cmdline_absent), the kernel parameters to remove;
+      C(sched_rt_runtime_us), the value now, and C(kernel_default), what it goes back to; C(kept), what
+      host_prep may have changed that the way back leaves, in words; C(hook_kept), the operator's hook left as it is.
+  returned: with O(state=absent)
+  type: dict
+  sample: {partitions: [/rt], machine_cpus: "0-7", irq_cpus: "0-7", irqbalance_line: "IRQBALANCE_BANNED_CPULIST=2-7",
+    files: [/etc/libvirt/hooks/qemu.d/rtvirt-kvm-partitions, /etc/libvirt/hooks/rtvirt-kvm-layout.json,
+    /etc/libvirt/hooks/rtvirt-kvm-partitions.json], cmdline_absent: [irqaffinity, isolcpus, nohz_full, rcu_nocbs],
+    sched_rt_runtime_us: "-1", kernel_default: 950000, kept: ["the libvirt-qemu user and group ... stay"],
+    hook_kept: null}
 cpu_isolation:
   description: With O(verify=true), the C(cpu_isolation) fact as M(rtvirt.kvm.cpu_isolation_facts) returns it.
   returned: when verify is true
@@ -491,8 +525,19 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuList
 from ansible_collections.rtvirt.kvm.plugins.module_utils._failure import ModuleFailure, finish
 from ansible_collections.rtvirt.kvm.plugins.module_utils._realtime_cpus import RealtimeCpusError, plan_argument_spec, plan_host
 from ansible_collections.rtvirt.kvm.plugins.module_utils._host_plan import (
+    banned_line,
     check_cmdline,
+    check_revert_hook,
+    check_revert_irqs,
+    check_revert_partitions,
+    check_revert_sysctl,
+    defined_guest_partitions,
+    KERNEL_RT_RUNTIME_US,
+    not_undone,
     plan_file,
+    revert_files,
+    revert_partition_names,
+    RevertRefused,
     check_hook,
     check_irqs,
     check_libvirt,
@@ -558,6 +603,9 @@ def get_argument_spec():
                                                                       choices=list(LIBVIRT_CONTROLLERS)))),
         tuning=dict(type="dict", options=tuning_argument_spec()),
         verify=dict(type="bool", default=False),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        libvirt_config_dir=dict(type="path", default="/etc/libvirt/qemu"),
+        partition_record=dict(type="path", default="/etc/libvirt/hooks/rtvirt-kvm-partitions.json"),
         verify_kinds=dict(type="list", elements="str", default=list(VERIFY_KINDS)),
     )
 
@@ -693,6 +741,53 @@ def check_tuning(module, options, realtime, housekeeping, proc_root="/proc", sys
             "verify_kinds": [kind for item, kind in TUNING_KINDS if mine.get(item)]}
 
 
+def check_revert(module, params, plan):
+    """The way back: {area: [reasons]} against the host as it was before host_prep, and what the tasks need."""
+    systemd = os.path.isdir(SYSTEMD_DIR)
+    family, names = host_os(params)
+    online = plan["online_cpus"]
+    hook = params["hook"] or {}
+    layout_path = hook.get("layout_path") or "/etc/libvirt/hooks/rtvirt-kvm-layout.json"
+    partitions = revert_partition_names(plan["partitions"], params["partition_record"], layout_path)
+    pending = {}
+    reasons, refusals = check_revert_partitions(module, partitions,
+                                                defined_guest_partitions(params["libvirt_config_dir"]), online)
+    if refusals:
+        raise RevertRefused("host_prep_state=absent refused, nothing changed: %s" % "; ".join(refusals))
+    pending["partitions"] = reasons
+    extra = dict(systemd=systemd, reboot_required=False, os_family=family, os=names, irq_cpus=online,
+                 cmdline_params=cmdline_params(plan["realtime_cpus"], plan["housekeeping_cpus"],
+                                               (params["cmdline"] or {}).get("isolcpus_flags") or ""))
+    if params["cmdline"] is not None:
+        pending["cmdline"], extra["reboot_required"] = check_cmdline(params["cmdline"]["path"], {},
+                                                                     absent=sorted(extra["cmdline_params"]))
+    files = []
+    hook_kept = None
+    if params["hook"] is not None:
+        files = revert_files(hook["path"], layout_path, params["partition_record"], hook.get("legacy_path"))
+        if hook.get("legacy_path") and legacy_hook(hook["legacy_path"]) == "foreign":
+            hook_kept = "%s is not host_prep's: left as it is" % hook["legacy_path"]
+        pending["hook"] = check_revert_hook(files)
+    if params["irqs"] is not None:
+        pending["irqs"] = check_revert_irqs(parse_cpulist(online), names["irqbalance_file"], plan["realtime_cpus"])
+    current = None
+    if params["sysctl"] is not None:
+        pending["sysctl"], current = check_revert_sysctl(params["sysctl"]["path"])
+    extra["pending"] = {area: reasons for area, reasons in pending.items() if reasons}
+    extra["revert"] = dict(
+        partitions=partitions, machine_cpus=online, irq_cpus=online, files=files, hook_kept=hook_kept,
+        irqbalance_line=banned_line(plan["realtime_cpus"]), cmdline_absent=sorted(extra["cmdline_params"]),
+        sched_rt_runtime_us=current, kernel_default=KERNEL_RT_RUNTIME_US,
+        kept=not_undone(systemd, params["libvirt"] is not None, os.path.exists(KVM_DEVICE) and not udev_manages_devices(),
+                        (params["hook"] or {}).get("starter_path")))
+    verdict_line = "; ".join("%s (%s)" % (area, "; ".join(r)) for area, r in extra["pending"].items())
+    extra["summary"] = "taking host_prep off: %s" % (
+        "differs from the host before host_prep: " + verdict_line if verdict_line
+        else "nothing of host_prep's is left (partitions %s gone, /machine and IRQs on %s)"
+        % (", ".join(partitions) or "none", online))
+    return extra
+
+
 def run(module):
     params = module.params
     try:
@@ -701,6 +796,17 @@ def run(module):
         raise ModuleFailure("realtime CPUs: %s" % exc) from None
     for warning in warnings:
         module.warn(warning)
+    if params["state"] == "absent":
+        try:
+            plan.update(check_revert(module, params, plan))
+        except RevertRefused as exc:
+            raise ModuleFailure(str(exc), **plan) from None
+        except (CgroupDiscoveryError, CpuListError, PartitionNameError, OSError) as exc:
+            raise ModuleFailure("cannot read the host's state: %s" % exc, **plan) from None
+        except OsNamesError as exc:
+            raise ModuleFailure("os_names: %s" % exc, **plan) from None
+        plan["verdict"] = {"ok": True, "msg": plan["summary"], "failures": []}
+        return plan
     try:
         plan.update(check(module, params, plan))
     except (CgroupDiscoveryError, CpuListError, PartitionNameError, OSError) as exc:

@@ -26,6 +26,13 @@ options:
     description: The housekeeping CPUs that IRQs may use, in the kernel's list syntax.
     type: str
     required: true
+  exact:
+    description:
+      - V(true) also writes O(cpus) to IRQs whose affinity is within O(cpus) but not all of it, so that every
+        movable IRQ ends on exactly O(cpus). P(rtvirt.kvm.host_prep#role) uses it with every online CPU to take its
+        IRQ placement back off.
+    type: bool
+    default: false
   proc_root:
     description: Where procfs is mounted. For tests against a fake tree.
     type: path
@@ -88,7 +95,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._irq_plan import UNMOVA
 
 
 def get_argument_spec():
-    return dict(cpus=dict(type="str", required=True), proc_root=dict(type="path", default="/proc"),
+    return dict(cpus=dict(type="str", required=True), exact=dict(type="bool", default=False), proc_root=dict(type="path", default="/proc"),
                 sys_root=dict(type="path", default="/sys"))
 
 
@@ -97,7 +104,7 @@ def run(module):
     wanted = parse_cpulist(params["cpus"], what="cpus")
     if not wanted:
         raise CpuListError("cpus is empty: IRQs need at least one CPU")
-    planned = plan_irqs(wanted, params["proc_root"], params["sys_root"])
+    planned = plan_irqs(wanted, params["proc_root"], params["sys_root"], exact=params["exact"])
     if module.check_mode:
         # A real run's write would fail on the IRQs the kernel is known to refuse and count no change; so does this.
         unmovable = [{"irq": m.irq, "affinity": format_cpulist(m.before), "error": UNMOVABLE} for m in planned.refused]

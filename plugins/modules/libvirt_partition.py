@@ -135,6 +135,13 @@ options:
       - Seconds to wait for another run holding the collection's host-wide cgroup lock.
     type: int
     default: 60
+  record:
+    description:
+      - V(false) keeps the partition out of the partition record (an entry is dropped), so the qemu hook does not
+        re-create it. P(rtvirt.kvm.host_prep#role)'s way back uses it to give C(/machine) every CPU again, libvirt's
+        own default, which nothing needs to re-create. Hosts with systemd keep no record.
+    type: bool
+    default: true
 attributes:
   check_mode:
     support: full

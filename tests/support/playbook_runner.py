@@ -19,7 +19,7 @@ CALLBACKS = REPO / "tests" / "support" / "callback"
 CONTROLLER_ACTIONS = {"set_fact", "debug", "assert", "include_tasks", "include_role", "validate_argument_spec", "meta"}
 
 
-def run_playbook(tmp_path, plays, inventory=None, check=False, timeout=900):
+def run_playbook(tmp_path, plays, inventory=None, check=False, timeout=900, diff=False):
     """Write ``plays`` to tmp_path/play.yml and run it (localhost, local connection, unless ``inventory``).
 
     Returns {rc, changed, failed, out, tasks}: ``tasks`` are the task-log lines ({action, name, role, status})."""
@@ -36,6 +36,7 @@ def run_playbook(tmp_path, plays, inventory=None, check=False, timeout=900):
     else:
         argv += ["-i", str(inventory)]
     argv += ["--check"] if check else []
+    argv += ["--diff"] if diff else []
     proc = subprocess.run(argv + [str(path)], env=env, cwd=str(REPO), capture_output=True, text=True, timeout=timeout,
                           check=False)
     out = proc.stdout + proc.stderr

@@ -5,7 +5,7 @@ isolated partition on 1-3 while systemd was told to give machine.slice 0-1 and r
 honour both). Now partitions that are not exclusive are converged first (``cpuset.cpus.partition`` back to
 ``member``, written before systemd gets the new ``AllowedCPUs=``), then /machine, then the exclusive ones.
 
-Three converges on one guest (each takes minutes under TCG); the guest is shared with the other v2host
+Three converges and the way back (host_prep_state: absent) on one guest (each takes minutes under TCG); the guest is shared with the other v2host
 modules, so everything the role made is removed afterwards and the IRQ defaults and RT budget are put back.
 """
 import json
@@ -53,6 +53,10 @@ def v2_modes(v2host_612, tmp_path_factory):
         r["shared_files"] = layout(read_files(host, FILES))
         r["back"] = converge(host, tmp, V2_DEDICATED, name="back")
         r["back_files"] = layout(read_files(host, FILES))
+        # The way back (issue 20) on systemd: the slice unit goes, machine.slice gets every CPU.
+        r["absent"] = converge(host, tmp, dict(V2_DEDICATED, host_prep_state="absent"), name="absent")
+        r["absent_files"] = read_files(host, FILES + ["/etc/sysctl.d/90-rtvirt-kvm.conf",
+                                                      "/proc/sys/kernel/sched_rt_runtime_us"])
     finally:
         host.ssh("if [ -e %s/rt.slice/cpuset.cpus.partition ]; then echo member > %s/rt.slice/cpuset.cpus.partition; fi; "
                  "systemctl stop rt.slice; rm -f %s/rt.slice %s /etc/sysctl.d/90-rtvirt-kvm.conf; "
@@ -90,6 +94,15 @@ def test_shared_to_dedicated_again(v2_modes):
     run, files = v2_modes["back"], v2_modes["back_files"]
     assert run["rc"] == 0 and run["failed"] == 0, run["stdout"][-4000:]
     assert files == v2_modes["dedicated_files"]
+
+
+def test_absent_removes_the_slice_and_gives_machine_slice_every_cpu(v2_modes):
+    run, files = v2_modes["absent"], v2_modes["absent_files"]
+    assert run["rc"] == 0 and run["failed"] == 0 and run["changed"] > 0, run["stdout"][-4000:]
+    assert files["%s/rt.slice" % UNIT_DIR] == ABSENT and files[FILES[1]] == ABSENT, files
+    assert files[FILES[4]] == "0-3" and files[FILES[5]] == "" and files[FILES[8]] == "f", files
+    assert files["/etc/sysctl.d/90-rtvirt-kvm.conf"] == ABSENT
+    assert files["/proc/sys/kernel/sched_rt_runtime_us"] == "950000"
 
 
 def test_the_shared_guest_is_left_as_found(v2_modes):

@@ -100,7 +100,8 @@ def test_irqs_the_kernel_will_not_move_are_not_pending(irqs, tmp_path):
 @pytest.mark.parametrize("text, pending", [
     ("IRQBALANCE_BANNED_CPULIST=2-3\n", False),
     ("#IRQBALANCE_BANNED_CPULIST=\nIRQBALANCE_BANNED_CPULIST=2-3\n", False),
-    ("IRQBALANCE_BANNED_CPULIST=2-3\n# IRQBALANCE_BANNED_CPULIST=\n", True),   # lineinfile edits the last match
+    ("IRQBALANCE_BANNED_CPULIST=2-3\n# IRQBALANCE_BANNED_CPULIST=\n", False),  # a comment is not matched
+    ("IRQBALANCE_BANNED_CPULIST=2-3\nIRQBALANCE_BANNED_CPULIST=1\n", True),   # lineinfile edits the last match
     ("#IRQBALANCE_BANNED_CPULIST=\n", True),
     ("IRQBALANCE_ONESHOT=1\n", True),
 ])

@@ -466,9 +466,16 @@ def _seams(name, fake, monkeypatch):
                             functools.partial(_host_plan.check_irqs, proc_root=h + "/proc", sys_root=h + "/sys"))
         monkeypatch.setattr(module, "check_sysctl", functools.partial(_host_plan.check_sysctl, proc_root=h + "/proc"))
         if hasattr(module, "check_tuning"):
-            monkeypatch.setattr(module, "check_tuning", functools.partial(
-                module.check_tuning, proc_root=h + "/proc", sys_root=h + "/sys", tuned_dir=h + "/etc/tuned",
-                tuned_profiles_dir=h + "/usr/lib/tuned"))
+            real_check_tuning = module.check_tuning
+
+            def fake_check_tuning(mod, options, realtime, housekeeping):
+                # The default modprobe and sysctl files are the real host's: read the fake host's instead.
+                options = dict(options, **{key: h + options[key] for key in ("modprobe_file", "sysctl_file")
+                                           if str(options.get(key) or "").startswith("/etc/")})
+                return real_check_tuning(mod, options, realtime, housekeeping, proc_root=h + "/proc",
+                                         sys_root=h + "/sys", tuned_dir=h + "/etc/tuned",
+                                         tuned_profiles_dir=h + "/usr/lib/tuned")
+            monkeypatch.setattr(module, "check_tuning", fake_check_tuning)
         monkeypatch.setattr(module, "check_libvirt",
                             functools.partial(_host_plan.check_libvirt, proc_root=h + "/proc",
                                               log_dir=h + "/var/log/libvirt"))
