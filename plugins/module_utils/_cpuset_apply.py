@@ -136,7 +136,7 @@ class HostLock:
 def describe_failure(fs, op, exc):
     err = exc.errno or 0
     name = _errno.errorcode.get(err, str(err))
-    rule = fs.errno_rules.get(err, "the kernel refused it") if fs.errno_rules else None
+    rule = fs.errno_rule(op, err)
     return "%s failed: %s (%s)%s" % (fs.describe(op), exc.strerror or str(exc), name, ": " + rule if rule else "")
 
 

@@ -145,7 +145,7 @@ def test_tunables_written_and_idempotent(host):
     ({"name": "/machine/x", "cpu_shares": 1}, "cpu.shares's range"),
     ({"name": "/machine/x", "memory_hard_limit": "lots"}, "not a size"),
     ({"name": "/machine/x", "state": "absent", "cpus": "1"}, "takes no cpus"),
-    ({"name": "/machine/x", "blkio_weight": 5000}, "outside 1-1000"),
+    ({"name": "/machine/x", "blkio_weight": 5000}, "blkio_weight=5000 is outside blkio.bfq.weight's range 1-1000"),
 ])
 def test_bad_input_fails_and_writes_nothing(host, args, message):
     before = snapshot(host)
@@ -445,7 +445,8 @@ def test_a_failure_in_the_last_hierarchy_undoes_every_hierarchy(host, monkeypatc
     result = run({"name": "/machine/production", "cpus": "1", "cpu_shares": 2048, "memory_hard_limit": "1G"})
     assert result.get("failed") and result["changed"] is False, result
     assert result["msg"].startswith("write '1073741824' to %s/memory.limit_in_bytes failed: Input/output error "
-                                    "(EIO); rolled back " % memory), result["msg"]
+                                    "(EIO): partition /machine/production, memory_hard_limit=1073741824: the kernel "
+                                    "refused it; rolled back " % memory), result["msg"]
     assert result["rollback_failures"] == []
     assert result["rolled_back"][0] == "write '2048' to %s" % (
         host / "cg" / "cpu" / "machine" / "production.partition" / "cpu.shares")
