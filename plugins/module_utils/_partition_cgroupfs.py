@@ -539,7 +539,17 @@ def _refuse_limit_below_usage(hierarchy, pname, tunables):
             "first, or give a higher limit; nothing was changed" % (pname.name, limit, used))
 
 
-def _tunable_ops(gate, desired, hierarchies, result):
+def bfq_devices(sys_root):
+    """The block devices whose I/O scheduler is BFQ (``[bfq]`` in queue/scheduler)."""
+    block = os.path.join(sys_root, "block")
+    try:
+        names = sorted(os.listdir(block))
+    except OSError:
+        return []
+    return [name for name in names if "[bfq]" in (read_text(os.path.join(block, name, "queue", "scheduler")) or "")]
+
+
+def _tunable_ops(gate, desired, hierarchies, result, sys_root="/sys"):
     """The tunables, on the deepest level of each hierarchy that carries them."""
     pname, tunables, leaf = desired.pname, desired.tunables, desired.pname.cgroup_path
     by_hierarchy = {}
@@ -568,6 +578,10 @@ def _tunable_ops(gate, desired, hierarchies, result):
         errors.extend(problems)
         fs = TunableFs(hierarchy.mountpoint, hierarchy.version, gate, pname.name,
                        {w.file: "%s=%s" % (w.option, _given(mine, w.option)) for w in writes})
+        if any(w.file.endswith("bfq.weight") for w in writes) and not bfq_devices(sys_root):
+            result.notes.append("blkio_weight goes to %s, BFQ's weight, but no block device uses the bfq scheduler "
+                                "(%s/block/*/queue/scheduler): it takes effect on devices switched to bfq" % (
+                                    next(w.file for w in writes if w.file.endswith("bfq.weight")), sys_root))
         for write in writes:
             op = Op(WRITE, leaf, knob=write.file, value=write.value, previous=write.previous or None)
             result.late.append((fs, op))
@@ -637,7 +651,7 @@ def plan_cgroupfs(host, gate, layout, desired):
                 result.dirs.append((fs, Op(MKDIR, level)))
                 result.record(fs.real_path(level), "absent", "exists")
     if tunables.any():
-        _tunable_ops(gate, desired, hierarchies, result)
+        _tunable_ops(gate, desired, hierarchies, result, host.sys_root)
     return result
 
 
