@@ -404,13 +404,13 @@ def _cpu_set(value, what):
         raise PartitionError(str(exc)) from None
 
 
-def _size(value, what):
+def _size(value, what, partition):
     if value is None:
         return None
     try:
         return parse_size(value, what)
     except ValueError as exc:
-        raise PartitionError(str(exc)) from None
+        raise TunableError("partition %s: %s" % (partition, exc)) from None
 
 
 def parse_desired(params, subsystems):
@@ -425,9 +425,10 @@ def parse_desired(params, subsystems):
     cpus = _cpu_set(params["cpus"], "cpus")
     mems = _cpu_set(params["mems"], "mems")
     tunables = Tunables(cpu_shares=params["cpu_shares"],
-                        memory_hard_limit=_size(params["memory_hard_limit"], "memory_hard_limit"),
-                        memory_soft_limit=_size(params["memory_soft_limit"], "memory_soft_limit"),
-                        memory_swap_hard_limit=_size(params["memory_swap_hard_limit"], "memory_swap_hard_limit"),
+                        memory_hard_limit=_size(params["memory_hard_limit"], "memory_hard_limit", pname.name),
+                        memory_soft_limit=_size(params["memory_soft_limit"], "memory_soft_limit", pname.name),
+                        memory_swap_hard_limit=_size(params["memory_swap_hard_limit"], "memory_swap_hard_limit",
+                                                     pname.name),
                         blkio_weight=params["blkio_weight"])
     state = params["state"]
     if pname.is_default and state == "absent":

@@ -504,22 +504,43 @@ def _engine_requests(desired, cpuset_fs, cpuset_h):
     return requests
 
 
-def _knob_known(hierarchy, pname, name):
+def _knob_known(hierarchy, pname, name, sys_root="/sys"):
     """Will ``name`` exist in the partition's new (or not yet enabled) directory?  Known from its parent, or,
-    for a level below the root (whose cgroup shows no weights and, on v2, no limits), from any cgroup beside it;
-    on v2 a cpu or memory knob exists once the controller is enabled, which the plan does top-down."""
+    for a level below the root (whose cgroup shows no weights and, on v2, no limits), from any cgroup beside it.
+    A v2 controller the plan enables top-down shows its files only afterwards: cpu and memory knobs come with
+    the controller, io.weight with iocost (whose io.cost.qos only the root shows), the BFQ weights with BFQ
+    (offered in a block device's queue/scheduler once built in or loaded)."""
     parent = os.path.join(hierarchy.mountpoint, pname.parent_path)
     if pname.parent_path and os.path.exists(os.path.join(parent, name)):
         return True
-    if hierarchy.version == 2 and name.split(".")[0] in ("cpu", "memory"):
+    controller = name.split(".")[0]
+    bfq = name.endswith("bfq.weight") and _bfq_offered(sys_root)
+    if hierarchy.version == 2:
         root_controllers = (read_text(os.path.join(hierarchy.mountpoint, "cgroup.controllers")) or "").split()
-        return name.split(".")[0] in root_controllers
+        if controller in ("cpu", "memory"):
+            return controller in root_controllers
+        if name == "io.weight":
+            return "io" in root_controllers and os.path.exists(os.path.join(hierarchy.mountpoint, "io.cost.qos"))
+        if name == "io.bfq.weight":
+            return "io" in root_controllers and bfq
+    if bfq:
+        return True
     try:
         siblings = sorted(os.listdir(parent))
     except OSError:
         return False
     return any(os.path.exists(os.path.join(parent, entry, name)) for entry in siblings
                if os.path.isdir(os.path.join(parent, entry)))
+
+
+def _bfq_offered(sys_root):
+    block = os.path.join(sys_root, "block")
+    try:
+        names = os.listdir(block)
+    except OSError:
+        return False
+    return any("bfq" in (read_text(os.path.join(block, n, "queue", "scheduler")) or "").replace("[", " ").replace(
+        "]", " ").split() for n in names)
 
 
 def _refuse_limit_below_usage(hierarchy, pname, tunables):
@@ -566,7 +587,7 @@ def _tunable_ops(gate, desired, hierarchies, result, sys_root="/sys"):
             if text is not None:
                 return text
         # A new directory gets the kernel's defaults (and a v2 one the knob only once its controller is enabled).
-        return "" if _knob_known(hierarchy, pname, name) else None
+        return "" if _knob_known(hierarchy, pname, name, sys_root) else None
 
     errors = []
     page = os.sysconf("SC_PAGE_SIZE")
