@@ -619,9 +619,9 @@ def plan_cgroupfs(host, gate, layout, desired):
     cpuset_h = _controller_hierarchy(hierarchies, "cpuset")
     for controller in tunables.controllers():
         if _controller_hierarchy(hierarchies, controller) is None:
+            used = ", ".join(h.key for h in hierarchies)
             raise TunableError("partition %s: a %s tunable is set, but libvirt uses no %s controller on this host "
-                               "(hierarchies: %s)" % (pname.name, controller, controller,
-                                                       ", ".join(h.key for h in hierarchies)))
+                               "(hierarchies: %s)" % (pname.name, controller, controller, used))
     if (desired.cpus is not None or desired.mems is not None or desired.exclusive is not None) and cpuset_h is None:
         raise PartitionError("cpus, mems and exclusive need the cpuset controller, which libvirt does not use on "
                              "this host (hierarchies: %s)" % ", ".join(h.key for h in hierarchies))

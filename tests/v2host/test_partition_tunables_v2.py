@@ -68,8 +68,9 @@ def tunables_v2(v2host_612, tmp_path_factory):
             if controller not in subtree_before and controller in root_subtree(host):
                 # Best effort: systemd may still use it for a unit of its own (EBUSY), which harms nothing.
                 host.ssh("echo -%s > %s/cgroup.subtree_control" % (controller, CG))
-    print("tunables v2, %s: %s\nunit %s\nrepair %s" % (host.kernel_release, json.dumps(files, indent=1), unit_text,
-                                                        json.dumps({k: s_repair.get(k) for k in ("planned", "writes")})))
+    repair_shown = json.dumps({k: s_repair.get(k) for k in ("planned", "writes")})
+    print("tunables v2, %s: %s\nunit %s\nrepair %s" % (
+        host.kernel_release, json.dumps(files, indent=1), unit_text, repair_shown))
     return dict(dir_n=dir_n, unit=unit, n_first=n_first, n_again=n_again, s_check=s_check, s_first=s_first,
                 s_again=s_again, s_repair=s_repair, files=files, unit_text=unit_text, repaired=repaired)
 
