@@ -152,7 +152,7 @@ def test_unlimited_reads_back_as_the_kernels_maximum(tunables_run):
     unlimited = tunables_run["unlimited"]
     assert unlimited["changed"] and not unlimited.get("failed"), unlimited.get("msg")
     leaf = tunables_run["leaf"]
-    assert [w for w in unlimited["writes"]] == [
+    assert unlimited["writes"] == [
         {"file": "%s/memory/%s/memory.limit_in_bytes" % (CG, leaf), "value": "-1"}]
     assert tunables_run["unlimited_knobs"]["memory.limit_in_bytes"] == UNLIMITED
     again = tunables_run["unlimited_again"]
