@@ -153,8 +153,8 @@ def describe_failure(fs, op, exc):
     err = exc.errno or 0
     name = _errno.errorcode.get(err, str(err))
     rule = KNOB_RULES.get((op.knob, err)) if op.kind == WRITE else None
-    if rule is None and fs.errno_rules:
-        rule = fs.errno_rules.get(err, "the kernel refused it")
+    if rule is None:
+        rule = fs.errno_rule(op, err)
     return "%s failed: %s (%s)%s" % (fs.describe(op), exc.strerror or str(exc), name, ": " + rule if rule else "")
 
 

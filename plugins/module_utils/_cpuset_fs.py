@@ -184,6 +184,10 @@ class CgroupFs:
         """The file's text without the trailing newline, or None when it does not exist."""
         return _read_at(self.real_path(path, name))
 
+    def errno_rule(self, op, err):
+        """What errno ``err`` of ``op`` means, in an operator's words, or None."""
+        return self.errno_rules.get(err, "the kernel refused it") if self.errno_rules else None
+
     def describe(self, op):
         """An engine Op on this hierarchy in words, with real paths (there is no one cpuset root to be
         relative to)."""

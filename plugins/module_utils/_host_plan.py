@@ -35,8 +35,10 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._bootloader import (
 from ansible_collections.rtvirt.kvm.plugins.module_utils._grub import CmdlineParseError, missing_from_running, plan_edit
 from ansible_collections.rtvirt.kvm.plugins.module_utils._irq_plan import plan_irqs
 from ansible_collections.rtvirt.kvm.plugins.module_utils import _kvm as kvm
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionError, parse_qemu_conf_controllers
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
+    PartitionError, TunableError, parse_qemu_conf_controllers)
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_host import planned_steps
+from ansible_collections.rtvirt.kvm.plugins.module_utils._realtime_cpus import PARTITION_TUNABLES
 
 # The regexp roles/host_prep/tasks/irqs.yml gives lineinfile: the last matching line is the one it edits.  A
 # commented line (the package's template) is not matched: ours goes after it, so the way back leaves the file as
@@ -328,7 +330,11 @@ def check_partitions(module, wanted):
     for entry in wanted:
         try:
             steps = planned_steps(module, name=entry["name"], cpus=entry["cpus"], mems=entry.get("mems"),
-                                  exclusive=entry.get("exclusive"))
+                                  exclusive=entry.get("exclusive"),
+                                  **{key: entry.get(key) for key, _kind in PARTITION_TUNABLES})
+        except TunableError:
+            # A tunable this kernel cannot take is bad input: no order of the role's tasks converges it.
+            raise
         except (PartitionError, PlanError, LockTimeout, ApplyError) as exc:
             reasons.append("%s: not converged as it stands (%s)" % (entry["name"], exc))
             continue
@@ -413,8 +419,8 @@ def partition_targets(plan, narrow_machine):
         targets.append({"name": "/machine", "cpus": plan["machine_cpus"], "exclusive": None})
     for partition in plan["partitions"]:
         # The role asks for exclusivity either way: a shared partition drops what a dedicated mode left.
-        targets.append({"name": partition["name"], "cpus": partition["cpus"], "mems": partition.get("mems"),
-                        "exclusive": bool(partition["exclusive"])})
+        targets.append(dict({key: partition.get(key) for key, _kind in PARTITION_TUNABLES}, name=partition["name"],
+                            cpus=partition["cpus"], mems=partition.get("mems"), exclusive=bool(partition["exclusive"])))
     return targets
 
 

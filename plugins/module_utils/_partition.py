@@ -65,6 +65,11 @@ class PartitionError(Exception):
     """Bad input or a state libvirt_partition will not change; nothing has been written."""
 
 
+class TunableError(PartitionError):
+    """A tunable this host's kernel cannot take (out of its knob's range, a knob the kernel lacks, a limit below
+    what the partition uses): bad input, never something a later task of the same run could fix."""
+
+
 # --------------------------------------------------------------------------------------------
 # Names
 
@@ -319,6 +324,16 @@ class Tunables:
             needed.append("blkio")
         return needed
 
+    def only(self, controllers):
+        """These tunables without those of controllers not in ``controllers`` (what one v1 hierarchy carries)."""
+        keep = set(controllers)
+        memory = "memory" in keep
+        return Tunables(cpu_shares=self.cpu_shares if "cpu" in keep else None,
+                        memory_hard_limit=self.memory_hard_limit if memory else None,
+                        memory_soft_limit=self.memory_soft_limit if memory else None,
+                        memory_swap_hard_limit=self.memory_swap_hard_limit if memory else None,
+                        blkio_weight=self.blkio_weight if "blkio" in keep else None)
+
 
 UNLIMITED = -1
 _SIZE = re.compile(r"^\s*(?P<number>\d+)\s*(?P<unit>[KMGTP]?)(?:i?B)?\s*$", re.IGNORECASE)
@@ -389,13 +404,13 @@ def _cpu_set(value, what):
         raise PartitionError(str(exc)) from None
 
 
-def _size(value, what):
+def _size(value, what, partition):
     if value is None:
         return None
     try:
         return parse_size(value, what)
     except ValueError as exc:
-        raise PartitionError(str(exc)) from None
+        raise TunableError("partition %s: %s" % (partition, exc)) from None
 
 
 def parse_desired(params, subsystems):
@@ -410,9 +425,10 @@ def parse_desired(params, subsystems):
     cpus = _cpu_set(params["cpus"], "cpus")
     mems = _cpu_set(params["mems"], "mems")
     tunables = Tunables(cpu_shares=params["cpu_shares"],
-                        memory_hard_limit=_size(params["memory_hard_limit"], "memory_hard_limit"),
-                        memory_soft_limit=_size(params["memory_soft_limit"], "memory_soft_limit"),
-                        memory_swap_hard_limit=_size(params["memory_swap_hard_limit"], "memory_swap_hard_limit"),
+                        memory_hard_limit=_size(params["memory_hard_limit"], "memory_hard_limit", pname.name),
+                        memory_soft_limit=_size(params["memory_soft_limit"], "memory_soft_limit", pname.name),
+                        memory_swap_hard_limit=_size(params["memory_swap_hard_limit"], "memory_swap_hard_limit",
+                                                     pname.name),
                         blkio_weight=params["blkio_weight"])
     state = params["state"]
     if pname.is_default and state == "absent":
@@ -431,13 +447,25 @@ def parse_desired(params, subsystems):
                    controllers=None if controllers is None else tuple(controllers))
 
 
-def check_ranges(tunables, version):
+# The kernel's range of each knob (kernel/sched/core.c, block/bfq-cgroup.c, block/blk-iocost.c): cpu.shares is
+# clamped silently outside it, so a value outside is refused here rather than written and read back as another.
+RANGES = {
+    ("cpu_shares", 1): ("cpu.shares", 2, 262144),
+    ("cpu_shares", 2): ("cpu.weight", 1, 10000),
+    ("blkio_weight", 1): ("blkio.bfq.weight", 1, 1000),
+    ("blkio_weight", 2): ("io.weight", 1, 10000),
+}
+
+
+def check_ranges(tunables, version, partition=None):
     """Refuse a tunable outside its knob's range on cgroup ``version`` (v2 ranges for systemd properties too)."""
-    if tunables.cpu_shares is not None:
-        low, high, knob = (2, 262144, "cpu.shares") if version == 1 else (1, 10000, "cpu.weight")
-        if not low <= tunables.cpu_shares <= high:
-            raise PartitionError("cpu_shares=%d is outside %s's range %d-%d" % (tunables.cpu_shares, knob, low, high))
-    if tunables.blkio_weight is not None:
-        high = 1000 if version == 1 else 10000
-        if not 1 <= tunables.blkio_weight <= high:
-            raise PartitionError("blkio_weight=%d is outside 1-%d" % (tunables.blkio_weight, high))
+    where = "partition %s: " % partition if partition else ""
+    for option in ("cpu_shares", "blkio_weight"):
+        value = getattr(tunables, option)
+        if value is None:
+            continue
+        knob, low, high = RANGES[(option, version)]
+        if not low <= value <= high:
+            raise TunableError("%s%s=%d is outside %s's range %d-%d on cgroup v%d%s" % (
+                where, option, value, knob, low, high, version,
+                " (the kernel would silently clamp it)" if knob == "cpu.shares" else ""))

@@ -11,6 +11,7 @@ tunables on the deepest level of the hierarchies that carry them.  Everything is
 
 from __future__ import annotations
 
+import errno as _errno
 import os
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     V2_DOMAIN_CONTROLLERS,
     V2_NAMES,
     PartitionError,
+    TunableError,
     check_ranges,
     guest_of_cgroup,
     libvirt_hierarchies,
@@ -35,8 +37,6 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
 )
 
 PARTITION_FILE = "cpuset.cpus.partition"
-# What v1 memory.*limit_in_bytes read back as when unlimited (PAGE_COUNTER_MAX pages, 4 KiB pages).
-V1_UNLIMITED_TEXT = "9223372036854771712"
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,18 +184,28 @@ def _parent_cpus(cpuset_fs, pname):
 # --------------------------------------------------------------------------------------------
 # Tunables: libvirt's schedinfo cpu_shares, memtune hard/soft/swap_hard limit, blkiotune weight
 
-def _v1_size(value, page):
-    if value == UNLIMITED:
-        return V1_UNLIMITED_TEXT, "-1"
-    rounded = value // page * page
-    return str(rounded), str(value)
+def page_counter_max(page):
+    """The largest memory limit the kernel holds, in bytes: PAGE_COUNTER_MAX (LONG_MAX / PAGE_SIZE) pages.  A v1
+    ``memory.*limit_in_bytes`` reads back as this when unlimited (9223372036854771712 with 4 KiB pages)."""
+    return (2 ** 63 - 1) // page * page
 
 
-def _v2_size(value, page):
-    if value == UNLIMITED:
-        return "max", "max"
-    rounded = value // page * page
-    return str(rounded), str(value)
+def memory_knob(value, page, version):
+    """(what to write, what the kernel reads back) for a memory limit in bytes.  The kernel keeps whole pages
+    (page_counter_memparse rounds down and clamps at PAGE_COUNTER_MAX); unlimited is written as ``-1`` and read
+    back as that maximum on v1, and is ``max`` on v2.  Comparing the read-back form keeps a second run from
+    rewriting a limit the kernel rounded."""
+    top = page_counter_max(page)
+    if value == UNLIMITED or value >= top:
+        return ("-1", str(top)) if version == 1 else ("max", "max")
+    return str(value), str(value // page * page)
+
+
+def weight_shown(text):
+    """The weight a BFQ or iocost weight file holds: ``100`` (v1 blkio.bfq.weight), ``default 100`` plus one
+    line per device (v2 io.weight, io.bfq.weight)."""
+    first = (text or "").strip().split("\n")[0]
+    return first.replace("default ", "").strip()
 
 
 @dataclass(frozen=True)
@@ -205,59 +215,79 @@ class TunableWrite:
     value: str          # what to write
     expect: str         # what reads back once it holds (the kernel rounds to pages)
     previous: str | None = None
+    option: str = ""    # the module option it comes from, for messages
+
+
+# Why a knob can be missing, per option: the partition names it with the files looked for.
+MISSING_WHY = {
+    "blkio_weight": ("v1 blkio.weight was CFQ's, which Linux 5.0 removed; blkio.bfq.weight and io.bfq.weight exist "
+                     "only while the BFQ I/O scheduler is built in or loaded (modprobe bfq), io.weight only with "
+                     "CONFIG_BLK_CGROUP_IOCOST; leave blkio_weight unset on this kernel"),
+    "cpu_shares": "the cpu controller does not offer it here",
+    "memory_swap_hard_limit": ("the kernel accounts no swap (no swap configured, or swapaccount=0 / "
+                               "CONFIG_MEMCG_SWAP unset)"),
+}
+
+
+def _given(tunables, option):
+    value = getattr(tunables, option)
+    if option.startswith("memory_"):
+        return "unlimited" if value == UNLIMITED else str(value)
+    return str(value)
 
 
 def plan_tunables(version, tunables, read, page_size=4096):
     """The tunable writes a partition needs, in an order the kernel accepts.
 
-    ``read(controller, file)`` returns the current text of a knob or None when the file does not exist.
-    Returns ``(writes, errors)``: writes whose current value differs, and messages for tunables the
-    host cannot take (a file that is not there).
+    ``read(controller, file)`` returns the current text of a knob or None when the file does not exist
+    (``""``: it will exist, with the kernel's default, once its directory is made).
+    Returns ``(writes, errors)``: writes whose current value, as the kernel shows it, differs from what the
+    write would read back; and messages for tunables the host cannot take (a knob that is not there).
     """
     writes, errors = [], []
 
-    def want(controller, candidates, value, expect, strip_default=False):
+    def want(option, controller, candidates, value, expect, weight=False):
         for name in candidates:
             current = read(controller, name)
             if current is None:
                 continue
-            shown = current.strip()
-            if strip_default:
-                shown = shown.split("\n")[0].replace("default ", "").strip()
-            if shown != expect:
-                writes.append(TunableWrite(controller, name, value, expect, current.strip()))
+            shown = weight_shown(current) if weight else current.strip()
+            if current == "" or shown != expect:
+                writes.append(TunableWrite(controller, name, value, expect, current.strip(), option))
             return
-        errors.append("%s: none of %s exists in the partition" % (controller, ", ".join(candidates)))
+        errors.append("%s=%s: %s not found (%s)" % (
+            option, _given(tunables, option), " nor ".join(candidates), MISSING_WHY.get(
+                option, "the %s controller does not offer it here" % controller)))
 
     t = tunables
     if t.cpu_shares is not None:
-        want("cpu", ["cpu.shares"] if version == 1 else ["cpu.weight"], str(t.cpu_shares), str(t.cpu_shares))
+        want("cpu_shares", "cpu", ["cpu.shares"] if version == 1 else ["cpu.weight"], str(t.cpu_shares),
+             str(t.cpu_shares))
     if t.blkio_weight is not None:
         if version == 1:
             # libvirt (virCgroupV1SetBlkioWeight) prefers the BFQ file, then CFQ's.
-            want("blkio", ["blkio.bfq.weight", "blkio.weight"], str(t.blkio_weight), str(t.blkio_weight),
-                 strip_default=True)
+            want("blkio_weight", "blkio", ["blkio.bfq.weight", "blkio.weight"], str(t.blkio_weight),
+                 str(t.blkio_weight), weight=True)
+        elif read("blkio", "io.bfq.weight") is not None:
+            want("blkio_weight", "blkio", ["io.bfq.weight"], str(t.blkio_weight), str(t.blkio_weight), weight=True)
         else:
-            bfq = read("blkio", "io.bfq.weight")
-            if bfq is not None:
-                want("blkio", ["io.bfq.weight"], str(t.blkio_weight), str(t.blkio_weight), strip_default=True)
-            else:
-                want("blkio", ["io.weight"], "default %d" % t.blkio_weight, str(t.blkio_weight), strip_default=True)
+            want("blkio_weight", "blkio", ["io.weight"], "default %d" % t.blkio_weight, str(t.blkio_weight),
+                 weight=True)
     memory = []
     if version == 1:
         if t.memory_soft_limit is not None:
-            expect, value = _v1_size(t.memory_soft_limit, page_size)
-            want("memory", ["memory.soft_limit_in_bytes"], value, expect)
+            value, expect = memory_knob(t.memory_soft_limit, page_size, 1)
+            want("memory_soft_limit", "memory", ["memory.soft_limit_in_bytes"], value, expect)
         hard = swap = None
         if t.memory_hard_limit is not None:
-            expect, value = _v1_size(t.memory_hard_limit, page_size)
+            value, expect = memory_knob(t.memory_hard_limit, page_size, 1)
             before = len(writes)
-            want("memory", ["memory.limit_in_bytes"], value, expect)
+            want("memory_hard_limit", "memory", ["memory.limit_in_bytes"], value, expect)
             hard = writes.pop() if len(writes) > before else None
         if t.memory_swap_hard_limit is not None:
-            expect, value = _v1_size(t.memory_swap_hard_limit, page_size)
+            value, expect = memory_knob(t.memory_swap_hard_limit, page_size, 1)
             before = len(writes)
-            want("memory", ["memory.memsw.limit_in_bytes"], value, expect)
+            want("memory_swap_hard_limit", "memory", ["memory.memsw.limit_in_bytes"], value, expect)
             swap = writes.pop() if len(writes) > before else None
         # memory.limit_in_bytes may never exceed memory.memsw.limit_in_bytes: raise memsw first when
         # the hard limit grows, lower the hard limit first when it shrinks (libvirt's own order).
@@ -267,12 +297,12 @@ def plan_tunables(version, tunables, read, page_size=4096):
             memory = [w for w in (hard, swap) if w]
     else:
         if t.memory_hard_limit is not None:
-            expect, value = _v2_size(t.memory_hard_limit, page_size)
-            want("memory", ["memory.max"], value, expect)
+            value, expect = memory_knob(t.memory_hard_limit, page_size, 2)
+            want("memory_hard_limit", "memory", ["memory.max"], value, expect)
         if t.memory_soft_limit is not None:
             # libvirt's soft_limit on cgroup v2 is memory.high (virCgroupV2SetMemorySoftLimit).
-            expect, value = _v2_size(t.memory_soft_limit, page_size)
-            want("memory", ["memory.high"], value, expect)
+            value, expect = memory_knob(t.memory_soft_limit, page_size, 2)
+            want("memory_soft_limit", "memory", ["memory.high"], value, expect)
         if t.memory_swap_hard_limit is not None:
             # libvirt writes memory.swap.max = swap_hard_limit - memory.max (virCgroupV2SetMemSwapHardLimit).
             if t.memory_swap_hard_limit == UNLIMITED:
@@ -287,8 +317,8 @@ def plan_tunables(version, tunables, read, page_size=4096):
             else:
                 swap = t.memory_swap_hard_limit - t.memory_hard_limit
             if swap is not None:
-                expect, value = _v2_size(swap, page_size)
-                want("memory", ["memory.swap.max"], value, expect)
+                value, expect = memory_knob(swap, page_size, 2)
+                want("memory_swap_hard_limit", "memory", ["memory.swap.max"], value, expect)
     return writes + memory, errors
 
 
@@ -300,6 +330,42 @@ def _grows(write):
             return -1
     new, old = number(write.expect), number(write.previous)
     return new > old >= 0 or write.value == "-1"
+
+
+# What an errno of a tunable write means, per knob family, in an operator's words.
+TUNABLE_ERRNO_RULES = {
+    ("memory.limit_in_bytes", _errno.EBUSY): (
+        "the partition's tasks use more memory than the new limit and the kernel could not reclaim enough "
+        "(no swap, or the memory is locked or anonymous); stop or shrink the guests inside first, or give a "
+        "higher limit"),
+    ("memory.limit_in_bytes", _errno.EINVAL): (
+        "on cgroup v1 memory.limit_in_bytes may not exceed memory.memsw.limit_in_bytes; raise "
+        "memory_swap_hard_limit with it"),
+    ("memory.memsw.limit_in_bytes", _errno.EINVAL): (
+        "on cgroup v1 memory.memsw.limit_in_bytes (memory + swap) may not be below memory.limit_in_bytes"),
+    ("memory.memsw.limit_in_bytes", _errno.EBUSY): (
+        "the partition's tasks use more memory + swap than the new limit and the kernel could not reclaim enough"),
+    ("memory.soft_limit_in_bytes", _errno.EINVAL): "the kernel refuses soft limits on this cgroup",
+    ("", _errno.ERANGE): "the value is outside the knob's range",
+    ("", _errno.EINVAL): "the kernel does not accept this value for the knob",
+    ("", _errno.ENOENT): "the knob does not exist (its controller is not enabled for the partition)",
+    ("", _errno.EACCES): "the knob does not exist or cannot be written (its controller is not enabled for it)",
+    ("", _errno.EBUSY): "the partition's tasks use more than the new limit and the kernel could not reclaim enough",
+}
+
+
+class TunableFs(CgroupFs):
+    """A hierarchy whose tunables the run writes: a refused write names the partition and the module option."""
+
+    def __init__(self, mountpoint, version, gate, partition, options):
+        super().__init__(mountpoint, version, gate)
+        self.partition = partition
+        self.options = options      # file name -> "option=value as given"
+
+    def errno_rule(self, op, err):
+        rule = TUNABLE_ERRNO_RULES.get((op.knob, err)) or TUNABLE_ERRNO_RULES.get(("", err), "the kernel refused it")
+        given = self.options.get(op.knob)
+        return "partition %s, %s: %s" % (self.partition, given, rule) if given else rule
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,7 +504,73 @@ def _engine_requests(desired, cpuset_fs, cpuset_h):
     return requests
 
 
-def _tunable_ops(gate, desired, hierarchies, result):
+def _knob_known(hierarchy, pname, name, sys_root="/sys"):
+    """Will ``name`` exist in the partition's new (or not yet enabled) directory?  Known from its parent, or,
+    for a level below the root (whose cgroup shows no weights and, on v2, no limits), from any cgroup beside it.
+    A v2 controller the plan enables top-down shows its files only afterwards: cpu and memory knobs come with
+    the controller, io.weight with iocost (whose io.cost.qos only the root shows), the BFQ weights with BFQ
+    (offered in a block device's queue/scheduler once built in or loaded)."""
+    parent = os.path.join(hierarchy.mountpoint, pname.parent_path)
+    if pname.parent_path and os.path.exists(os.path.join(parent, name)):
+        return True
+    controller = name.split(".")[0]
+    bfq = name.endswith("bfq.weight") and _bfq_offered(sys_root)
+    if hierarchy.version == 2:
+        root_controllers = (read_text(os.path.join(hierarchy.mountpoint, "cgroup.controllers")) or "").split()
+        if controller in ("cpu", "memory"):
+            return controller in root_controllers
+        if name == "io.weight":
+            return "io" in root_controllers and os.path.exists(os.path.join(hierarchy.mountpoint, "io.cost.qos"))
+        if name == "io.bfq.weight":
+            return "io" in root_controllers and bfq
+    if bfq:
+        return True
+    try:
+        siblings = sorted(os.listdir(parent))
+    except OSError:
+        return False
+    return any(os.path.exists(os.path.join(parent, entry, name)) for entry in siblings
+               if os.path.isdir(os.path.join(parent, entry)))
+
+
+def _bfq_offered(sys_root):
+    block = os.path.join(sys_root, "block")
+    try:
+        names = os.listdir(block)
+    except OSError:
+        return False
+    return any("bfq" in (read_text(os.path.join(block, n, "queue", "scheduler")) or "").replace("[", " ").replace(
+        "]", " ").split() for n in names)
+
+
+def _refuse_limit_below_usage(hierarchy, pname, tunables):
+    """cgroup v2 answers a memory.max below what the cgroup uses with reclaim and then the OOM killer, inside the
+    partition's guests, where v1 refuses the write (EBUSY): refuse it before any write instead."""
+    limit = tunables.memory_hard_limit
+    if hierarchy.version != 2 or limit is None or limit == UNLIMITED:
+        return
+    text = read_text(os.path.join(hierarchy.mountpoint, pname.cgroup_path, "memory.current"))
+    if text is None or not text.strip().isdigit():
+        return
+    used = int(text.strip())
+    if limit < used:
+        raise TunableError(
+            "partition %s: memory_hard_limit=%d is below the %d bytes its tasks use now (memory.current): cgroup v2 "
+            "would reclaim and then OOM-kill inside the partition to meet memory.max; stop or shrink its guests "
+            "first, or give a higher limit; nothing was changed" % (pname.name, limit, used))
+
+
+def bfq_devices(sys_root):
+    """The block devices whose I/O scheduler is BFQ (``[bfq]`` in queue/scheduler)."""
+    block = os.path.join(sys_root, "block")
+    try:
+        names = sorted(os.listdir(block))
+    except OSError:
+        return []
+    return [name for name in names if "[bfq]" in (read_text(os.path.join(block, name, "queue", "scheduler")) or "")]
+
+
+def _tunable_ops(gate, desired, hierarchies, result, sys_root="/sys"):
     """The tunables, on the deepest level of each hierarchy that carries them."""
     pname, tunables, leaf = desired.pname, desired.tunables, desired.pname.cgroup_path
     by_hierarchy = {}
@@ -451,24 +583,32 @@ def _tunable_ops(gate, desired, hierarchies, result):
             return None
         directory = os.path.join(hierarchy.mountpoint, leaf)
         if os.path.isdir(directory):
-            return read_text(os.path.join(directory, name))
-        # A new directory gets the kernel's defaults; what exists is known from its parent.
-        parent = os.path.join(hierarchy.mountpoint, pname.parent_path)
-        return "" if os.path.exists(os.path.join(parent, name)) else None
+            text = read_text(os.path.join(directory, name))
+            if text is not None:
+                return text
+        # A new directory gets the kernel's defaults (and a v2 one the knob only once its controller is enabled).
+        return "" if _knob_known(hierarchy, pname, name, sys_root) else None
 
     errors = []
     page = os.sysconf("SC_PAGE_SIZE")
     for _mountpoint, hierarchy in sorted(by_hierarchy.items()):
-        writes, problems = plan_tunables(hierarchy.version, tunables,
-                                         lambda c, n, h=hierarchy: read(h, c, n), page)
-        errors.extend(p for p in problems if p.split(":")[0] in hierarchy.controllers or ":" not in p)
-        fs = CgroupFs(hierarchy.mountpoint, hierarchy.version, gate)
+        mine = tunables.only(hierarchy.controllers)
+        if "memory" in hierarchy.controllers:
+            _refuse_limit_below_usage(hierarchy, pname, mine)
+        writes, problems = plan_tunables(hierarchy.version, mine, lambda c, n, h=hierarchy: read(h, c, n), page)
+        errors.extend(problems)
+        fs = TunableFs(hierarchy.mountpoint, hierarchy.version, gate, pname.name,
+                       {w.file: "%s=%s" % (w.option, _given(mine, w.option)) for w in writes})
+        if any(w.file.endswith("bfq.weight") for w in writes) and not bfq_devices(sys_root):
+            result.notes.append("blkio_weight goes to %s, BFQ's weight, but no block device uses the bfq scheduler "
+                                "(%s/block/*/queue/scheduler): it takes effect on devices switched to bfq" % (
+                                    next(w.file for w in writes if w.file.endswith("bfq.weight")), sys_root))
         for write in writes:
             op = Op(WRITE, leaf, knob=write.file, value=write.value, previous=write.previous or None)
             result.late.append((fs, op))
             result.record(fs.real_path(leaf, write.file), write.previous or "(new)", write.expect)
     if errors:
-        raise PartitionError("partition %s: %s" % (pname.name, "; ".join(sorted(set(errors)))))
+        raise TunableError("partition %s: %s; nothing was changed" % (pname.name, "; ".join(sorted(set(errors)))))
 
 
 def plan_cgroupfs(host, gate, layout, desired):
@@ -479,15 +619,16 @@ def plan_cgroupfs(host, gate, layout, desired):
     cpuset_h = _controller_hierarchy(hierarchies, "cpuset")
     for controller in tunables.controllers():
         if _controller_hierarchy(hierarchies, controller) is None:
-            raise PartitionError("a %s tunable is set, but libvirt uses no %s controller on this host (mounted: %s)" % (
-                controller, controller, ", ".join(h.key for h in hierarchies)))
+            used = ", ".join(h.key for h in hierarchies)
+            raise TunableError("partition %s: a %s tunable is set, but libvirt uses no %s controller on this host "
+                               "(hierarchies: %s)" % (pname.name, controller, controller, used))
     if (desired.cpus is not None or desired.mems is not None or desired.exclusive is not None) and cpuset_h is None:
         raise PartitionError("cpus, mems and exclusive need the cpuset controller, which libvirt does not use on "
                              "this host (hierarchies: %s)" % ", ".join(h.key for h in hierarchies))
     if desired.exclusive and cpuset_h.version == 2 and pname.is_default:
         raise PartitionError(DEFAULT_NOT_EXCLUSIVE % pname.name)
     tunables_on_v2 = any(h.version == 2 and set(tunables.controllers()) & set(h.controllers) for h in hierarchies)
-    check_ranges(tunables, 2 if tunables_on_v2 else 1)
+    check_ranges(tunables, 2 if tunables_on_v2 else 1, pname.name)
 
     paths = {}
     for hierarchy in hierarchies:
@@ -531,7 +672,7 @@ def plan_cgroupfs(host, gate, layout, desired):
                 result.dirs.append((fs, Op(MKDIR, level)))
                 result.record(fs.real_path(level), "absent", "exists")
     if tunables.any():
-        _tunable_ops(gate, desired, hierarchies, result)
+        _tunable_ops(gate, desired, hierarchies, result, host.sys_root)
     return result
 
 

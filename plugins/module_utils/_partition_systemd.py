@@ -25,6 +25,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     LIBVIRT_CONTROLLERS,
     UNLIMITED,
     PartitionError,
+    TunableError,
     Tunables,
     check_ranges,
     guest_of_cgroup,
@@ -33,9 +34,11 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_cgroupfs import (
     PARTITION_FILE,
     guests_in,
+    memory_knob,
     read_text,
     tasks_of,
     walk,
+    weight_shown,
 )
 
 UNIT_HEADER = "# Managed by rtvirt.kvm.libvirt_partition for libvirt partition %s; changes are overwritten."
@@ -120,6 +123,58 @@ def unit_allowed(text, key):
         return frozenset(parse_cpulist(value))
     except CpuListError:
         return None
+
+
+# --------------------------------------------------------------------------------------------
+# The slice's cgroup files, as systemd writes the unit's properties
+
+def slice_knobs(tunables, page):
+    """[(property=value, cgroup file, what the kernel reads back)] for the tunables a slice unit carries:
+    CPUWeight= is cpu.weight, MemoryMax= memory.max, MemoryHigh= memory.high, MemorySwapMax= memory.swap.max,
+    IOWeight= io.weight (``default N``).  The kernel keeps whole pages of a memory limit."""
+    props = dict(slice_properties(tunables=tunables))
+    knobs = []
+    for prop, knob in (("CPUWeight", "cpu.weight"), ("MemoryMax", "memory.max"), ("MemoryHigh", "memory.high"),
+                       ("MemorySwapMax", "memory.swap.max"), ("IOWeight", "io.weight")):
+        if prop not in props:
+            continue
+        value = props[prop]
+        if prop.startswith("Memory"):
+            expect = memory_knob(UNLIMITED if value == "infinity" else int(value), page, 2)[1]
+        else:
+            expect = value
+        knobs.append(("%s=%s" % (prop, value), knob, expect))
+    return knobs
+
+
+def knob_drift(slice_dir, tunables, page, offered):
+    """[(property=value, file, what it reads, what it should read)] of the slice's cgroup files that differ
+    from its unit's properties (a missing file reads None).  ``offered``: the unified root's cgroup.controllers;
+    on a systemd host whose controllers are on v1 hierarchies systemd maps the properties there, not checked."""
+    drift = []
+    for prop, knob, expect in slice_knobs(tunables, page):
+        if knob.split(".")[0] not in offered:
+            continue
+        text = read_text(os.path.join(slice_dir, knob))
+        shown = None if text is None else (weight_shown(text) if knob == "io.weight" else text.strip())
+        if shown != expect:
+            drift.append((prop, os.path.join(slice_dir, knob), shown, expect))
+    return drift
+
+
+def _refuse_limit_below_usage(slice_dir, pname, tunables):
+    """systemd writes MemoryMax= to memory.max, and cgroup v2 meets a limit below what the slice uses with reclaim
+    and then the OOM killer inside the slice's guests: refuse it before the unit is written."""
+    limit = tunables.memory_hard_limit
+    if limit is None or limit == UNLIMITED:
+        return
+    text = (read_text(os.path.join(slice_dir, "memory.current")) or "").strip()
+    if text.isdigit() and limit < int(text):
+        raise TunableError(
+            "partition %s (%s): memory_hard_limit=%d is below the %s bytes its tasks use now (memory.current): "
+            "systemd would write MemoryMax= to memory.max and cgroup v2 would reclaim and then OOM-kill inside the "
+            "slice; stop or shrink its guests first, or give a higher limit; nothing was changed" % (
+                pname.name, pname.slice, limit, text))
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,7 +322,7 @@ def _desired_unit(desired, current, drop_in):
 def converge_systemd(module, host, gate, layout, desired, lock_timeout, check_mode):
     """Plan the slice and, unless in check mode, apply it under the host-wide lock; return the module's result."""
     pname, cpus, mems, exclusive = desired.pname, desired.cpus, desired.mems, desired.exclusive
-    check_ranges(desired.tunables, 2)
+    check_ranges(desired.tunables, 2, pname.name)
     unified = layout.unified
     cpuset_fs = None
     if unified is not None and "cpuset" in (read_text(os.path.join(unified.mountpoint, "cgroup.controllers"))
@@ -293,15 +348,28 @@ def converge_systemd(module, host, gate, layout, desired, lock_timeout, check_mo
     if cpuset_fs is not None and (cpus is not None or mems is not None):
         _refuse_outside_parent(cpuset_fs, pname, cpus, mems)
     partition_state = None
+    slice_dir = paths.get("unified")
+    offered = (read_text(os.path.join(unified.mountpoint, "cgroup.controllers")) or "").split() if unified else []
+    page = os.sysconf("SC_PAGE_SIZE")
+    drift = []
     if desired.state == "absent":
         planned, guests = _remove(host, systemctl, gate, desired, paths, current, unit_file, check_mode)
         new = None
     else:
         planned = []
         new = _desired_unit(desired, current, drop_in)
+        if slice_dir is not None and "memory" in offered:
+            _refuse_limit_below_usage(slice_dir, pname, desired.tunables)
+        rc, _out = systemctl.query("is-active", pname.slice)
         if new != current:
             planned.extend(["write %s" % unit_file, "systemctl daemon-reload"])
-        rc, _out = systemctl.query("is-active", pname.slice)
+        elif rc == 0 and slice_dir is not None and desired.tunables.any():
+            # The unit is as asked but the kernel holds other values (written by hand, or by
+            # systemctl set-property): a daemon-reload makes systemd write the unit's properties again.
+            drift = knob_drift(slice_dir, desired.tunables, page, offered)
+            if drift:
+                planned.append("systemctl daemon-reload (%s)" % "; ".join(
+                    "%s reads %s, not %s as %s says" % (path, shown, expect, prop) for prop, path, shown, expect in drift))
         if rc != 0:
             planned.append("systemctl start %s" % pname.slice)
         kind = None
@@ -329,16 +397,38 @@ def converge_systemd(module, host, gate, layout, desired, lock_timeout, check_mo
                             os.path.join(cpuset_fs.mountpoint, pname.slice_path, PARTITION_FILE), partition_state))
         if planned and not check_mode:
             with HostLock(path=host.lock_path, timeout=lock_timeout):
-                partition_state = _apply(systemctl, gate, pname, unit_file, current, new, rc, cpuset_fs, kind)
+                partition_state = _apply(systemctl, gate, pname, unit_file, current, new, rc, cpuset_fs, kind,
+                                         reload=bool(drift))
+            if slice_dir is not None and desired.tunables.any():
+                _verify_knobs(gate, pname, slice_dir, desired.tunables, page, offered)
     result = dict(changed=bool(planned), name=pname.name, cgroup_path=pname.slice_path, paths=paths,
                   unit=pname.slice, unit_file=unit_file, planned=planned, notes=notes, guests=guests,
                   writes=[{"file": f, "value": v} for f, v in gate.writes])
     if partition_state is not None and desired.state == "present":
         result["partition"] = partition_state
     if getattr(module, "_diff", False) and planned:
-        result["diff"] = {"before": current or "", "after": new or "",
-                          "before_header": unit_file, "after_header": unit_file}
+        if drift:
+            result["diff"] = {"before": "".join("%s = %s\n" % (path, shown) for _p, path, shown, _e in drift),
+                              "after": "".join("%s = %s\n" % (path, expect) for _p, path, _s, expect in drift),
+                              "before_header": "cgroup files of %s" % pname.slice,
+                              "after_header": "cgroup files of %s" % pname.slice}
+        else:
+            result["diff"] = {"before": current or "", "after": new or "",
+                              "before_header": unit_file, "after_header": unit_file}
     return result
+
+
+def _verify_knobs(gate, pname, slice_dir, tunables, page, offered):
+    """Read the slice's cgroup files back: systemd only logs a property the kernel refused, so a unit that says
+    one thing while the kernel holds another would otherwise pass as converged."""
+    drift = knob_drift(slice_dir, tunables, page, offered)
+    if drift:
+        raise ApplyError(
+            "partition %s (%s): systemd took the unit, but the kernel holds other values: %s (see journalctl -u "
+            "%s); the unit file is left as written" % (
+                pname.name, pname.slice, "; ".join("%s reads %s, not %s (%s)" % (path, shown, expect, prop)
+                                                   for prop, path, shown, expect in drift), pname.slice),
+            list(gate.writes), [], ["the unit file and systemd's state are left as written"])
 
 
 def _set_partition(gate, pname, cpuset_fs, kind):
@@ -370,7 +460,7 @@ def _undo_unit(systemctl, gate, pname, unit_file, current, unit_changed, exc):
     raise ApplyError(message, list(gate.writes), restored, failures) from None
 
 
-def _apply(systemctl, gate, pname, unit_file, current, new, was_active, cpuset_fs, kind):
+def _apply(systemctl, gate, pname, unit_file, current, new, was_active, cpuset_fs, kind, reload=False):
     """Unit file, daemon-reload and start through systemd; then the partition file on the slice's cgroup
     (planned again on what systemd really left).  A partition the kernel refuses or marks invalid undoes
     the partition write and the unit change.  Returns cpuset.cpus.partition as read back.

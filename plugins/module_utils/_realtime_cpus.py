@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import format_cpulist, parse_cpulist
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionNameError, parse_name
+
+# libvirt_partition's tunables a host_prep partition may carry, with their option types.
+PARTITION_TUNABLES = (("cpu_shares", "int"), ("memory_hard_limit", "str"), ("memory_soft_limit", "str"),
+                      ("memory_swap_hard_limit", "str"), ("blkio_weight", "int"))
 from ansible_collections.rtvirt.kvm.plugins.module_utils._topology import TopologyError, read_topology
 
 
@@ -181,7 +185,8 @@ def plan_argument_spec():
         cpus=dict(type="str"),
         housekeeping_cores_per_node=dict(type="int", default=1),
         partitions=dict(type="list", elements="dict", default=[], options=dict(
-            name=dict(type="str", required=True), cpus=dict(type="str"), exclusive=dict(type="bool"))),
+            name=dict(type="str", required=True), cpus=dict(type="str"), mems=dict(type="str"),
+            exclusive=dict(type="bool"), **{key: dict(type=kind) for key, kind in PARTITION_TUNABLES})),
         emulator_cpus=dict(type="str", default=""),
         narrow_machine=dict(type="bool", default=True),
         sys_root=dict(type="path", default="/sys"),

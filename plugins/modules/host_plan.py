@@ -62,11 +62,31 @@ options:
           - Its CPUs. Default the realtime CPUs plus the emulator CPUs, because libvirt puts a guest's emulator cgroup
             inside its partition, and a cpuset must hold its children's CPUs (see docs/LAYOUT.md).
         type: str
+      mems:
+        description: Its memory nodes; default its parent's.
+        type: str
       exclusive:
         description:
           - Defaults to true with dedicated O(emulator_cpus) and false without; true without them is refused,
             because the partition then overlaps C(/machine) on the housekeeping CPUs.
         type: bool
+      cpu_shares:
+        description:
+          - M(rtvirt.kvm.libvirt_partition)'s O(rtvirt.kvm.libvirt_partition#module:cpu_shares), planned by that
+            module's code; a value this kernel cannot take fails the plan, naming the partition and the rule.
+        type: int
+      memory_hard_limit:
+        description: M(rtvirt.kvm.libvirt_partition)'s O(rtvirt.kvm.libvirt_partition#module:memory_hard_limit).
+        type: str
+      memory_soft_limit:
+        description: M(rtvirt.kvm.libvirt_partition)'s O(rtvirt.kvm.libvirt_partition#module:memory_soft_limit).
+        type: str
+      memory_swap_hard_limit:
+        description: M(rtvirt.kvm.libvirt_partition)'s O(rtvirt.kvm.libvirt_partition#module:memory_swap_hard_limit).
+        type: str
+      blkio_weight:
+        description: M(rtvirt.kvm.libvirt_partition)'s O(rtvirt.kvm.libvirt_partition#module:blkio_weight).
+        type: int
   emulator_cpus:
     description:
       - CPUs dedicated to the realtime guests' emulator threads, neither realtime nor needed by the host. Empty
@@ -571,7 +591,8 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._host_tuning import (
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import gather
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_read import IsolationError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._kvm import DEVICE as KVM_DEVICE, udev_manages_devices
-from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import LIBVIRT_CONTROLLERS, PartitionNameError
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
+    LIBVIRT_CONTROLLERS, PartitionNameError, TunableError)
 
 SYSTEMD_DIR = "/run/systemd/system"
 RPM_TOOLS = ("/usr/bin/rpm", "/usr/bin/dnf")
@@ -815,6 +836,8 @@ def run(module):
         raise ModuleFailure("os_names: %s" % exc, **plan) from None
     except TuningError as exc:
         raise ModuleFailure("tuning: %s" % exc, **plan) from None
+    except TunableError as exc:
+        raise ModuleFailure("partitions: %s" % exc, **plan) from None
     if params["verify"]:
         try:
             facts = gather(isolated_cpus=plan["realtime_cpus"],

@@ -23,7 +23,10 @@ description:
     fails because one is missing) is repaired; what is already there is left alone.
   - On systemd hosts (C(/run/systemd/system) exists) it writes the slice unit libvirt asks systemd for
     (C(/machine/tenant/rt) is C(machine-tenant-rt.slice), C(/rt) is C(rt.slice)) under C(/etc/systemd/system),
-    reloads systemd and starts the slice. For C(/machine) it writes a drop-in,
+    reloads systemd and starts the slice. Tunables are unit properties (C(CPUWeight=), C(MemoryMax=),
+    C(MemoryHigh=), C(MemorySwapMax=), C(IOWeight=)), so they persist; the slice's cgroup files are read back after
+    systemd applied them, and a file that differs from the unit (changed by hand) is put back with
+    C(systemctl daemon-reload). For C(/machine) it writes a drop-in,
     C(/etc/systemd/system/machine.slice.d/50-rtvirt-kvm.conf), and never replaces systemd's own C(machine.slice).
   - V(absent) refuses while a guest (or any other task) runs inside the partition and names it.
   - On hosts without systemd it keeps a record of the partitions it manages,
@@ -99,12 +102,22 @@ options:
   cpu_shares:
     description:
       - The partition's CPU weight, as C(virsh schedinfo cpu_shares) sets it for a domain. cgroup v1 C(cpu.shares)
-        (2-262144), cgroup v2 C(cpu.weight) (1-10000), systemd C(CPUWeight=).
+        (2-262144; the kernel clamps other values silently, so they are refused), cgroup v2 C(cpu.weight) (1-10000),
+        systemd C(CPUWeight=).
+      - Tunables are written on the partition's own level and read back as the kernel shows them; a second run
+        compares with that, so the kernel's rounding never makes a run changed. A value outside the knob's range, a
+        knob this kernel lacks, or a limit the kernel refuses fails naming the partition, the option, the value and
+        the rule; a refused write undoes the run's earlier writes.
     type: int
   memory_hard_limit:
     description:
       - As C(virsh memtune --hard-limit). Bytes, a size with a binary unit (C(4G), C(512MiB)), or C(unlimited).
         cgroup v1 C(memory.limit_in_bytes), v2 C(memory.max), systemd C(MemoryMax=).
+      - The kernel keeps whole pages (rounds down); C(unlimited) reads back as the kernel's maximum on v1
+        (C(9223372036854771712) with 4 KiB pages) and as C(max) on v2.
+      - On cgroup v1 a limit below what the partition's tasks use is tried by the kernel, which reclaims and refuses
+        (EBUSY) what it cannot reclaim. On cgroup v2 and systemd hosts such a limit is refused before any write,
+        naming C(memory.current), because the kernel's answer there would be the OOM killer inside the partition.
     type: str
   memory_soft_limit:
     description:
@@ -119,8 +132,12 @@ options:
     type: str
   blkio_weight:
     description:
-      - As C(virsh blkiotune --weight). cgroup v1 C(blkio.bfq.weight) or C(blkio.weight) (1-1000), v2
-        C(io.bfq.weight) or C(io.weight), systemd C(IOWeight=). Needs the blkio/io controller.
+      - As C(virsh blkiotune --weight). cgroup v1 C(blkio.bfq.weight) (1-1000) or, on kernels before 5.0 with CFQ,
+        C(blkio.weight); v2 C(io.bfq.weight) or C(io.weight) (1-10000); systemd C(IOWeight=). Needs the blkio/io
+        controller.
+      - BFQ's weight exists only while the BFQ scheduler is built in or loaded, and acts only on devices that use
+        it; RV(notes) says when no device does. A kernel with neither BFQ nor CFQ (nor iocost on v2) has no block
+        weight at all, and the option is then refused, naming the files looked for.
     type: int
   controllers:
     description:

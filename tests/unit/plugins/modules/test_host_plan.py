@@ -397,3 +397,26 @@ def test_a_file_that_is_not_text_reads_as_absent_not_a_crash(irqs, tmp_path):
     sysctl.write_bytes(b"\xff\xfe\x00")
     write(proc + "/sys/kernel/sched_rt_runtime_us", "-1\n")
     assert hs.check_sysctl(str(sysctl), "x = 1\n", -1, proc_root=proc) == ["%s is missing" % sysctl]
+
+
+def test_partition_tunables_are_planned_and_bad_ones_fail_the_plan(tmp_path, monkeypatch):
+    root = _v1_host(tmp_path, monkeypatch)
+    write(str(root / "cpu" / "rt.partition" / "cpu.shares"), "1024\n")
+    target = {"name": "/rt", "cpus": "0-3", "cpu_shares": 2048}
+    checked = run_module(libvirt_partition, target, check_mode=True)
+    assert not checked.get("failed"), checked.get("msg")
+    assert hs.check_partitions(None, [target]) == ["/rt: %s" % step for step in checked["planned"]]
+    # A value no order of the role's tasks can converge is bad input: it fails the plan, naming the rule.
+    with pytest.raises(hs.TunableError, match=r"partition /rt: cpu_shares=1 is outside cpu.shares's range 2-262144"):
+        hs.check_partitions(None, [dict(target, cpu_shares=1)])
+    with pytest.raises(hs.TunableError, match="partition /rt: memory_hard_limit: 'lots' is not a size"):
+        hs.check_partitions(None, [dict(target, memory_hard_limit="lots")])
+
+
+def test_partition_targets_carry_the_tunables():
+    plan = {"machine_cpus": "0", "partitions": [{"name": "/rt", "cpus": "1-3", "exclusive": False, "mems": None,
+                                                 "cpu_shares": 512, "memory_hard_limit": "8G"}]}
+    rt = hs.partition_targets(plan, narrow_machine=True)[1]
+    assert rt == {"name": "/rt", "cpus": "1-3", "mems": None, "exclusive": False, "cpu_shares": 512,
+                  "memory_hard_limit": "8G", "memory_soft_limit": None, "memory_swap_hard_limit": None,
+                  "blkio_weight": None}

@@ -145,7 +145,7 @@ def test_tunables_written_and_idempotent(host):
     ({"name": "/machine/x", "cpu_shares": 1}, "cpu.shares's range"),
     ({"name": "/machine/x", "memory_hard_limit": "lots"}, "not a size"),
     ({"name": "/machine/x", "state": "absent", "cpus": "1"}, "takes no cpus"),
-    ({"name": "/machine/x", "blkio_weight": 5000}, "outside 1-1000"),
+    ({"name": "/machine/x", "blkio_weight": 5000}, "blkio_weight=5000 is outside blkio.bfq.weight's range 1-1000"),
 ])
 def test_bad_input_fails_and_writes_nothing(host, args, message):
     before = snapshot(host)
@@ -469,7 +469,8 @@ def test_a_failure_in_the_last_hierarchy_undoes_every_hierarchy(host, monkeypatc
     result = run({"name": "/machine/production", "cpus": "1", "cpu_shares": 2048, "memory_hard_limit": "1G"})
     assert result.get("failed") and result["changed"] is False, result
     assert result["msg"].startswith("write '1073741824' to %s/memory.limit_in_bytes failed: Input/output error "
-                                    "(EIO); rolled back " % memory), result["msg"]
+                                    "(EIO): partition /machine/production, memory_hard_limit=1073741824: the kernel "
+                                    "refused it; rolled back " % memory), result["msg"]
     assert result["rollback_failures"] == []
     assert result["rolled_back"][0] == "write '2048' to %s" % (
         host / "cg" / "cpu" / "machine" / "production.partition" / "cpu.shares")
@@ -536,3 +537,102 @@ def test_systemd_hosts_keep_no_record(systemd_host, partition_record):
     result = run({"name": "/machine/production", "cpus": "1"})
     assert not result.get("failed"), result.get("msg")
     assert not partition_record.exists()
+
+
+# ---- tunables: what the kernel lacks, refuses or shows ------------------------------------------
+
+def test_a_block_weight_this_kernel_lacks_is_refused_naming_the_knob(host, monkeypatch):
+    """No CFQ (blkio.weight) and no BFQ (blkio.bfq.weight, no device offers bfq): refused before any write."""
+    (host / "cg" / "blkio" / "machine" / "blkio.bfq.weight").unlink()
+    monkeypatch.setattr(libvirt_partition.Host, "sys_root", str(host / "sys"))
+    before = snapshot(host)
+    result = run({"name": "/machine/x", "cpu_shares": 512, "blkio_weight": 300})
+    assert result.get("failed"), result
+    assert result["msg"].startswith("partition /machine/x: blkio_weight=300: blkio.bfq.weight nor blkio.weight not "
+                                    "found (v1 blkio.weight was CFQ's, which Linux 5.0 removed"), result["msg"]
+    assert result["msg"].endswith("; nothing was changed")
+    assert snapshot(host) == before
+
+
+def test_a_new_top_level_partition_finds_the_bfq_weight_beside_it(host, monkeypatch):
+    """The root cgroup never shows blkio.bfq.weight; a cgroup beside the new partition does."""
+    monkeypatch.setattr(libvirt_partition.Host, "sys_root", str(host / "sys"))
+    result = run({"name": "/rt", "blkio_weight": 300}, diff=True)
+    assert not result.get("failed"), result.get("msg")
+    weight = host / "cg" / "blkio" / "rt.partition" / "blkio.bfq.weight"
+    assert weight.read_text().strip() == "300"
+    assert "%s = 300" % weight in result["diff"]["after"] and "%s = (new)" % weight in result["diff"]["before"]
+    assert any("no block device uses the bfq scheduler" in note for note in result["notes"]), result["notes"]
+
+
+def test_memory_limits_compare_in_whole_pages_and_unlimited_as_the_kernels_maximum(host):
+    mem = host / "cg" / "memory" / "machine" / "production.partition"
+    odd = (1 << 30) + 5
+    assert not run({"name": "/machine/production", "memory_hard_limit": str(odd)}).get("failed")
+    # What the kernel would hold: whole pages.
+    (mem / "memory.limit_in_bytes").write_text("%d\n" % (odd // 4096 * 4096))
+    assert run({"name": "/machine/production", "memory_hard_limit": str(odd)})["changed"] is False
+    assert run({"name": "/machine/production", "memory_hard_limit": "unlimited"})["writes"] == [
+        {"file": str(mem / "memory.limit_in_bytes"), "value": "-1"}]
+    (mem / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert run({"name": "/machine/production", "memory_hard_limit": "unlimited"})["changed"] is False
+
+
+@pytest.fixture
+def systemd_v2(systemd_host):
+    """The systemd host with cpu, memory and io on the unified hierarchy, and the slice's cgroup directory."""
+    host, fake = systemd_host
+    (host / "cg" / "unified" / "cgroup.controllers").write_text("cpu memory io\n")
+    slice_dir = host / "cg" / "unified" / "rt.slice"
+    slice_dir.mkdir()
+    return host, fake, slice_dir
+
+
+def test_systemd_slice_files_are_read_back_after_systemd_applied_the_unit(systemd_v2):
+    host, fake, slice_dir = systemd_v2
+    result = run({"name": "/rt", "cpu_shares": 300})
+    assert result.get("failed") and result["changed"], result
+    assert ("partition /rt (rt.slice): systemd took the unit, but the kernel holds other values: %s/cpu.weight reads "
+            "None, not 300 (CPUWeight=300)" % slice_dir) in result["msg"], result["msg"]
+    (slice_dir / "cpu.weight").write_text("300\n")
+    again = run({"name": "/rt", "cpu_shares": 300})
+    assert not again.get("failed") and again["changed"] is False, again
+
+
+def test_systemd_slice_file_changed_by_hand_plans_a_daemon_reload(systemd_v2):
+    host, fake, slice_dir = systemd_v2
+    (slice_dir / "cpu.weight").write_text("77\n")
+    (slice_dir / "memory.max").write_text("%d\n" % ((1 << 30) // 4096 * 4096))
+    (slice_dir / "memory.current").write_text("0\n")
+    fake.active.add("rt.slice")
+    unit = host / "etc-systemd" / "rt.slice"
+    unit.parent.mkdir()
+    unit.write_text(libvirt_partition_unit("/rt", "CPUWeight=300\nMemoryMax=%d\n" % (1 << 30)))
+    checked = run({"name": "/rt", "cpu_shares": 300, "memory_hard_limit": "1G"}, check=True, diff=True)
+    assert checked["changed"] and checked["writes"] == [], checked
+    assert checked["planned"] == ["systemctl daemon-reload (%s/cpu.weight reads 77, not 300 as CPUWeight=300 says)"
+                                  % slice_dir], checked["planned"]
+    assert checked["diff"]["before"] == "%s/cpu.weight = 77\n" % slice_dir
+    assert checked["diff"]["after"] == "%s/cpu.weight = 300\n" % slice_dir
+
+
+def test_systemd_hard_limit_below_usage_is_refused_before_the_unit_is_written(systemd_v2):
+    host, fake, slice_dir = systemd_v2
+    (slice_dir / "memory.current").write_text("%d\n" % (1 << 30))
+    result = run({"name": "/rt", "memory_hard_limit": "512M"})
+    assert result.get("failed") and not result.get("writes"), result
+    assert result["msg"].startswith("partition /rt (rt.slice): memory_hard_limit=536870912 is below the 1073741824 "
+                                    "bytes its tasks use now (memory.current)"), result["msg"]
+    assert not (host / "etc-systemd").exists()
+
+
+def test_systemd_weight_out_of_v2_range_is_refused(systemd_v2):
+    result = run({"name": "/rt", "cpu_shares": 20000}, check=True)
+    assert result.get("failed"), result
+    assert result["msg"] == "partition /rt: cpu_shares=20000 is outside cpu.weight's range 1-10000 on cgroup v2"
+
+
+def libvirt_partition_unit(name, body):
+    from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import parse_name
+    from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_systemd import render_slice_unit
+    return render_slice_unit(parse_name(name)).rstrip("\n") + "\n" + body
