@@ -44,7 +44,7 @@ FIFO_MAX = 99
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+:-]{0,63}$")
 _META_TAG = "{%s}pcpu" % METADATA_NS
 GUEST_KEYS = frozenset(("name", "vcpus", "memory_mib", "partition", "pcpus", "smt_policy", "fifo_priority",
-                        "numa_node", "base_xml", "state", "emulator_cpus", "domain_type"))
+                        "numa_node", "base_xml", "state", "emulator_cpus", "domain_type", "autostart"))
 _UNITS_KIB = {"b": 1.0 / 1024, "bytes": 1.0 / 1024, "kb": 1000.0 / 1024, "k": 1, "kib": 1,
               "mb": 1000.0 ** 2 / 1024, "m": 1024, "mib": 1024, "gb": 1000.0 ** 3 / 1024, "g": 1024 ** 2,
               "gib": 1024 ** 2, "tb": 1000.0 ** 4 / 1024, "t": 1024 ** 3, "tib": 1024 ** 3}
@@ -113,6 +113,9 @@ def guest_list_problems(guests):
         memory = guest.get("memory_mib")
         if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int) or memory < 1):
             problems.append("guest %s: memory_mib must be a number of at least 1, got %r" % (name, memory))
+        autostart = guest.get("autostart")
+        if autostart is not None and not isinstance(autostart, bool):
+            problems.append("guest %s: autostart must be true or false, got %r" % (name, autostart))
         unknown = sorted(set(guest) - GUEST_KEYS)
         if unknown:
             problems.append("guest %s: unknown keys %s (known: %s)"

@@ -108,6 +108,12 @@ options:
     description: With O(state=present), start the guest when it is not running.
     type: bool
     default: true
+  autostart:
+    description:
+      - With O(state=present), whether libvirt starts the guest when libvirtd starts, at boot (C(virsh autostart)).
+      - A realtime guest is meant to come back after a reboot with no Ansible run, so the default is V(true).
+    type: bool
+    default: true
   restart:
     description:
       - When the definition of a running guest changes, power it off and start it again so the change takes effect.
@@ -203,6 +209,11 @@ undefined:
   returned: always
   type: bool
   sample: false
+autostart_set:
+  description: Whether libvirt's autostart flag of the guest was changed to O(autostart) (or would be).
+  returned: always
+  type: bool
+  sample: false
 restart_needed:
   description: The running guest still runs with its old definition (O(restart=false)).
   returned: always
@@ -253,6 +264,7 @@ def get_argument_spec():
         base_xml=dict(type="str"),
         domain_type=dict(type="str", choices=["kvm", "qemu"], default="kvm"),
         running=dict(type="bool", default=True),
+        autostart=dict(type="bool", default=True),
         restart=dict(type="bool", default=False),
         uri=dict(type="str", default="qemu:///system"),
         lock_timeout=dict(type="int", default=60),
@@ -334,6 +346,9 @@ def _present(module, virt, spec, result):
                     "or set restart=true" % (spec.name, ", ".join(result["differences"])))
     result["destroyed"] = restart and params["restart"]
     result["started"] = params["running"] and (not active or result["destroyed"])
+    # A guest not defined yet has no flag: libvirt's default for a new definition is off.
+    autostart = bool(dom is not None and virt.call("cannot query %s" % spec.name, dom.autostart))
+    result["autostart_set"] = autostart != params["autostart"]
     if result["started"]:
         _check_accelerator(module, spec.name, rendered)
     if module.check_mode:
@@ -354,10 +369,14 @@ def _present(module, virt, spec, result):
                       "and the emulator CPUs; FIFO vCPUs need kernel.sched_rt_runtime_us=-1)"
                       % (spec.name, spec.partition), dom.create)
         except LibvirtError:
+            result["autostart_set"] = False
             if current is None:  # a guest this run defined: leave the host as it was
                 virt.call("cannot undefine %s after its failed start" % spec.name, dom.undefine)
                 result["defined"] = False
             raise
+    # After the start: a guest libvirt refused to start is not marked to start at boot.
+    if result["autostart_set"]:
+        virt.call("cannot set the autostart flag of %s" % spec.name, dom.setAutostart, int(params["autostart"]))
 
 
 def _check_claim(virt, name, rendered, result):
@@ -367,7 +386,7 @@ def _check_claim(virt, name, rendered, result):
     try:
         check_claim(books, guest_pins_from_domain_xml(rendered), books.get(name))
     except PcpuError:
-        result.update(defined=False, started=False, destroyed=False, restart_needed=False)
+        result.update(defined=False, started=False, destroyed=False, restart_needed=False, autostart_set=False)
         raise
 
 
@@ -422,7 +441,7 @@ def main():
         module.fail_json(msg=problem)
     params = module.params
     result = dict(changed=False, xml="", differences=[], defined=False, started=False, destroyed=False,
-                  undefined=False, restart_needed=False)
+                  undefined=False, restart_needed=False, autostart_set=False)
     virt = failure = None
     try:
         check_name(params["name"])
@@ -445,7 +464,7 @@ def main():
             virt.close()
     if failure is not None:
         module.fail_json(**failure)
-    result["changed"] = any(result[key] for key in ("defined", "started", "destroyed", "undefined"))
+    result["changed"] = any(result[key] for key in ("defined", "started", "destroyed", "undefined", "autostart_set"))
     module.exit_json(**result)
 
 
