@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Run in the production-shaped test host (``python3 - NAME...`` over SSH): what the kernel says about each guest.
 
 Prints one JSON object: for every guest named on the command line its QEMU pid, and each thread's name, cgroup
