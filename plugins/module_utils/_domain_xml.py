@@ -52,7 +52,7 @@ _META_TAG = "{%s}pcpu" % METADATA_NS
 BASE_NS = "urn:rtvirt:kvm:base:1"
 _BASE_TAG = "{%s}base" % BASE_NS
 GUEST_KEYS = frozenset(("name", "vcpus", "memory_mib", "partition", "pcpus", "smt_policy", "fifo_priority",
-                        "numa_node", "base_xml", "state", "emulator_cpus", "domain_type", "iothreads"))
+                        "numa_node", "base_xml", "state", "emulator_cpus", "domain_type", "iothreads", "autostart"))
 _UNITS_KIB = {"b": 1.0 / 1024, "bytes": 1.0 / 1024, "kb": 1000.0 / 1024, "k": 1, "kib": 1,
               "mb": 1000.0 ** 2 / 1024, "m": 1024, "mib": 1024, "gb": 1000.0 ** 3 / 1024, "g": 1024 ** 2,
               "gib": 1024 ** 2, "tb": 1000.0 ** 4 / 1024, "t": 1024 ** 3, "tib": 1024 ** 3}
@@ -128,6 +128,9 @@ def guest_list_problems(guests):
                                       or not 0 <= iothreads <= MAX_IOTHREADS):
             problems.append("guest %s: iothreads must be a number from 0 to %d, got %r"
                             % (name, MAX_IOTHREADS, iothreads))
+        autostart = guest.get("autostart")
+        if autostart is not None and not isinstance(autostart, bool):
+            problems.append("guest %s: autostart must be true or false, got %r" % (name, autostart))
         unknown = sorted(set(guest) - GUEST_KEYS)
         if unknown:
             problems.append("guest %s: unknown keys %s (known: %s)"

@@ -42,14 +42,16 @@ class Defaults:
     memory_mib: int = 128
     fifo_priority: int = 1
     domain_type: str = "kvm"
+    autostart: bool = True
 
 
 @dataclass
 class HostGuests:
-    """What libvirt holds: ``definitions`` {name: inactive XML} and the ``running`` names."""
+    """What libvirt holds: ``definitions`` {name: inactive XML}, the ``running`` names and the ``autostart`` ones."""
 
     definitions: dict = field(default_factory=dict)
     running: frozenset = frozenset()
+    autostart: frozenset = frozenset()
 
 
 @dataclass
@@ -132,6 +134,7 @@ def plan_guests(guests, topology, host, pool, emulator_cpus, defaults=Defaults()
             "numa_nodes": list(plan.numa_nodes), "metadata": plan.metadata_xml(),
             "base_xml": guest.get("base_xml"), "domain_type": guest.get("domain_type", defaults.domain_type),
             "iothreads": guest.get("iothreads", 0),
+            "autostart": guest.get("autostart", defaults.autostart),
         }
         spec = guest_spec(resolved)
         current = host.definitions.get(spec.name)
@@ -140,6 +143,9 @@ def plan_guests(guests, topology, host, pool, emulator_cpus, defaults=Defaults()
             resolved["changes"] = ["define"]
         else:
             resolved["changes"] = ["its definition differs in %s" % ", ".join(changed)] if changed else []
+            # A new guest gets its autostart flag with its definition; a defined one only when the flag differs.
+            if resolved["autostart"] != (spec.name in host.autostart):
+                resolved["changes"].append("autostart %s" % ("on" if resolved["autostart"] else "off"))
         if spec.name not in host.running:
             resolved["changes"].append("start")
         result.guests.append(resolved)

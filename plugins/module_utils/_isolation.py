@@ -146,6 +146,8 @@ def gather(proc_root="/proc", sys_root="/sys", run_root="/run/libvirt/qemu", lay
             "nohz_full": format_cpus(kernel["nohz_full"]),
             "cpuset_cpus_isolated": format_cpus(cpuset_isolated),
             "partitions": [{k: v for k, v in p.items() if not k.startswith("_")} for p in partitions],
+            # PREEMPT_RT kernels (mainline 6.12+, Debian's -rt flavour) have /sys/kernel/realtime = 1.
+            "preempt_rt": read_text(os.path.join(sys_root, "kernel", "realtime")) == "1",
         },
         "isolated_cpus": format_cpulist(isolated),
         "isolated_sources": {name: format_cpus(value) for name, value in sources.items() if value},

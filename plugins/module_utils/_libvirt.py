@@ -34,6 +34,16 @@ def read_domains(uri, reason, hint="", running=False):
     """({name: inactive XML} of every domain of ``uri``, the names of the running ones or None), in one connection;
     the running ones are asked for only when ``running`` (one more call).  ``reason`` says what for (Ansible's
     missing-library message), ``hint`` is added to the connection error's advice."""
+    definitions, active, _autostart = _read(uri, reason, hint, running, autostart=False)
+    return definitions, active
+
+
+def read_guests(uri, reason):
+    """({name: inactive XML}, the running names, the names libvirt starts at boot), in one connection."""
+    return _read(uri, reason, "", running=True, autostart=True)
+
+
+def _read(uri, reason, hint, running, autostart):
     libvirt = import_libvirt(reason=reason)
     try:
         conn = libvirt.open(uri)
@@ -44,7 +54,9 @@ def read_domains(uri, reason, hint="", running=False):
         definitions = {dom.name(): dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) for dom in conn.listAllDomains(0)}
         active = frozenset(dom.name() for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)) \
             if running else None
-        return definitions, active
+        starts = frozenset(dom.name() for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)) \
+            if autostart else None
+        return definitions, active, starts
     except libvirt.libvirtError as exc:
         raise LibvirtError("cannot read the domain XML from %s: %s" % (uri, exc), exc) from exc
     finally:

@@ -191,9 +191,12 @@ ansible_facts:
               file is absent), C(cpuset_cpus_isolated) from the v2 root (Linux 6.8+, null when absent), and
               C(partitions), every v2 cgroup whose C(cpuset.cpus.partition) is root or isolated, with C(path),
               C(mode), C(valid), C(state) (the file's text, with the kernel's reason when invalid) and C(cpus).
+            - C(preempt_rt) is true on a PREEMPT_RT kernel (C(/sys/kernel/realtime) reads C(1)), false where the
+              file is missing or says otherwise.
           returned: always
           type: dict
-          sample: {"isolated": "2-5", "nohz_full": "2-5", "cpuset_cpus_isolated": null, "partitions": []}
+          sample: {"isolated": "2-5", "nohz_full": "2-5", "cpuset_cpus_isolated": null, "partitions": [],
+                   "preempt_rt": false}
         isolated_cpus:
           description: The isolated CPUs (the union described above).
           returned: always

@@ -80,6 +80,9 @@ options:
         description: "V(kvm) (realtime) or V(qemu) (TCG, for tests)."
         type: str
         choices: [kvm, qemu]
+      autostart:
+        description: Whether libvirt starts the guest when libvirtd starts (at boot). Default O(autostart).
+        type: bool
   pool:
     description: CPUs guests may be pinned to. Empty - the isolated CPUs (the kernel's, plus O(isolated_cpus) or the
       realtime CPUs of O(layout_file)).
@@ -115,6 +118,10 @@ options:
     description: SCHED_FIFO priority of guests that name none.
     type: int
     default: 1
+  autostart:
+    description: libvirt autostart of guests that name none.
+    type: bool
+    default: true
   verify:
     description: Check the running guests' thread placement.
     type: bool
@@ -175,7 +182,7 @@ guests:
   description:
     - Every guest, resolved. Present ones carry every M(rtvirt.kvm.realtime_domain) option (C(name), C(vcpus),
       C(memory_mib), C(vcpupin), C(emulator_cpus), C(fifo_priority), C(partition), C(numa_nodes), C(metadata),
-      C(base_xml), C(domain_type), C(iothreads)); absent ones C(name) only. Each has C(state) and C(changes), what is to be done
+      C(base_xml), C(domain_type), C(iothreads), C(autostart)); absent ones C(name) only. Each has C(state) and C(changes), what is to be done
       for it (empty - nothing).
   returned: always
   type: list
@@ -235,7 +242,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._guest_plan import (
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation import gather
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_read import IsolationError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._kvm import read_access
-from ansible_collections.rtvirt.kvm.plugins.module_utils._libvirt import LibvirtError, read_domains
+from ansible_collections.rtvirt.kvm.plugins.module_utils._libvirt import LibvirtError, read_guests
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import PartitionError
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_host import planned_steps
 from ansible_collections.rtvirt.kvm.plugins.module_utils._pcpu import PcpuError
@@ -255,6 +262,7 @@ _GUEST_OPTIONS = dict(
     iothreads=dict(type="int"),
     emulator_cpus=dict(type="str"),
     domain_type=dict(type="str", choices=["kvm", "qemu"]),
+    autostart=dict(type="bool"),
 )
 
 
@@ -269,6 +277,7 @@ def get_argument_spec():
         smt_policy=dict(type="str", choices=["isolate", "prefer", "require"], default="prefer"),
         memory_mib=dict(type="int", default=128),
         fifo_priority=dict(type="int", default=1),
+        autostart=dict(type="bool", default=True),
         verify=dict(type="bool", default=True),
         uri=dict(type="str", default="qemu:///system"),
         layout_file=dict(type="path", default="/etc/libvirt/hooks/rtvirt-kvm-layout.json"),
@@ -276,9 +285,9 @@ def get_argument_spec():
 
 
 def read_libvirt(uri):
-    """libvirt's guests: every domain's inactive definition, and the running ones."""
-    definitions, running = read_domains(uri, "to read the defined guests", running=True)
-    return HostGuests(definitions=definitions, running=running)
+    """libvirt's guests: every domain's inactive definition, the running ones and those it starts at boot."""
+    definitions, running, autostart = read_guests(uri, "to read the defined guests")
+    return HostGuests(definitions=definitions, running=running, autostart=autostart)
 
 
 def read_layout(path):
@@ -315,7 +324,8 @@ def run(module):
         module.warn("%s; check mode plans as if no guest were defined" % exc)
         host = HostGuests()
     defaults = Defaults(partition=params["partition"], smt_policy=params["smt_policy"],
-                        memory_mib=params["memory_mib"], fifo_priority=params["fifo_priority"])
+                        memory_mib=params["memory_mib"], fifo_priority=params["fifo_priority"],
+                        autostart=params["autostart"])
     plan = plan_guests(params["guests"], Topology.from_dict(facts["topology"]), host,
                        params["pool"] or facts["isolated_cpus"],
                        params["emulator_cpus"] or layout.get("emulator_cpus") or facts["housekeeping_cpus"], defaults)

@@ -136,6 +136,12 @@ options:
     description: With O(state=present), start the guest when it is not running.
     type: bool
     default: true
+  autostart:
+    description:
+      - With O(state=present), whether libvirt starts the guest when libvirtd starts, at boot (C(virsh autostart)).
+      - A realtime guest is meant to come back after a reboot with no Ansible run, so the default is V(true).
+    type: bool
+    default: true
   restart:
     description:
       - When the definition of a running guest changes, power it off and start it again so the change takes effect.
@@ -233,6 +239,11 @@ undefined:
   returned: always
   type: bool
   sample: false
+autostart_set:
+  description: Whether libvirt's autostart flag of the guest was changed to O(autostart) (or would be).
+  returned: always
+  type: bool
+  sample: false
 restart_needed:
   description: The running guest still runs with its old definition (O(restart=false)).
   returned: always
@@ -284,6 +295,7 @@ def get_argument_spec():
         iothreads=dict(type="int", default=0),
         domain_type=dict(type="str", choices=["kvm", "qemu"], default="kvm"),
         running=dict(type="bool", default=True),
+        autostart=dict(type="bool", default=True),
         restart=dict(type="bool", default=False),
         uri=dict(type="str", default="qemu:///system"),
         lock_timeout=dict(type="int", default=60),
@@ -384,6 +396,9 @@ def _present(module, virt, spec, result):
                     "or set restart=true" % (spec.name, ", ".join(stale)))
     result["destroyed"] = restart and params["restart"]
     result["started"] = params["running"] and (not active or result["destroyed"])
+    # A guest not defined yet has no flag: libvirt's default for a new definition is off.
+    autostart = bool(dom is not None and virt.call("cannot query %s" % spec.name, dom.autostart))
+    result["autostart_set"] = autostart != params["autostart"]
     if result["started"]:
         _check_accelerator(module, spec.name, rendered)
     if module.check_mode:
@@ -406,7 +421,11 @@ def _present(module, virt, spec, result):
                       "and the emulator CPUs; FIFO vCPUs need RT time: kernel.sched_rt_runtime_us=-1, or the cpu "
                       "controller left out of qemu.conf cgroup_controllers)" % (spec.name, spec.partition), dom.create)
     except LibvirtError as exc:
+        result["autostart_set"] = False
         raise _settled(virt, spec.name, current is None and result["defined"], exc, result) from exc
+    # After the start: a guest libvirt refused to start is not marked to start at boot.
+    if result["autostart_set"]:
+        virt.call("cannot set the autostart flag of %s" % spec.name, dom.setAutostart, int(params["autostart"]))
 
 
 def _settled(virt, name, new, exc, result):
@@ -436,7 +455,7 @@ def _check_claim(virt, name, rendered, result):
     try:
         check_claim(books, guest_pins_from_domain_xml(rendered), books.get(name))
     except PcpuError:
-        result.update(defined=False, started=False, destroyed=False, restart_needed=False)
+        result.update(defined=False, started=False, destroyed=False, restart_needed=False, autostart_set=False)
         raise
 
 
@@ -491,7 +510,7 @@ def main():
         module.fail_json(msg=problem)
     params = module.params
     result = dict(changed=False, xml="", differences=[], defined=False, started=False, destroyed=False,
-                  undefined=False, restart_needed=False)
+                  undefined=False, restart_needed=False, autostart_set=False)
     virt = failure = None
     try:
         check_name(params["name"])
@@ -514,7 +533,7 @@ def main():
             virt.close()
     if failure is not None:
         module.fail_json(**failure)
-    result["changed"] = any(result[key] for key in ("defined", "started", "destroyed", "undefined"))
+    result["changed"] = any(result[key] for key in ("defined", "started", "destroyed", "undefined", "autostart_set"))
     module.exit_json(**result)
 
 

@@ -5,6 +5,9 @@
 - ``v2host_61`` / ``v2host_612``: one kernel for tests that need exactly that one.
 - ``v2host_numa``: module-scoped, 6.1 booted as a production-shaped host, 2 sockets x 2 cores x 2 threads on
   2 NUMA nodes (8 CPUs, ``NUMA_SMT``); powered off when the module that used it ends.
+- ``prodhost``: module-scoped, the "prod" image (build.sh's second flavour: PREEMPT_RT kernel 6.1-rt, libvirt
+  as Debian packages it, machined) booted production-shaped like ``v2host_numa`` (``NUMA_SMT``) with 4 GiB,
+  2 GiB per node; powered off when the module that used it ends.
 - ``v1host``: module-scoped, the same image on 6.1 in the CI machines' shape (``init="v1"``: no systemd as
   PID 1, one cgroup v1 hierarchy per controller, cgroup2 at /sys/fs/cgroup/unified), with 4 CPUs. It is
   powered off when the module that used it ends (its tests may reboot it).
@@ -40,29 +43,30 @@ class _V2HostPool:
 
     def __init__(self, tmp_path_factory):
         self._tmp = tmp_path_factory
-        self._cache_dir = None
+        self._cache_dirs = {}
         self._hosts = {}
         self._holders = {}
 
-    def acquire(self, kernel, init="systemd", topology=None):
-        key = (kernel, init, topology)
+    def acquire(self, kernel, init="systemd", topology=None, flavour="base", memory_mib=2048):
+        key = (kernel, init, topology, flavour)
         if key not in self._hosts:
             reason = _prerequisites_missing()
             if reason:
                 pytest.skip(reason)
-            if self._cache_dir is None:
-                self._cache_dir = ensure_built()
+            if flavour not in self._cache_dirs:
+                self._cache_dirs[flavour] = ensure_built(flavour=flavour)
             state_dir = self._tmp.mktemp("v2host-%s%s%s" % (kernel.replace(".", ""), "" if init == "systemd" else "-" + init,
                                                             "" if topology is None else "-%dcpu" % topology.cpus))
-            host = V2Host(kernel, state_dir=state_dir, cache_dir=self._cache_dir, init=init, topology=topology)
+            host = V2Host(kernel, state_dir=state_dir, cache_dir=self._cache_dirs[flavour], init=init, topology=topology,
+                          flavour=flavour, memory_mib=memory_mib)
             host.boot()
             self._hosts[key] = host
             self._holders[key] = 0
         self._holders[key] += 1
         return self._hosts[key]
 
-    def release(self, kernel, init="systemd", topology=None):
-        key = (kernel, init, topology)
+    def release(self, kernel, init="systemd", topology=None, flavour="base"):
+        key = (kernel, init, topology, flavour)
         self._holders[key] -= 1
         if self._holders[key] == 0:
             self._hosts.pop(key).shutdown()
@@ -79,12 +83,12 @@ def v2host_pool(tmp_path_factory):
     pool.close()
 
 
-def _hold(pool, kernel, init="systemd", topology=None):
-    host = pool.acquire(kernel, init, topology)
+def _hold(pool, kernel, init="systemd", topology=None, flavour="base", memory_mib=2048):
+    host = pool.acquire(kernel, init, topology, flavour, memory_mib)
     try:
         yield host
     finally:
-        pool.release(kernel, init, topology)
+        pool.release(kernel, init, topology, flavour)
 
 
 @pytest.fixture(scope="session", params=sorted(KERNELS, key=lambda k: tuple(map(int, k.split(".")))))
@@ -115,3 +119,10 @@ def v1host(v2host_pool):
 def v2host_numa(v2host_pool):
     """The test host on 6.1 with 2 sockets x 2 cores x 2 threads on 2 NUMA nodes (``NUMA_SMT``), 8 CPUs."""
     yield from _hold(v2host_pool, "6.1", topology=NUMA_SMT)
+
+
+@pytest.fixture(scope="module")
+def prodhost(v2host_pool):
+    """The production-shaped host: PREEMPT_RT 6.1, libvirt under machined, 2 sockets x 2 cores x 2 threads on 2 NUMA
+    nodes, 4 GiB. Its guests run under TCG (no nested KVM): placement can be tested there, latency cannot."""
+    yield from _hold(v2host_pool, "6.1-rt", topology=NUMA_SMT, flavour="prod", memory_mib=4096)

@@ -235,7 +235,7 @@ def _restore_kvm(record, report):
 
 
 def _pinned_guests():
-    """The defined domains that hold pCPUs and are not the tests' own: {name: {xml, running}}."""
+    """The defined domains that hold pCPUs and are not the tests' own: {name: {xml, running, autostart}}."""
     guests = {}
     for name in _virsh("list", "--all", "--name").stdout.split():
         if _test_domain(name):
@@ -243,7 +243,9 @@ def _pinned_guests():
         xml = _virsh("dumpxml", "--inactive", "--security-info", name).stdout
         if "<vcpupin " in xml:
             running = name in _virsh("list", "--name").stdout.split()
-            guests[name] = {"xml": xml, "running": running}
+            # undefine drops libvirt's autostart flag, and realtime_vm plans a guest without it as a change.
+            autostart = name in _virsh("list", "--all", "--autostart", "--name").stdout.split()
+            guests[name] = {"xml": xml, "running": running, "autostart": autostart}
     return guests
 
 
@@ -423,6 +425,8 @@ def _unpark(guests, report):
                 tmp.unlink()
             if guest["running"] and name not in _virsh("list", "--name").stdout.split():
                 _virsh("start", name)
+            if guest.get("autostart"):
+                _virsh("autostart", name)
             report.append("gave back guest %s%s" % (name, " (running)" if guest["running"] else ""))
     finally:
         libvirt_rig.stop(state_dir)

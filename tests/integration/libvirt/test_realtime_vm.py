@@ -58,6 +58,8 @@ def test_realtime_vm_defines_pins_fifo_and_is_idempotent(libvirt_rig, unique_nam
         assert first["rc"] == 0 and first["failed"] == 0, first["out"][-4000:]
         assert first["changed"] > 0
         assert unique_name in libvirt_rig.domains(inactive=False)
+        # Realtime guests autostart by default: they come back when libvirtd starts at boot.
+        assert re.search(r"^Autostart:\s+enable$", libvirt_rig.virsh("dominfo", unique_name).stdout, re.MULTILINE)
 
         threads = _threads(libvirt_rig, unique_name)
         vcpus = [t for t in threads.values() if re.fullmatch(r"CPU \d+/(KVM|TCG)", t["comm"])]

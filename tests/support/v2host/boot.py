@@ -14,10 +14,11 @@ Library::
 
 CLI (for debugging by hand)::
 
-    boot.py build                                   # prints the cache dir
+    boot.py build [--flavour prod]                  # prints the cache dir
     boot.py boot --kernel 6.1|6.12 --state-dir D    # starts QEMU, waits for SSH, writes D/inventory.yml
                  [--init v1]                        # no systemd, cgroup v1 hierarchies (the CI host's shape)
                  [--topology 2x2x2:2]               # 2 sockets x 2 cores x 2 threads on 2 NUMA nodes
+                 [--flavour prod --kernel 6.1-rt]   # PREEMPT_RT, libvirt and machined in the image
     boot.py reboot --state-dir D                    # power off and boot again from the same disk
     boot.py ssh --state-dir D -- CMD...             # runs CMD in the guest
     boot.py shutdown --state-dir D                  # powers it off
@@ -45,6 +46,10 @@ BUILD_SH = HERE / "build.sh"
 #: kernel series -> which QEMU boots it under TCG. 6.12 needs QEMU >= 8 (see README.md), so it uses
 #: the bookworm-backports QEMU that build.sh unpacks into the cache dir; 6.1 uses the host's QEMU 7.2.
 KERNELS = {"6.1": "host", "6.12": "backports"}
+
+#: build.sh's flavours and the kernels each image has. "prod" is the production-shaped host: the base recipe
+#: plus Debian's PREEMPT_RT kernel ("6.1-rt") and libvirt with machined; it has no 6.12 and no backports QEMU.
+FLAVOURS = {"base": KERNELS, "prod": {"6.1-rt": "host", "6.1": "host"}}
 
 #: How the guest starts. "systemd": systemd as PID 1 on pure cgroup v2. "v1": the CI machines' shape,
 #: /usr/local/sbin/rtvirt-init-v1 (build.sh) as PID 1: no systemd, one cgroup v1 hierarchy per controller
@@ -131,9 +136,11 @@ class CpuTopology:
             self.sockets, self.cores, self.threads, self.nodes)
 
 
-def ensure_built(timeout=1800):
-    """Run build.sh (a no-op when the cache is current) and return the cache dir."""
-    proc = subprocess.run(["bash", str(BUILD_SH)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def ensure_built(timeout=1800, flavour="base"):
+    """Run build.sh for ``flavour`` (a no-op when the cache is current) and return the cache dir."""
+    if flavour not in FLAVOURS:
+        raise ValueError("flavour must be one of %s, not %r" % (sorted(FLAVOURS), flavour))
+    proc = subprocess.run(["bash", str(BUILD_SH), flavour], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise V2HostError("build.sh failed (rc=%d):\n%s" % (proc.returncode, proc.stderr[-6000:]))
@@ -177,13 +184,16 @@ class V2Host:
     """One booted test host. Use as a context manager, or call boot() and shutdown() yourself."""
 
     def __init__(self, kernel="6.1", state_dir=None, memory_mib=2048, smp=4, append="",
-                 qemu=None, boot_timeout=600, cache_dir=None, init="systemd", topology=None):
-        if kernel not in KERNELS:
-            raise ValueError("kernel must be one of %s, not %r" % (sorted(KERNELS), kernel))
+                 qemu=None, boot_timeout=600, cache_dir=None, init="systemd", topology=None, flavour="base"):
+        if flavour not in FLAVOURS:
+            raise ValueError("flavour must be one of %s, not %r" % (sorted(FLAVOURS), flavour))
+        if kernel not in FLAVOURS[flavour]:
+            raise ValueError("kernel must be one of %s, not %r" % (sorted(FLAVOURS[flavour]), kernel))
         if init not in INITS:
             raise ValueError("init must be one of %s, not %r" % (sorted(INITS), init))
         self.kernel = kernel
         self.init = init
+        self.flavour = flavour
         self._own_state_dir = state_dir is None
         self.state_dir = pathlib.Path(state_dir or tempfile.mkdtemp(prefix="rtvirt-v2host-")).resolve()
         self.memory_mib = memory_mib
@@ -191,7 +201,7 @@ class V2Host:
         self.topology = topology
         self.smp = topology.cpus if topology is not None else smp
         self.append = append
-        self.qemu = qemu or KERNELS[kernel]
+        self.qemu = qemu or FLAVOURS[flavour][kernel]
         self.boot_timeout = boot_timeout
         self.cache_dir = pathlib.Path(cache_dir) if cache_dir else None
         self.port = None
@@ -276,7 +286,7 @@ class V2Host:
     def boot(self, fresh_disk=True):
         """Start QEMU and wait for SSH. ``fresh_disk=False`` keeps the overlay (what reboot() uses)."""
         if self.cache_dir is None:
-            self.cache_dir = ensure_built()
+            self.cache_dir = ensure_built(flavour=self.flavour)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.pidfile.exists():
             old = int(self.pidfile.read_text().strip() or 0)
@@ -369,7 +379,7 @@ class V2Host:
 
     def _write_state(self, argv, env):
         self.state_file.write_text(json.dumps({
-            "kernel": self.kernel, "init": self.init, "qemu": self.qemu, "port": self.port, "pid": self.pid,
+            "kernel": self.kernel, "init": self.init, "flavour": self.flavour, "qemu": self.qemu, "port": self.port, "pid": self.pid,
             "cache_dir": str(self.cache_dir), "argv": argv, "env": env,
             "topology": self.topology.as_dict() if self.topology is not None else None,
             "boot_seconds": self.boot_seconds, "own_state_dir": self._own_state_dir,
@@ -382,7 +392,7 @@ class V2Host:
         data = json.loads((state_dir / "state.json").read_text())
         topology = CpuTopology(**data["topology"]) if data.get("topology") else None
         host = cls(data["kernel"], state_dir=state_dir, qemu=data["qemu"], cache_dir=data["cache_dir"],
-                   init=data.get("init", "systemd"), topology=topology)
+                   init=data.get("init", "systemd"), topology=topology, flavour=data.get("flavour", "base"))
         host._own_state_dir = data.get("own_state_dir", False)
         host.port, host.pid, host.boot_seconds = data["port"], data["pid"], data["boot_seconds"]
         return host
@@ -493,9 +503,12 @@ def parse_topology(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="build or reuse the image; print the cache dir")
+    p_build = sub.add_parser("build", help="build or reuse the image; print the cache dir")
+    p_build.add_argument("--flavour", choices=sorted(FLAVOURS), default="base")
     p_boot = sub.add_parser("boot", help="boot a test host and wait for SSH")
-    p_boot.add_argument("--kernel", choices=sorted(KERNELS), required=True)
+    p_boot.add_argument("--kernel", choices=sorted(set().union(*FLAVOURS.values())), required=True)
+    p_boot.add_argument("--flavour", choices=sorted(FLAVOURS), default="base",
+                        help="prod: the production-shaped image (PREEMPT_RT kernel 6.1-rt, libvirt, machined)")
     p_boot.add_argument("--state-dir", required=True)
     p_boot.add_argument("--memory", type=int, default=2048, help="MiB")
     p_boot.add_argument("--smp", type=int, default=4)
@@ -519,11 +532,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.command == "build":
-        print(ensure_built())
+        print(ensure_built(flavour=args.flavour))
     elif args.command == "boot":
         host = V2Host(args.kernel, state_dir=args.state_dir, memory_mib=args.memory, smp=args.smp,
                       append=args.append, qemu=args.qemu, boot_timeout=args.timeout, init=args.init,
-                      topology=args.topology)
+                      topology=args.topology, flavour=args.flavour)
         host.boot()
         print("v2host %s (%s) up in %.1f s: ssh port %d, QEMU pid %d, inventory %s"
               % (args.kernel, host.kernel_release, host.boot_seconds, host.port, host.pid,

@@ -4,8 +4,13 @@
 # `mkfs.ext4 -d` (no loop devices, no mounts of the image), plus QEMU from bookworm-backports
 # unpacked next to it (6.12 does not boot under the host's QEMU 7.2 TCG; see README.md).
 #
+# Flavours (RTVIRT_V2HOST_FLAVOUR, or the first argument): "base" (default, what the v2host tests boot) and
+# "prod", the production-shaped host: the base recipe plus Debian's PREEMPT_RT kernel (linux-image-rt-amd64)
+# and libvirt as Debian packages it (libvirt-daemon-system, bookworm's qemu-system-x86, systemd-container for
+# machined, python3-libvirt); no 6.12 kernel and no backports QEMU (the RT kernel boots on the host's QEMU).
+#
 # Output (stdout, one line): the cache directory, /var/cache/rtvirt-v2host/<key>/, where <key> is a
-# hash of this script and the mirror. Everything else goes to stderr. A complete cache directory is
+# hash of this script and the mirror (and, for "prod", the flavour). Everything else goes to stderr. A complete cache directory is
 # reused as is; a changed script builds a new one. Concurrent callers are serialised with flock.
 #
 # Needs root, debootstrap (installed with apt-get if missing), e2fsprogs >= 1.43, qemu-utils.
@@ -15,6 +20,8 @@ set -euo pipefail
 
 exec 3>&1 1>&2
 
+FLAVOUR=${1:-${RTVIRT_V2HOST_FLAVOUR:-base}}
+case $FLAVOUR in base|prod) ;; *) echo "flavour must be base or prod, not $FLAVOUR" >&2; exit 2 ;; esac
 SUITE=bookworm
 BACKPORTS=bookworm-backports
 # procps: pgrep, which host_prep's daemon helper uses; grub2-common: update-grub for the kernel_cmdline tests
@@ -22,6 +29,10 @@ BACKPORTS=bookworm-backports
 PACKAGES=systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,python3,iproute2,udev,procps,grub2-common
 # QEMU >= 8 from backports, for the 6.12 kernel under TCG; unpacked only, never installed.
 QEMU_DEBS=(qemu-system-x86 qemu-system-common qemu-system-data seabios)
+# prod: what a realtime KVM host runs. qemu-system-x86 is bookworm's (7.2), the guests' own QEMU, TCG only in
+# the test host (no nested KVM); systemd-container makes libvirt register guests with machined, as in production.
+PROD_PACKAGES=(linux-image-rt-amd64 libvirt-daemon-system libvirt-clients qemu-system-x86 systemd-container
+               python3-libvirt)
 
 CACHE_ROOT=${RTVIRT_V2HOST_CACHE:-/var/cache/rtvirt-v2host}
 SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
@@ -46,7 +57,8 @@ MIRROR=${RTVIRT_V2HOST_MIRROR:-$(detect_mirror)}
 [ -n "$MIRROR" ] || die "no Debian mirror found in /etc/apt/sources.list*; set RTVIRT_V2HOST_MIRROR"
 MIRROR=${MIRROR%/}
 
-KEY=$( { cat "$SCRIPT"; echo "mirror=$MIRROR"; } | sha256sum | cut -c1-16)
+KEY=$( { cat "$SCRIPT"; echo "mirror=$MIRROR"; [ "$FLAVOUR" = base ] || echo "flavour=$FLAVOUR"; } \
+      | sha256sum | cut -c1-16)
 OUT=$CACHE_ROOT/$KEY
 
 if [ -f "$OUT/complete" ]; then
@@ -88,6 +100,7 @@ STAGE=$WORK/out
 mkdir -p "$STAGE"
 
 # --- backports QEMU, through a private apt state (the host's apt configuration is not touched) ---
+fetch_backports_qemu() {
 log "fetching QEMU from $BACKPORTS ($MIRROR)"
 APTD=$WORK/apt
 mkdir -p "$APTD/lists/partial" "$APTD/archives/partial" "$APTD/debs"
@@ -107,6 +120,8 @@ if LD_LIBRARY_PATH='' ldd "$QEMU_BPO" | grep -q 'not found'; then
     die "backports QEMU needs libraries the host lacks"
 fi
 "$QEMU_BPO" --version | head -n 1 >"$STAGE/qemu/VERSION"
+}
+[ "$FLAVOUR" != base ] || fetch_backports_qemu
 
 # --- root filesystem ---
 log "debootstrap --variant=minbase $SUITE"
@@ -140,7 +155,7 @@ virtio_blk
 ext4
 EOF
 
-log "installing kernels (6.1 from $SUITE, 6.12 from $BACKPORTS)"
+log "installing kernels (6.1 from $SUITE$([ "$FLAVOUR" = base ] && echo ", 6.12 from $BACKPORTS"))"
 # apt and the kernel hooks want /proc; mount it in a private mount namespace that dies with the command.
 in_chroot() {
     # shellcheck disable=SC2016  # expanded by the inner sh, on purpose
@@ -151,8 +166,16 @@ in_chroot() {
 in_chroot apt-get -q update >"$WORK/apt.log" 2>&1 || { tail -n 40 "$WORK/apt.log"; die "apt-get update in chroot failed"; }
 in_chroot apt-get -q install -y --no-install-recommends linux-image-amd64 >>"$WORK/apt.log" 2>&1 \
     || { tail -n 40 "$WORK/apt.log"; die "installing the $SUITE kernel failed"; }
-in_chroot apt-get -q install -y --no-install-recommends -t "$BACKPORTS" linux-image-amd64 >>"$WORK/apt.log" 2>&1 \
-    || { tail -n 40 "$WORK/apt.log"; die "installing the $BACKPORTS kernel failed"; }
+if [ "$FLAVOUR" = base ]; then
+    in_chroot apt-get -q install -y --no-install-recommends -t "$BACKPORTS" linux-image-amd64 >>"$WORK/apt.log" 2>&1 \
+        || { tail -n 40 "$WORK/apt.log"; die "installing the $BACKPORTS kernel failed"; }
+    SERIES="6.1 6.12"
+else
+    log "installing ${PROD_PACKAGES[*]}"
+    in_chroot apt-get -q install -y --no-install-recommends "${PROD_PACKAGES[@]}" >>"$WORK/apt.log" 2>&1 \
+        || { tail -n 40 "$WORK/apt.log"; die "installing the prod packages failed"; }
+    SERIES="6.1 6.1-rt"
+fi
 in_chroot apt-get clean
 rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT/usr/sbin/policy-rc.d"
 
@@ -183,6 +206,10 @@ in_chroot systemctl enable systemd-networkd.service ssh.service
 # Timers and jobs that would only compete for the (emulated, slow) CPUs during tests.
 in_chroot systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
     fstrim.timer systemd-networkd-wait-online.service
+if [ "$FLAVOUR" = prod ]; then
+    # libvirt's NAT network needs dnsmasq (not installed); the test guests have no NIC, so it is not started.
+    rm -f "$ROOT/etc/libvirt/qemu/networks/autostart/default.xml"
+fi
 # A fresh machine id on every boot (the overlay is thrown away anyway).
 : >"$ROOT/etc/machine-id"
 rm -f "$ROOT/var/lib/dbus/machine-id"
@@ -304,8 +331,12 @@ install -d -m 700 "$ROOT/root/.ssh"
 install -m 600 "$STAGE/id_ed25519.pub" "$ROOT/root/.ssh/authorized_keys"
 
 # --- kernels out of /boot ---
-for series in 6.1 6.12; do
-    vmlinuz=$(find "$ROOT/boot" -maxdepth 1 -name "vmlinuz-$series.*-amd64" | sort -V | tail -n 1)
+for series in $SERIES; do
+    # "6.1" is the stock kernel, "6.1-rt" the PREEMPT_RT one (vmlinuz-6.1.0-N-rt-amd64).
+    case $series in
+        *-rt) vmlinuz=$(find "$ROOT/boot" -maxdepth 1 -name "vmlinuz-${series%-rt}.*-rt-amd64" | sort -V | tail -n 1) ;;
+        *) vmlinuz=$(find "$ROOT/boot" -maxdepth 1 -name "vmlinuz-$series.*-amd64" ! -name '*-rt-amd64' | sort -V | tail -n 1) ;;
+    esac
     [ -n "$vmlinuz" ] || die "no $series kernel in $ROOT/boot: $(ls "$ROOT/boot")"
     release=${vmlinuz##*/vmlinuz-}
     [ -f "$ROOT/boot/initrd.img-$release" ] || die "no initrd for $release"
@@ -328,6 +359,7 @@ chmod 444 "$STAGE/base.raw"
 T1=$(date +%s)
 echo "$((T1 - T0))" >"$STAGE/build-seconds"
 echo "$MIRROR" >"$STAGE/mirror"
+echo "$FLAVOUR" >"$STAGE/flavour"
 rm -rf --one-file-system "$OUT"
 mv "$STAGE" "$OUT"
 touch "$OUT/complete" "$OUT/last-used"

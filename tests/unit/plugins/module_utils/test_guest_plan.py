@@ -35,15 +35,17 @@ def topology(tmp_path_factory):
 def _apply(plan, host=None):
     """What realtime_domain leaves when the role applies ``plan``: each present guest rendered and running."""
     host = host or HostGuests()
-    definitions, running = dict(host.definitions), set(host.running)
+    definitions, running, starts = dict(host.definitions), set(host.running), set(host.autostart)
     for guest in plan.guests:
         if guest["state"] == "absent":
             definitions.pop(guest["name"], None)
             running.discard(guest["name"])
+            starts.discard(guest["name"])
             continue
         definitions[guest["name"]] = render(guest_spec(guest), definitions.get(guest["name"], guest["base_xml"]))
         running.add(guest["name"])
-    return HostGuests(definitions=definitions, running=frozenset(running))
+        (starts.add if guest["autostart"] else starts.discard)(guest["name"])
+    return HostGuests(definitions=definitions, running=frozenset(running), autostart=frozenset(starts))
 
 
 def _plan(topology, guests, host=None, pool=POOL, **defaults):
@@ -90,12 +92,26 @@ def test_a_hand_change_or_a_stopped_guest_is_planned(topology):
     pin = _plan(topology, guests, host).guests[0]["vcpupin"]["0"]
     edited = host.definitions["rt1"].replace('vcpu="0" cpuset="%s"' % pin, 'vcpu="0" cpuset="0"')
     assert edited != host.definitions["rt1"]
-    changed = _plan(topology, guests, HostGuests({"rt1": edited}, host.running))
+    changed = _plan(topology, guests, HostGuests({"rt1": edited}, host.running, host.autostart))
     assert changed.guests[0]["changes"] == ["its definition differs in vcpupin"]
-    stopped = _plan(topology, guests, HostGuests(host.definitions, frozenset()))
+    stopped = _plan(topology, guests, HostGuests(host.definitions, frozenset(), host.autostart))
     assert stopped.guests[0]["changes"] == ["start"]
     bigger = _plan(topology, [{"name": "rt1", "vcpus": 1, "memory_mib": 512}], host)
     assert bigger.guests[0]["changes"] == ["its definition differs in memory_kib"]
+
+
+def test_autostart_defaults_on_and_a_flag_that_differs_is_planned(topology):
+    guests = [{"name": "rt1", "vcpus": 1}, {"name": "rt2", "vcpus": 1, "autostart": False}]
+    first = _plan(topology, guests)
+    assert [g["autostart"] for g in first.guests] == [True, False]
+    assert first.guests[0]["changes"] == ["define", "start"]   # a new guest gets its flag with its definition
+    host = _apply(first)
+    assert host.autostart == {"rt1"} and _plan(topology, guests, host).changes() == []
+    cleared = HostGuests(host.definitions, host.running, frozenset())
+    assert _plan(topology, guests, cleared).changes() == ["guest rt1: autostart on"]
+    assert _plan(topology, guests, host, autostart=False).changes() == ["guest rt1: autostart off"]
+    flipped = [dict(guests[0], autostart=False), dict(guests[1], autostart=True)]
+    assert _plan(topology, flipped, host).changes() == ["guest rt1: autostart off", "guest rt2: autostart on"]
 
 
 def test_absent_guests_are_removed_only_when_libvirt_has_them(topology):
@@ -114,6 +130,7 @@ def test_absent_guests_are_removed_only_when_libvirt_has_them(topology):
     ([{"name": "rt1", "vcpus": 5}], POOL, AllocationError, "needs 5 pCPUs but only 4 are free"),
     ([{"name": "rt1", "vcpus": 1, "partition": "rel"}], POOL, DomainSpecError, "must be an absolute path"),
     ([{"name": "rt1", "vcpus": 1, "base_xml": "<domain"}], POOL, DomainSpecError, "not well-formed XML"),
+    ([{"name": "rt1", "vcpus": 1, "autostart": "yes"}], POOL, GuestPlanError, "guest rt1: autostart must be true or false, got 'yes'"),
 ])
 def test_bad_input_is_refused_by_the_plan(topology, guests, pool, error, message):
     with pytest.raises(error, match=None) as caught:

@@ -220,7 +220,7 @@ def test_v1_isolcpus_host_plan(v1_isolcpus_root):
     assert facts["cmdline"] == {"isolcpus": "2-3,6-7", "isolcpus_flags": ["nohz", "domain", "managed_irq"],
                                 "nohz_full": "2-3,6-7", "rcu_nocbs": "2-3,6-7", "irqaffinity": "0-1,4-5"}
     assert facts["kernel"] == {"isolated": "2-3,6-7", "nohz_full": "2-3,6-7", "cpuset_cpus_isolated": None,
-                               "partitions": []}
+                               "partitions": [], "preempt_rt": False}
     assert facts["isolated_cpus"] == "2-3,6-7"
     assert facts["housekeeping_cpus"] == "0-1,4-5"
     assert facts["sched_rt_runtime_us"] == -1
@@ -318,7 +318,7 @@ def test_v2_systemd_partitions_and_isolated(v2_systemd_root):
             {"path": "/bad.slice", "mode": "isolated", "valid": False,
              "state": "isolated invalid (Cpu list in cpuset.cpus not exclusive)", "cpus": ""},
             {"path": "/rt.slice", "mode": "isolated", "valid": True, "state": "isolated", "cpus": "3"},
-        ]}
+        ], "preempt_rt": False}
     assert facts["isolated_cpus"] == "2-3"
     assert facts["isolated_sources"] == {"cpuset_cpus_isolated": "3", "isolated_partitions": "3", "option": "2"}
     assert facts["housekeeping_cpus"] == "0-1"
@@ -328,6 +328,19 @@ def test_v2_systemd_partitions_and_isolated(v2_systemd_root):
         {"pid": 500, "comm": "rt app (x)", "tids": [500], "thread_count": 1, "cpus": "3"},
         {"pid": 2000, "comm": "qemu-system-x86", "tids": [2010], "thread_count": 1, "cpus": "2"},
     ]
+
+
+@pytest.mark.parametrize("text, preempt_rt", [("1", True), ("0", False), ("", False), (None, False)])
+def test_preempt_rt_from_sys_kernel_realtime(v2_systemd_root, tmp_path, text, preempt_rt):
+    root = tmp_path / "host"
+    shutil.copytree(v2_systemd_root, root, symlinks=True)
+    realtime = root / "sys" / "kernel" / "realtime"
+    if realtime.exists():
+        realtime.unlink()
+    if text is not None:
+        realtime.parent.mkdir(parents=True, exist_ok=True)
+        realtime.write_text(text + "\n")
+    assert _gather_root(root, isolated_cpus="2")["kernel"]["preempt_rt"] is preempt_rt
 
 
 def test_v2_systemd_guests_found_by_thread_names(v2_systemd_root):

@@ -269,6 +269,12 @@ class FakeDomain:
     def isActive(self):  # noqa: N802 - libvirt's name
         return self.active
 
+    def autostart(self):
+        return getattr(self, "starts", 0)
+
+    def setAutostart(self, flag):  # noqa: N802 - libvirt's name
+        self.starts = flag
+
     def create(self):
         self.active = True
 
@@ -306,6 +312,7 @@ def fake_libvirt(domains):
     module.VIR_ERR_NO_DOMAIN = 42
     module.VIR_DOMAIN_XML_INACTIVE = 2
     module.VIR_CONNECT_LIST_DOMAINS_ACTIVE = 1
+    module.VIR_CONNECT_LIST_DOMAINS_AUTOSTART = 64
     module.open = lambda uri: FakeConnection(domains)
     return module
 

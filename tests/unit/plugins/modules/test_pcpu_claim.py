@@ -106,7 +106,7 @@ def plan(sysfs, host, name, pool):
 
 def define(plan_result, name, **extra):
     args = dict(name=name, vcpus=1, memory_mib=128, vcpupin=plan_result["vcpupin"], emulator_cpus="0",
-                numa_nodes=[0], metadata=plan_result["metadata"], domain_type="qemu", running=False)
+                numa_nodes=[0], metadata=plan_result["metadata"], domain_type="qemu", running=False, autostart=False)
     return run_module(realtime_domain, dict(args, **extra))
 
 
@@ -125,7 +125,7 @@ def test_second_of_two_plans_from_the_same_books_is_refused_naming_the_holder(sy
     # Check mode says the same, writes and locks nothing.
     predicted = run_module(realtime_domain, dict(
         name="rt-b", vcpus=1, memory_mib=128, vcpupin=second["vcpupin"], emulator_cpus="0", numa_nodes=[0],
-        metadata=second["metadata"], domain_type="qemu", running=False), check_mode=True)
+        metadata=second["metadata"], domain_type="qemu", running=False, autostart=False), check_mode=True)
     assert predicted["failed"] and "already held by guest 'rt-a' (1)" in predicted["msg"]
     assert host.calls == [("define", "rt-a")]
 

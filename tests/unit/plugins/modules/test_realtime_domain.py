@@ -28,7 +28,7 @@ class FakeError(Exception):
 
 class FakeDom:
     def __init__(self, host, xml):
-        self.host, self.xml, self.active = host, xml, False
+        self.host, self.xml, self.active, self.starts = host, xml, False, 0
         self.live = None  # the running definition, when a test makes it differ from the persistent one
 
     def name(self):
@@ -39,6 +39,13 @@ class FakeDom:
 
     def isActive(self):  # noqa: N802
         return self.active
+
+    def autostart(self):
+        return self.starts
+
+    def setAutostart(self, flag):  # noqa: N802
+        self.host.calls.append(("autostart %d" % flag, self.name()))
+        self.starts = flag
 
     def create(self):
         if self.host.fail_start:
@@ -102,11 +109,30 @@ ARGS = dict(name="rt1", vcpus=2, memory_mib=128, vcpupin={"0": "1", "1": "2"}, e
 def test_define_start_then_nothing(host):
     first = run_module(realtime_domain, ARGS)
     assert not first.get("failed"), first
-    assert first["changed"] and first["defined"] and first["started"]
-    assert host.calls == [("define", "rt1"), ("create", "rt1")]
+    assert first["changed"] and first["defined"] and first["started"] and first["autostart_set"]
+    assert host.calls == [("define", "rt1"), ("create", "rt1"), ("autostart 1", "rt1")]
     second = run_module(realtime_domain, ARGS)
-    assert not second["changed"] and second["differences"] == []
-    assert host.calls == [("define", "rt1"), ("create", "rt1")]
+    assert not second["changed"] and second["differences"] == [] and not second["autostart_set"]
+    assert host.calls == [("define", "rt1"), ("create", "rt1"), ("autostart 1", "rt1")]
+
+
+def test_autostart_is_switched_off_and_on_without_a_redefinition(host):
+    run_module(realtime_domain, ARGS)
+    del host.calls[:]
+    off = run_module(realtime_domain, dict(ARGS, autostart=False))
+    assert off["changed"] and off["autostart_set"] and not off["defined"] and not off["started"]
+    assert host.calls == [("autostart 0", "rt1")] and host.domains["rt1"].starts == 0
+    assert not run_module(realtime_domain, dict(ARGS, autostart=False))["changed"]
+    checked = run_module(realtime_domain, ARGS, check_mode=True)
+    assert checked["changed"] and checked["autostart_set"] and host.domains["rt1"].starts == 0
+    assert host.calls == [("autostart 0", "rt1")]
+    assert run_module(realtime_domain, ARGS)["autostart_set"] and host.domains["rt1"].starts == 1
+
+
+def test_a_guest_that_fails_to_start_keeps_no_autostart_flag(host):
+    host.fail_start = True
+    result = run_module(realtime_domain, ARGS)
+    assert result["failed"] and not result["autostart_set"] and host.domains == {}
 
 
 def test_check_mode_writes_nothing(host):
