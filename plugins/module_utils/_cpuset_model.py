@@ -505,9 +505,6 @@ class CpusetModel:
                 if overlap:
                     self._refuse(op, "CPUs %s belong to the sibling partition %s" % (
                         format_cpulist(overlap), display_path(sibling)), _errno.EINVAL)
-            elif value & other.cpus_exclusive:
-                self._refuse(op, "CPUs %s are exclusive to the sibling %s (its cpuset.cpus.exclusive)" % (
-                    format_cpulist(value & other.cpus_exclusive), display_path(sibling)), _errno.EINVAL)
         self._set(op.path, cpus=value)
 
     def _write_mems_v2(self, op):
