@@ -47,7 +47,6 @@ _IRQBALANCE_LINE = re.compile(r"^\s*IRQBALANCE_BANNED_CPULIST=")
 AREAS = ("cmdline", "libvirt", "hook", "partitions", "irqs", "sysctl", "tuning")
 
 
-
 def _mode(path):
     try:
         return stat.S_IMODE(os.stat(path).st_mode)
