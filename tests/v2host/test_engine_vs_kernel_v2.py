@@ -35,7 +35,7 @@ def cpulist(rng, cpus):
 
 def draw_sequence(rng, cpus, has_exclusive):
     steps = []
-    for _ in range(rng.randint(1, 16)):
+    for _step in range(rng.randint(1, 16)):
         path = rng.choice(NAMES)
         kind = rng.choice(["mkdir", "rmdir", "cpus", "cpus", "mems", "subtree", "subtree", "partition",
                            "partition", "exclusive", "procs", "procs", "threads"])
@@ -81,7 +81,7 @@ def test_model_agrees_with_the_v2_kernel(v2host):
     ncpus = int(setup.stdout.split()[0])
     has_exclusive = v2host.kernel_release.startswith("6.12")
     request = {"top": "rtvirt-test-diff-%s" % uuid.uuid4().hex[:8], "names": NAMES,
-               "sequences": [draw_sequence(rng, range(ncpus), has_exclusive) for _ in range(SEQUENCES)]}
+               "sequences": [draw_sequence(rng, range(ncpus), has_exclusive) for _sequence in range(SEQUENCES)]}
     run = v2host.ssh("cd %s && PYTHONPATH=%s python3 driver.py" % (GUEST_DIR, GUEST_DIR), input=json.dumps(request),
                      timeout=600)
     assert run.returncode == 0, "seed %d: the driver failed: %s" % (seed, run.stderr[-3000:])

@@ -120,7 +120,7 @@ def test_new_partition_refused_in_cpuset_leaves_no_directory_anywhere(parent, be
 def test_change_refused_by_the_last_controller_puts_every_hierarchy_back(parent, before_write):
     """An existing partition changed in cpuset, cpu and memory; memory, written last, refuses its limit (its
     memory+swap limit was lowered in between): cpuset.cpus and cpu.shares are back at their old values."""
-    name, _ = parent
+    name = parent[0]
     child = name + "/rt"
     made = run_module(libvirt_partition, {"name": child, "cpus": "0-1", "cpu_shares": 512})
     assert not made.get("failed"), made.get("msg")
