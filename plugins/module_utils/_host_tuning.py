@@ -34,6 +34,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_parse import PF_KTHREAD, parse_stat
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_tasks import scan_tasks
+from ansible_collections.rtvirt.kvm.plugins.module_utils._textfile import read_or_none
 
 ITEMS = ("workqueue", "kthreads", "ksm", "kvm", "rt_priorities", "sysctl", "mce")
 
@@ -60,14 +61,6 @@ _VALUE = re.compile(r"^[A-Za-z0-9_.,:+-]+$")
 
 class TuningError(ValueError):
     """A setting host_tuning refuses: the message names the setting, the value and the rule."""
-
-
-def _read(path):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except OSError:
-        return None
 
 
 def _writable(path):
@@ -235,7 +228,7 @@ def _profile_items(names, roots, seen=None):
                 found.add("kvm")
             elif plugin == "script":
                 script = parser[section].get("script", "").replace("${i:PROFILE_DIR}", os.path.dirname(path))
-                if "setup_kvm_mod_low_latency" in (_read(script) or ""):
+                if "setup_kvm_mod_low_latency" in (read_or_none(script) or ""):
                     found.add("kvm")
     return found
 
@@ -244,10 +237,10 @@ def detect_tuned(etc_root="/etc/tuned", lib_root="/usr/lib/tuned", commands=()):
     """TuneD applies a profile where ``active_profile`` names one and its daemon runs (``commands``: the comm
     names of running processes), or ``tuned-main.conf`` says ``daemon = 0`` (tuned-adm then applies it once).
     Returns None, or {"profiles": [...], "items": [...], "sysctls": [...], "how": words}."""
-    profiles = (_read(os.path.join(etc_root, "active_profile")) or "").split()
+    profiles = (read_or_none(os.path.join(etc_root, "active_profile")) or "").split()
     if not profiles:
         return None
-    main = _read(os.path.join(etc_root, "tuned-main.conf")) or ""
+    main = read_or_none(os.path.join(etc_root, "tuned-main.conf")) or ""
     no_daemon = re.search(r"^\s*daemon\s*=\s*(0|false|no)\s*$", main, re.M | re.I) is not None
     if "tuned" in commands:
         how = "its daemon is running"
@@ -264,7 +257,7 @@ def detect_tuned(etc_root="/etc/tuned", lib_root="/usr/lib/tuned", commands=()):
 # --------------------------------------------------------------------------------------------------------- plan
 
 def _plan_mask(plan, item, path, housekeeping, what):
-    text = _read(path)
+    text = read_or_none(path)
     if text is None:
         return
     try:
@@ -277,7 +270,7 @@ def _plan_mask(plan, item, path, housekeeping, what):
 
 
 def _plan_file(plan, item, path, content):
-    current = _read(path)
+    current = read_or_none(path)
     if current != content:
         plan.changes.append(Change(item, "file", path, None if current is None else "different", content, path))
 
@@ -330,7 +323,7 @@ def plan_tuning(realtime, housekeeping, settings, proc_root="/proc", sys_root="/
                                        "kernel thread %d (%s)'s affinity" % (pid, comm)))
     if enabled("ksm"):
         path = os.path.join(sys_root, "kernel", "mm", "ksm", "run")
-        current = (_read(path) or "").strip()
+        current = (read_or_none(path) or "").strip()
         if current == "1":
             plan.changes.append(Change("ksm", "write", path, "1", "2", "KSM (%s)" % path))
     if enabled("kvm"):
@@ -343,7 +336,7 @@ def plan_tuning(realtime, housekeeping, settings, proc_root="/proc", sys_root="/
                 path = os.path.join(sys_root, "module", module, "parameters", name)
                 if not os.path.isdir(os.path.join(sys_root, "module", module)):
                     continue  # not loaded: the modprobe.d file applies when it is
-                current = _read(path)
+                current = read_or_none(path)
                 if current is None:
                     plan.notes.append("kvm parameter %s.%s: this kernel has no such parameter (%s is missing)"
                                       % (module, name, path))
@@ -357,7 +350,7 @@ def plan_tuning(realtime, housekeeping, settings, proc_root="/proc", sys_root="/
                            if builtin_module(sys_root, module) else "reloading %s (or a reboot)" % module)
                     plan.reboot.append("kvm parameter %s.%s is %s, not %s, and read-only at run time: it takes %s"
                                        % (module, name, current.strip(), wanted, how))
-    if enabled("rt_priorities") and (_read(os.path.join(sys_root, "kernel", "realtime")) or "").strip() == "1":
+    if enabled("rt_priorities") and (read_or_none(os.path.join(sys_root, "kernel", "realtime")) or "").strip() == "1":
         for pid, comm, policy, priority in sorted(_kthreads(proc_root)):
             for prefix, wanted in RT_GROUPS:
                 if comm == prefix or comm.startswith(prefix + "/"):
@@ -376,13 +369,13 @@ def plan_tuning(realtime, housekeeping, settings, proc_root="/proc", sys_root="/
             _plan_file(plan, "sysctl", settings["sysctl_file"], sysctl_content(present))
         for name in sorted(present):
             path = sysctl_path(proc_root, name)
-            current = (_read(path) or "").strip()
+            current = (read_or_none(path) or "").strip()
             if current.split() != present[name].split():
                 plan.changes.append(Change("sysctl", "write", path, current, present[name], "sysctl %s" % name))
     if enabled("mce"):
         for path in sorted(glob.glob(os.path.join(sys_root, "devices", "system", "machinecheck", "machinecheck*",
                                                   "ignore_ce"))):
-            current = (_read(path) or "").strip()
+            current = (read_or_none(path) or "").strip()
             if current != "1":
                 plan.changes.append(Change("mce", "write", path, current, "1", "corrected-error polling (%s)" % path))
     return plan

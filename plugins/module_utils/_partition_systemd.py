@@ -441,18 +441,24 @@ def _set_partition(gate, pname, cpuset_fs, kind):
     return fs
 
 
+def _restore_unit(systemctl, gate, unit_file, current):
+    """Put the unit file back as it was before this run (``current`` None: there was none) and reload systemd;
+    returns the rollback step as the result lists it."""
+    if current is None:
+        if os.path.exists(unit_file):
+            gate.unlink(unit_file)
+    else:
+        gate.replace_file(unit_file, current)
+    systemctl.run("daemon-reload")
+    return "write %s" % unit_file
+
+
 def _undo_unit(systemctl, gate, pname, unit_file, current, unit_changed, exc):
     """Raise ApplyError for ``exc`` (systemd's refusal, in its words) once the unit change is undone."""
     restored, failures = [], []
     if unit_changed:
         try:
-            if current is None:
-                if os.path.exists(unit_file):
-                    gate.unlink(unit_file)
-            else:
-                gate.replace_file(unit_file, current)
-            systemctl.run("daemon-reload")
-            restored.append("write %s" % unit_file)
+            restored.append(_restore_unit(systemctl, gate, unit_file, current))
         except (OSError, PartitionError) as undo_exc:
             failures.append("could not restore %s: %s" % (unit_file, undo_exc))
     message = "%s: %s; %s" % (pname.slice, exc, "ROLLBACK INCOMPLETE: %s" % "; ".join(failures) if failures else
@@ -500,12 +506,7 @@ def _apply(systemctl, gate, pname, unit_file, current, new, was_active, cpuset_f
                 systemctl.run("stop", pname.slice)
                 restored.append("systemctl start %s" % pname.slice)
             if unit_changed:
-                if current is None:
-                    gate.unlink(unit_file)
-                else:
-                    gate.replace_file(unit_file, current)
-                systemctl.run("daemon-reload")
-                restored.append("write %s" % unit_file)
+                restored.append(_restore_unit(systemctl, gate, unit_file, current))
         except (OSError, PartitionError) as undo_exc:
             failures.append("could not restore %s: %s" % (unit_file, undo_exc))
         message = "%s: %s; %s" % (pname.slice, message,
