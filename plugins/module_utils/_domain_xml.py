@@ -616,7 +616,7 @@ def owned_view(xml_text):
         "vcpu_cpuset": None,
         "vcpupin": {},
         "emulatorpin": None,
-        "vcpusched": [],
+        "vcpusched": {},
         "numatune_memory": None,
         "partition": None,
         "rtvirt_pcpu": None,
@@ -640,11 +640,17 @@ def owned_view(xml_text):
         pin = cputune.find("emulatorpin")
         if pin is not None:
             view["emulatorpin"] = _cpuset(pin.get("cpuset"), "emulatorpin")
+        # Per vCPU: we write one <vcpusched vcpus='0-N'>, libvirt stores one element per vCPU (seen with 9.0), and
+        # comparing the groups would see a 2-vCPU guest differ on every run.
         for sched in cputune.findall("vcpusched"):
-            view["vcpusched"].append({"vcpus": _cpuset(sched.get("vcpus"), "vcpusched vcpus"),
-                                      "scheduler": sched.get("scheduler"),
-                                      "priority": int(sched.get("priority")) if sched.get("priority") else None})
-        view["vcpusched"].sort(key=lambda item: str(item["vcpus"]))
+            entry = {"scheduler": sched.get("scheduler"),
+                     "priority": int(sched.get("priority")) if sched.get("priority") else None}
+            try:
+                vcpus = parse_libvirt_cpuset(sched.get("vcpus") or "", what="vcpusched vcpus")
+            except CpuListError as exc:
+                raise DomainXMLError(str(exc)) from exc
+            for vcpu in vcpus:
+                view["vcpusched"][str(vcpu)] = entry
     memory = root.find("numatune/memory")
     if memory is not None:
         view["numatune_memory"] = {"mode": memory.get("mode", "strict"),

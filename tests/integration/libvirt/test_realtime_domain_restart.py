@@ -135,7 +135,7 @@ def test_restart_between_define_and_restart_is_finished_by_the_rerun(libvirt_rig
     assert failed.get("failed") and "rerun the same call to finish" in failed["msg"], failed
     assert "%s is running" % name in failed["msg"]
     on_disk = owned_view(_on_disk(name))
-    assert on_disk["vcpusched"][0]["priority"] == 5 and on_disk["vcpupin"] == {"0": guest_args["vcpupin"]["0"]}
+    assert on_disk["vcpusched"]["0"]["priority"] == 5 and on_disk["vcpupin"] == {"0": guest_args["vcpupin"]["0"]}
     assert libvirt_rig.qemu_pid(name) == old_pid
     assert _vcpu_affinities(libvirt_rig, name) == {0: guest_args["vcpupin"]["0"]}
 
@@ -145,3 +145,15 @@ def test_restart_between_define_and_restart_is_finished_by_the_rerun(libvirt_rig
     finished = _converges(libvirt_rig, name, changed)
     assert finished["destroyed"] and finished["started"] and libvirt_rig.qemu_pid(name) != old_pid
     assert os.path.exists(DEFINITIONS / ("%s.xml" % name))
+
+
+def test_a_two_vcpu_guest_is_converged_by_the_first_call(libvirt_rig, guest_args):
+    """libvirt stores our one <vcpusched vcpus='0-1'> as one element per vCPU: a guest with more than one vCPU must
+    still compare equal afterwards, or every run would redefine it (seen on the 8-CPU test host)."""
+    pool = guest_args["vcpupin"]["0"]
+    args = dict(guest_args, vcpus=2, vcpupin={"0": pool, "1": pool})
+    first = run_module(realtime_domain, args)
+    assert not first.get("failed") and first["changed"], first
+    assert len(_vcpu_affinities(libvirt_rig, args["name"])) == 2
+    quiet = run_module(realtime_domain, args)
+    assert not quiet.get("failed") and not quiet["changed"], quiet

@@ -44,7 +44,8 @@ LIBVIRT_BACK = """<domain type='kvm'>
     <vcpupin vcpu='0' cpuset='2'/>
     <vcpupin vcpu='1' cpuset='3'/>
     <emulatorpin cpuset='0-1'/>
-    <vcpusched vcpus='0-1' scheduler='fifo' priority='10'/>
+    <vcpusched vcpus='0' scheduler='fifo' priority='10'/>
+    <vcpusched vcpus='1' scheduler='fifo' priority='10'/>
   </cputune>
   <numatune><memory mode='strict' nodeset='0'/></numatune>
   <resource><partition>/machine/rt</partition></resource>
@@ -69,7 +70,18 @@ def test_default_render_is_a_tiny_diskless_guest():
 
 
 def test_what_libvirt_returns_compares_equal():
+    # libvirt 9.0 stores our one <vcpusched vcpus='0-1'> as one element per vCPU (virsh dumpxml on this machine).
     assert differences(LIBVIRT_BACK, render(SPEC)) == []
+    assert differences(render(SPEC), LIBVIRT_BACK) == []
+
+
+def test_vcpusched_is_compared_per_vcpu():
+    grouped = LIBVIRT_BACK.replace("<vcpusched vcpus='0' scheduler='fifo' priority='10'/>", "").replace(
+        "vcpus='1' scheduler", "vcpus='0-1' scheduler")
+    assert owned_view(grouped)["vcpusched"] == owned_view(LIBVIRT_BACK)["vcpusched"] == {
+        "0": {"scheduler": "fifo", "priority": 10}, "1": {"scheduler": "fifo", "priority": 10}}
+    one_differs = LIBVIRT_BACK.replace("vcpus='1' scheduler='fifo' priority='10'", "vcpus='1' scheduler='fifo' priority='11'")
+    assert differences(one_differs, render(SPEC)) == ["vcpusched"]
 
 
 def test_rendering_onto_the_current_definition_keeps_everything_else():
