@@ -498,14 +498,40 @@ class CpusetModel:
     def _write_cpus_v2(self, op):
         self._require_cpuset_v2(op)
         value = self._parse(op, self.online, "CPUs")
+        self._check_siblings_v2(op, value, self.node(op.path).cpus_exclusive)
+        self._set(op.path, cpus=value)
+
+    def _valid_partition(self, path):
+        node = self.node(path)
+        return partition_base(node.partition) in ("root", "isolated") and "invalid" not in node.partition
+
+    def _check_siblings_v2(self, op, cpus, exclusive):
+        """validate_change's sibling rule for a cgroup that is to hold ``cpus`` and ``exclusive``
+        (kernel/cgroup/cpuset.c, 6.7 and later; before 6.7 only its first case exists).
+
+        Where either side is a valid partition, or both have cpuset.cpus.exclusive, their exclusive CPUs
+        (cpuset.cpus.exclusive, else cpuset.cpus) may not overlap. Where only one side has
+        cpuset.cpus.exclusive, the other's cpuset.cpus may not lie wholly inside it: none of them would be left
+        once the exclusive CPUs are taken. Otherwise siblings may overlap freely."""
+        mine_partition = self._valid_partition(op.path)
         for sibling in self.siblings(op.path):
             other = self.node(sibling)
-            if partition_base(other.partition) in ("root", "isolated") and "invalid" not in other.partition:
-                overlap = value & (other.cpus_exclusive or other.cpus)
+            other_partition = self._valid_partition(sibling)
+            if mine_partition or other_partition or (exclusive and other.cpus_exclusive):
+                overlap = (exclusive or cpus) & (other.cpus_exclusive or other.cpus)
                 if overlap:
-                    self._refuse(op, "CPUs %s belong to the sibling partition %s" % (
-                        format_cpulist(overlap), display_path(sibling)), _errno.EINVAL)
-        self._set(op.path, cpus=value)
+                    self._refuse(op, ("CPUs %s belong to the sibling partition %s" if other_partition else
+                                      "CPUs %s are also in the sibling %s, and a partition's CPUs are its own"
+                                      if mine_partition else "CPUs %s are exclusive to the sibling %s as well") % (
+                                          format_cpulist(overlap), display_path(sibling)), _errno.EINVAL)
+            elif exclusive and other.cpus and other.cpus <= exclusive:
+                self._refuse(op, "the sibling %s has cpuset.cpus %s, all of them within these exclusive CPUs, and "
+                                 "would be left none" % (display_path(sibling), format_cpulist(other.cpus)),
+                             _errno.EINVAL)
+            elif other.cpus_exclusive and cpus and cpus <= other.cpus_exclusive:
+                self._refuse(op, "all of CPUs %s are exclusive to the sibling %s (cpuset.cpus.exclusive), and this "
+                                 "cgroup would be left none" % (format_cpulist(cpus), display_path(sibling)),
+                             _errno.EINVAL)
 
     def _write_mems_v2(self, op):
         self._require_cpuset_v2(op)
@@ -519,15 +545,7 @@ class CpusetModel:
         # No subset rule against the parent here: the kernel takes any list and intersects it with the parent's
         # exclusive.effective (seen on 6.12); a remote partition is valid only once the parents hold the CPUs,
         # which is why the planner still writes cpuset.cpus.exclusive top-down.
-        # Writing cpuset.cpus.exclusive makes the cgroup CPU-exclusive (cpusets_are_exclusive in validate_change):
-        # the list may not overlap a sibling's exclusive CPUs, or its cpuset.cpus where it has none.
-        for sibling in self.siblings(op.path):
-            other = self.node(sibling)
-            overlap = value & (other.cpus_exclusive or other.cpus)
-            if overlap:
-                self._refuse(op, "CPUs %s are already %s the sibling %s" % (
-                    format_cpulist(overlap), "exclusive to" if other.cpus_exclusive else "in the cpuset.cpus of",
-                    display_path(sibling)), _errno.EINVAL)
+        self._check_siblings_v2(op, self.node(op.path).cpus, value)
         for child in self.children(op.path):
             held = self.node(join_path(op.path, child)).cpus_exclusive - value
             if held:
@@ -544,11 +562,19 @@ class CpusetModel:
         if enable and not self.cpuset_enabled(op.path):
             self._refuse(op, "cpuset is not available in it: enable it in the parent %s first (top-down)" %
                          display_path(parent_of(op.path)), _errno.ENOENT)
-        if enable and op.path and not self.node(op.path).subtree_cpuset and self.tasks(op.path):
-            # cgroup_vet_subtree_control_enable: children would compete with the cgroup's own processes.
-            self._refuse(op, "it holds processes %s of its own, and a cgroup with processes may not enable "
-                             "controllers for children (the no internal process rule): move them to a leaf "
-                             "first" % " ".join(map(str, self.tasks(op.path))), _errno.EBUSY)
+        node = self.node(op.path)
+        populated = [c for c in self.children(op.path) if self.populated(join_path(op.path, c))]
+        if enable and op.path and not node.subtree_cpuset and self.tasks(op.path) and \
+                (node.subtree_domain or populated):
+            # cgroup_vet_subtree_control_enable: cpuset is a threaded controller, allowed beside the cgroup's own
+            # processes while the cgroup could still become a thread root (no domain controller enabled, no
+            # populated child); otherwise children would compete with those processes.
+            self._refuse(op, "it holds processes %s of its own and %s, and such a cgroup may not enable controllers "
+                             "for children (the no internal process rule): move them to a leaf first" % (
+                                 " ".join(map(str, self.tasks(op.path))),
+                                 "enables domain controllers" if node.subtree_domain else
+                                 "its child %s holds processes" % display_path(join_path(op.path, populated[0]))),
+                         _errno.EBUSY)
         if not enable:
             for child in self.children(op.path):
                 if self.node(join_path(op.path, child)).subtree_cpuset:

@@ -272,10 +272,24 @@ def test_v2_no_process_where_a_domain_controller_is_handed_down():
         plan(source, [Request("a", procs=(42,))])
 
 
-def test_v2_a_cgroup_with_processes_does_not_enable_cpuset_for_children():
-    source = v2({"": Node(subtree_cpuset=True), "a": Node()}, tasks={"a": [41]})
-    with pytest.raises(PlanError, match=r"holds processes 41 of its own.*move them to a leaf first"):
+def test_v2_a_cgroup_with_processes_and_domain_controllers_does_not_enable_cpuset_for_children():
+    source = v2({"": Node(subtree_cpuset=True), "a": Node(subtree_domain=True)}, tasks={"a": [41]})
+    with pytest.raises(PlanError, match=r"holds processes 41 of its own and enables domain controllers.*leaf first"):
         plan(source, [Request("a/b", cpus=F({2}))])
+
+
+def test_v2_a_cgroup_with_processes_and_a_populated_child_does_not_enable_cpuset_for_children():
+    source = v2({"": Node(subtree_cpuset=True), "a": Node(), "a/c": Node()}, tasks={"a": [41], "a/c": [42]})
+    with pytest.raises(PlanError, match=r"holds processes 41 of its own and its child '/a/c' holds processes"):
+        plan(source, [Request("a/b", cpus=F({2}))])
+
+
+def test_v2_cpuset_alone_may_be_enabled_beside_a_cgroups_own_processes():
+    # cpuset is a threaded controller: the kernel (6.1 and 6.12) takes +cpuset there while the cgroup could
+    # still become a thread root (the v2 differential test found the model refusing it).
+    source = v2({"": Node(subtree_cpuset=True), "a": Node()}, tasks={"a": [41]})
+    result = plan(source, [Request("a/b", cpus=F({2}))])
+    assert any(op.knob == "subtree_control" and op.path == "a" for op in result.ops)
 
 
 def test_v2_single_threads_do_not_cross_domain_cgroups():
@@ -541,3 +555,29 @@ def test_exclusive_check_raises_what_checking_every_pair_raises(case):
                 message
     else:
         assert expected is None
+
+
+# validate_change's sibling rule on 6.7+ (found by tests/v2host/test_engine_vs_kernel_v2.py on 6.12): exclusive
+# CPUs may overlap a plain sibling's cpuset.cpus, only not swallow them whole.
+@pytest.mark.parametrize("sibling, value, refused", [
+    (Node(cpus=F({0, 2, 3})), "1-2", None),
+    (Node(cpus=F({2})), "1-2", "the sibling '/b' has cpuset.cpus 2, all of them within these exclusive CPUs"),
+    (Node(cpus=F({0, 3}), cpus_exclusive=F({2, 3})), "1-2", "CPUs 2 are exclusive to the sibling '/b' as well"),
+    (Node(cpus=F({2, 3}), partition="isolated"), "1-2", "CPUs 2 belong to the sibling partition '/b'"),
+])
+def test_v2_model_exclusive_cpus_against_a_sibling(sibling, value, refused):
+    model = CpusetModel(v2({"": Node(subtree_cpuset=True), "a": Node(cpus=F({0})), "b": sibling}))
+    if refused is None:
+        model.apply(Op(WRITE, "a", "cpus_exclusive", value))
+        assert model.node("a").cpus_exclusive == F({1, 2})
+    else:
+        with pytest.raises(KernelRuleError) as caught:
+            model.apply(Op(WRITE, "a", "cpus_exclusive", value))
+        assert refused in caught.value.message and "EINVAL" in caught.value.message
+
+
+def test_v2_model_cpus_may_not_lie_wholly_in_a_siblings_exclusive_cpus():
+    model = CpusetModel(v2({"": Node(subtree_cpuset=True), "a": Node(), "b": Node(cpus_exclusive=F({2, 3}))}))
+    model.apply(Op(WRITE, "a", "cpus", "1-2"))
+    with pytest.raises(KernelRuleError, match=r"all of CPUs 2-3 are exclusive to the sibling '/b'"):
+        model.apply(Op(WRITE, "a", "cpus", "2-3"))
