@@ -43,14 +43,21 @@ ERRNO_RULES = {
     _errno.EOPNOTSUPP: "the cgroup type does not allow this (cgroup v2 threaded/domain rules)",
 }
 
-# The other controllers' knobs libvirt_partition writes: what the kernel's refusal of one means, by file and errno.
+# The other controllers' knobs libvirt_partition writes: what the kernel's refusal of one means, by file and errno,
+# in an operator's words (the one table for them: CgroupFs.errno_rule reads it).
 KNOB_RULES = {
-    ("memory.limit_in_bytes", _errno.EINVAL): "on cgroup v1 memory.limit_in_bytes may not exceed "
-                                              "memory.memsw.limit_in_bytes (memory + swap): raise that one first",
-    ("memory.limit_in_bytes", _errno.EBUSY): "the cgroup uses more memory than the new limit and the kernel could "
-                                             "not reclaim enough",
-    ("memory.memsw.limit_in_bytes", _errno.EINVAL): "on cgroup v1 memory.memsw.limit_in_bytes (memory + swap) may "
-                                                    "not be below memory.limit_in_bytes",
+    ("memory.limit_in_bytes", _errno.EBUSY): (
+        "the partition's tasks use more memory than the new limit and the kernel could not reclaim enough "
+        "(no swap, or the memory is locked or anonymous); stop or shrink the guests inside first, or give a "
+        "higher limit"),
+    ("memory.limit_in_bytes", _errno.EINVAL): (
+        "on cgroup v1 memory.limit_in_bytes may not exceed memory.memsw.limit_in_bytes (memory + swap); raise "
+        "memory_swap_hard_limit with it"),
+    ("memory.memsw.limit_in_bytes", _errno.EINVAL): (
+        "on cgroup v1 memory.memsw.limit_in_bytes (memory + swap) may not be below memory.limit_in_bytes"),
+    ("memory.memsw.limit_in_bytes", _errno.EBUSY): (
+        "the partition's tasks use more memory + swap than the new limit and the kernel could not reclaim enough"),
+    ("memory.soft_limit_in_bytes", _errno.EINVAL): "the kernel refuses soft limits on this cgroup",
     ("memory.max", _errno.EINVAL): "the value is not a size in bytes or 'max'",
     ("cpu.shares", _errno.EINVAL): "cpu.shares is a weight from 2 to 262144",
     ("cpu.weight", _errno.ERANGE): "cpu.weight is a weight from 1 to 10000",
@@ -152,9 +159,7 @@ class HostLock:
 def describe_failure(fs, op, exc):
     err = exc.errno or 0
     name = _errno.errorcode.get(err, str(err))
-    rule = KNOB_RULES.get((op.knob, err)) if op.kind == WRITE else None
-    if rule is None:
-        rule = fs.errno_rule(op, err)
+    rule = fs.errno_rule(op, err)
     return "%s failed: %s (%s)%s" % (fs.describe(op), exc.strerror or str(exc), name, ": " + rule if rule else "")
 
 

@@ -21,7 +21,7 @@ import tempfile
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cgroupfs import kernel_at_least
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import parse_cpulist
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import ERRNO_RULES
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import ERRNO_RULES, KNOB_RULES
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import ABSENT, KNOBS, WRITE, Node
 
 CGROUP_SUPER_MAGIC = 0x27E0EB
@@ -185,8 +185,11 @@ class CgroupFs:
         return _read_at(self.real_path(path, name))
 
     def errno_rule(self, op, err):
-        """What errno ``err`` of ``op`` means, in an operator's words, or None."""
-        return self.errno_rules.get(err, "the kernel refused it") if self.errno_rules else None
+        """What errno ``err`` of ``op`` means, in an operator's words, or None: the knob's own rule first."""
+        rule = KNOB_RULES.get((op.knob, err)) if op.kind == WRITE else None
+        if rule is None and self.errno_rules:
+            rule = self.errno_rules.get(err, "the kernel refused it")
+        return rule
 
     def describe(self, op):
         """An engine Op on this hierarchy in words, with real paths (there is no one cpuset root to be

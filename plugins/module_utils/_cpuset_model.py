@@ -498,21 +498,30 @@ class CpusetModel:
     def _write_cpus_v2(self, op):
         self._require_cpuset_v2(op)
         value = self._parse(op, self.online, "CPUs")
+        self._keep_populated_nonempty_v2(op, "cpus", value)
         self._check_siblings_v2(op, value, self.node(op.path).cpus_exclusive)
         self._set(op.path, cpus=value)
+
+    def _keep_populated_nonempty_v2(self, op, key, value):
+        # validate_change holds v2 to this too, although an empty list there means "the parent's": a populated
+        # cgroup's list, once set, cannot be emptied again.
+        if not value and getattr(self.node(op.path), key) and self.populated(op.path):
+            self._refuse(op, "it (or a cgroup below it) holds tasks, and a populated cpuset's %s cannot be emptied "
+                             "once set" % KNOBS[2][key], _errno.ENOSPC)
 
     def _valid_partition(self, path):
         node = self.node(path)
         return partition_base(node.partition) in ("root", "isolated") and "invalid" not in node.partition
 
-    def _check_siblings_v2(self, op, cpus, exclusive):
+    def _check_siblings_v2(self, op, cpus, exclusive, writing_exclusive=False):
         """validate_change's sibling rule for a cgroup that is to hold ``cpus`` and ``exclusive``
         (kernel/cgroup/cpuset.c, 6.7 and later; before 6.7 only its first case exists).
 
         Where either side is a valid partition, or both have cpuset.cpus.exclusive, their exclusive CPUs
-        (cpuset.cpus.exclusive, else cpuset.cpus) may not overlap. Where only one side has
-        cpuset.cpus.exclusive, the other's cpuset.cpus may not lie wholly inside it: none of them would be left
-        once the exclusive CPUs are taken. Otherwise siblings may overlap freely."""
+        (cpuset.cpus.exclusive, else cpuset.cpus) may not overlap. Otherwise siblings may overlap, but new
+        exclusive CPUs may not swallow a sibling's whole cpuset.cpus (it would be left none). Seen on 6.12: that
+        holds only for the cpuset.cpus.exclusive write; cpuset.cpus lying wholly inside a sibling's exclusive
+        CPUs is taken."""
         mine_partition = self._valid_partition(op.path)
         for sibling in self.siblings(op.path):
             other = self.node(sibling)
@@ -524,18 +533,16 @@ class CpusetModel:
                                       "CPUs %s are also in the sibling %s, and a partition's CPUs are its own"
                                       if mine_partition else "CPUs %s are exclusive to the sibling %s as well") % (
                                           format_cpulist(overlap), display_path(sibling)), _errno.EINVAL)
-            elif exclusive and other.cpus and other.cpus <= exclusive:
+            elif writing_exclusive and exclusive and other.cpus and other.cpus <= exclusive:
                 self._refuse(op, "the sibling %s has cpuset.cpus %s, all of them within these exclusive CPUs, and "
                                  "would be left none" % (display_path(sibling), format_cpulist(other.cpus)),
-                             _errno.EINVAL)
-            elif other.cpus_exclusive and cpus and cpus <= other.cpus_exclusive:
-                self._refuse(op, "all of CPUs %s are exclusive to the sibling %s (cpuset.cpus.exclusive), and this "
-                                 "cgroup would be left none" % (format_cpulist(cpus), display_path(sibling)),
                              _errno.EINVAL)
 
     def _write_mems_v2(self, op):
         self._require_cpuset_v2(op)
-        self._set(op.path, mems=self._parse(op, self.memory_nodes, "memory nodes"))
+        value = self._parse(op, self.memory_nodes, "memory nodes")
+        self._keep_populated_nonempty_v2(op, "mems", value)
+        self._set(op.path, mems=value)
 
     def _write_cpus_exclusive_v2(self, op):
         self._require_cpuset_v2(op)
@@ -545,7 +552,7 @@ class CpusetModel:
         # No subset rule against the parent here: the kernel takes any list and intersects it with the parent's
         # exclusive.effective (seen on 6.12); a remote partition is valid only once the parents hold the CPUs,
         # which is why the planner still writes cpuset.cpus.exclusive top-down.
-        self._check_siblings_v2(op, self.node(op.path).cpus, value)
+        self._check_siblings_v2(op, self.node(op.path).cpus, value, writing_exclusive=True)
         for child in self.children(op.path):
             held = self.node(join_path(op.path, child)).cpus_exclusive - value
             if held:

@@ -617,9 +617,14 @@ def check_revert_hook(files):
     return ["%s exists" % path for path in files if os.path.lexists(path)]
 
 
-def not_undone(systemd, libvirt_installed, kvm_device, starter_path=None):
+def not_undone(systemd, libvirt_installed, kvm_device, starter_path=None, tuning=None):
     """What host_prep may have changed that the way back leaves, in words (the role prints them)."""
     kept = []
+    if tuning:
+        kept.append("host_tuning's run-time settings stay until the next boot (the unbound workqueue cpumask, kernel "
+                    "thread affinities, KSM, KVM parameters, the tuning sysctls), and %s and %s stay: remove them to "
+                    "drop the settings at boot (its command-line parameters are removed)" % (
+                        tuning.get("modprobe_file"), tuning.get("sysctl_file")))
     if libvirt_installed:
         kept.append("packages host_prep installed (libvirt, QEMU) stay installed: remove them with the package "
                     "manager if nothing else needs them")

@@ -332,27 +332,6 @@ def _grows(write):
     return new > old >= 0 or write.value == "-1"
 
 
-# What an errno of a tunable write means, per knob family, in an operator's words.
-TUNABLE_ERRNO_RULES = {
-    ("memory.limit_in_bytes", _errno.EBUSY): (
-        "the partition's tasks use more memory than the new limit and the kernel could not reclaim enough "
-        "(no swap, or the memory is locked or anonymous); stop or shrink the guests inside first, or give a "
-        "higher limit"),
-    ("memory.limit_in_bytes", _errno.EINVAL): (
-        "on cgroup v1 memory.limit_in_bytes may not exceed memory.memsw.limit_in_bytes; raise "
-        "memory_swap_hard_limit with it"),
-    ("memory.memsw.limit_in_bytes", _errno.EINVAL): (
-        "on cgroup v1 memory.memsw.limit_in_bytes (memory + swap) may not be below memory.limit_in_bytes"),
-    ("memory.memsw.limit_in_bytes", _errno.EBUSY): (
-        "the partition's tasks use more memory + swap than the new limit and the kernel could not reclaim enough"),
-    ("memory.soft_limit_in_bytes", _errno.EINVAL): "the kernel refuses soft limits on this cgroup",
-    ("", _errno.ERANGE): "the value is outside the knob's range",
-    ("", _errno.EINVAL): "the kernel does not accept this value for the knob",
-    ("", _errno.ENOENT): "the knob does not exist (its controller is not enabled for the partition)",
-    ("", _errno.EACCES): "the knob does not exist or cannot be written (its controller is not enabled for it)",
-    ("", _errno.EBUSY): "the partition's tasks use more than the new limit and the kernel could not reclaim enough",
-}
-
 
 class TunableFs(CgroupFs):
     """A hierarchy whose tunables the run writes: a refused write names the partition and the module option."""
@@ -362,8 +341,17 @@ class TunableFs(CgroupFs):
         self.partition = partition
         self.options = options      # file name -> "option=value as given"
 
+    # Beside the knobs' own rules (KNOB_RULES): what an errno of any tunable write means.
+    errno_rules = {
+        _errno.ERANGE: "the value is outside the knob's range",
+        _errno.EINVAL: "the kernel does not accept this value for the knob",
+        _errno.ENOENT: "the knob does not exist (its controller is not enabled for the partition)",
+        _errno.EACCES: "the knob does not exist or cannot be written (its controller is not enabled for it)",
+        _errno.EBUSY: "the partition's tasks use more than the new limit and the kernel could not reclaim enough",
+    }
+
     def errno_rule(self, op, err):
-        rule = TUNABLE_ERRNO_RULES.get((op.knob, err)) or TUNABLE_ERRNO_RULES.get(("", err), "the kernel refused it")
+        rule = super().errno_rule(op, err)
         given = self.options.get(op.knob)
         return "partition %s, %s: %s" % (self.partition, given, rule) if given else rule
 

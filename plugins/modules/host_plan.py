@@ -779,6 +779,9 @@ def check_revert(module, params, plan):
     extra = dict(systemd=systemd, reboot_required=False, os_family=family, os=names, irq_cpus=online,
                  cmdline_params=cmdline_params(plan["realtime_cpus"], plan["housekeeping_cpus"],
                                                (params["cmdline"] or {}).get("isolcpus_flags") or ""))
+    if params["tuning"] is not None:
+        # host_tuning's boot-time parameters went into the same command line: they come off with host_prep's.
+        extra["cmdline_params"].update(tuning_cmdline_params(plan["housekeeping_cpus"], settings_from(params["tuning"])))
     if params["cmdline"] is not None:
         pending["cmdline"], extra["reboot_required"] = check_cmdline(params["cmdline"]["path"], {},
                                                                      absent=sorted(extra["cmdline_params"]))
@@ -800,7 +803,7 @@ def check_revert(module, params, plan):
         irqbalance_line=banned_line(plan["realtime_cpus"]), cmdline_absent=sorted(extra["cmdline_params"]),
         sched_rt_runtime_us=current, kernel_default=KERNEL_RT_RUNTIME_US,
         kept=not_undone(systemd, params["libvirt"] is not None, os.path.exists(KVM_DEVICE) and not udev_manages_devices(),
-                        (params["hook"] or {}).get("starter_path")))
+                        (params["hook"] or {}).get("starter_path"), params["tuning"]))
     verdict_line = "; ".join("%s (%s)" % (area, "; ".join(r)) for area, r in extra["pending"].items())
     extra["summary"] = "taking host_prep off: %s" % (
         "differs from the host before host_prep: " + verdict_line if verdict_line
