@@ -587,3 +587,13 @@ def test_v2_model_a_populated_cpusets_lists_cannot_be_emptied():
     for knob in ("cpus", "mems"):
         with pytest.raises(KernelRuleError, match=r"cpuset.%s cannot be emptied once set" % knob):
             model.apply(Op(WRITE, "a", knob, ""))
+
+
+def test_v2_model_remote_partition_needs_its_cpus_passed_down():
+    """6.12 (the v2 differential test): a partition under a member is valid only where every cgroup between it and
+    a partition above lists its CPUs in cpuset.cpus.exclusive."""
+    nodes = {"": Node(subtree_cpuset=True), "m": Node(cpus=F(range(4)), subtree_cpuset=True),
+             "m/r": Node(cpus=F({2}), cpus_exclusive=F({2}))}
+    assert "not passed down by '/m'" in CpusetModel(v2(nodes)).predict_partition("m/r", "isolated")
+    nodes["m"] = Node(cpus=F(range(4)), cpus_exclusive=F({2, 3}), subtree_cpuset=True)
+    assert CpusetModel(v2(nodes)).predict_partition("m/r", "isolated") is None
