@@ -43,6 +43,7 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_cgroups impo
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_guests import (
     guest_facts,
+    idle_workers,
     read_domain_definitions,
     read_guests,
 )
@@ -116,7 +117,8 @@ def gather(proc_root="/proc", sys_root="/sys", run_root="/run/libvirt/qemu", lay
     cgroups = Cgroups(ctx, layout, sys_root, proc_root)
     scan = _scan_threads(ctx, proc_root, sys_root, isolated, cpus, guests) if gather_threads else None
     given = {}  # cgroup relative path -> isolated CPUs the domain XML gives it
-    guests_facts = [guest_facts(g, scan, cgroups, isolated, violations, given) for g in guests]
+    idle = idle_workers(sys_root)
+    guests_facts = [guest_facts(g, scan, cgroups, isolated, violations, given, idle) for g in guests]
     threads_on_isolated = thread_violations(scan, violations) if scan is not None else []
     cgroup_violations(ctx, cgroups, isolated, partition_paths, given, violations)
 

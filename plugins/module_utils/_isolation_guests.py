@@ -134,6 +134,16 @@ def classify_qemu_thread(comm, tid, vcpu_tids):
     return "emulator", None
 
 
+def idle_workers(sys_root):
+    """Names (prefixes) of guest kernel workers that sleep for good on this host: kvm-nx-lpage-recovery while KVM
+    does not split huge pages (kvm.nx_huge_pages N, or never) or recovers none (nx_huge_pages_recovery_ratio 0);
+    its recovery period is then unbounded. host_prep's tuning sets the first, so a converged host shows none."""
+    params = os.path.join(sys_root, "module", "kvm", "parameters")
+    nx = read_text(os.path.join(params, "nx_huge_pages"))
+    ratio = read_text(os.path.join(params, "nx_huge_pages_recovery_ratio"))
+    return ("kvm-nx-lpage",) if nx in ("N", "never") or ratio == "0" else ()
+
+
 def worker_fix(role, comm):
     """The setting that takes a guest's non-vCPU thread off the realtime CPUs, in words."""
     if comm.startswith("kvm-nx-lpage"):
@@ -147,7 +157,7 @@ def worker_fix(role, comm):
             % ("iothread" if role == "iothread" else "emulator"))
 
 
-def guest_facts(guest, scan, cgroups, isolated, violations, given):
+def guest_facts(guest, scan, cgroups, isolated, violations, given, idle=()):
     """One guest's facts with its threads; a ``pinning_drift`` violation per thread that differs from the domain
     XML, and in ``given`` the isolated CPUs the XML gives each thread's cgroup."""
     domain = guest["domain"]
@@ -202,7 +212,8 @@ def guest_facts(guest, scan, cgroups, isolated, violations, given):
                                        "affinity": format_cpulist(affinity), "pinning": format_cpus(pin)})
         # Allowed on housekeeping CPUs too, the thread is a thread_on_isolated leak already; only here, inside the
         # isolated CPUs, does it look placed on purpose.
-        if role != "vcpu" and affinity and affinity <= isolated:
+        if role != "vcpu" and affinity and affinity <= isolated and not (role == "kernel_worker" and comm.startswith(
+                tuple(idle))):
             label = "%s %s" % (role.replace("_", " "), number) if number is not None else role.replace("_", " ")
             violations.append({
                 "kind": "guest_thread_on_isolated",

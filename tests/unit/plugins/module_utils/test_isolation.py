@@ -489,3 +489,25 @@ def test_a_guest_worker_placed_on_an_isolated_cpu_is_a_violation_with_its_fix(tm
     assert "policy fifo, priority 10" in found[0]["message"] and "kvm.nx_huge_pages=never" in found[0]["message"]
     # the vCPU itself, on the same CPU, is not one
     assert not [v for v in found if v["tid"] == 2010]
+
+
+@pytest.mark.parametrize("param, value", [("nx_huge_pages", "N"), ("nx_huge_pages", "never"),
+                                          ("nx_huge_pages_recovery_ratio", "0")])
+def test_the_nx_recovery_worker_is_no_violation_while_kvm_keeps_it_asleep(tmp_path, param, value):
+    """With nx_huge_pages off (host_prep's tuning) or no recovery, the worker's period is unbounded: it never wakes
+    on the vCPU's CPU, and a converged host shows no violation for it (the Molecule scenario's verify)."""
+    make_hosts.v2_systemd(tmp_path)
+    root = tmp_path / "v2-systemd"
+    host = make_hosts.Host.__new__(make_hosts.Host)
+    host.proc, host.sys = root / "proc", root / "sys"
+    vcpu0 = "/machine.slice/machine-qemu\\x2d3\\x2drt1.scope/libvirt/vcpu0"
+    host.task(2000, 2012, "kvm-nx-lpage-recovery-2000", "2", flags=0x400100 | 0x4000, policy=1, rt_priority=10,
+              cgroup="0::%s\n" % vcpu0)
+    params = root / "sys" / "module" / "kvm" / "parameters"
+    params.mkdir(parents=True, exist_ok=True)
+    (params / "nx_huge_pages").write_text("Y\n")
+    (params / "nx_huge_pages_recovery_ratio").write_text("60\n")
+    assert [v["tid"] for v in _gather_root(root, isolated_cpus="2")["violations"]
+            if v["kind"] == "guest_thread_on_isolated"] == [2012]
+    (params / param).write_text(value + "\n")
+    assert not [v for v in _gather_root(root, isolated_cpus="2")["violations"] if v["kind"] == "guest_thread_on_isolated"]
