@@ -378,10 +378,7 @@ class CpusetModel:
         could still become a thread root. Threads move one by one only inside one threaded domain, and every
         cgroup this model knows is a domain of its own.
         """
-        if op.knob == "threads" and op.previous is not None and op.previous.strip("/") != op.path:
-            self._refuse(op, "a single thread can move only inside its threaded subtree, and %s and %s are "
-                             "separate domain cgroups: move the whole process (cgroup.procs)" % (
-                                 display_path(op.previous.strip("/")), display_path(op.path)), _errno.EOPNOTSUPP)
+        self._require_valid_domain_v2(op)
         if op.path and (node.subtree_cpuset or node.subtree_domain):
             if node.subtree_domain:
                 self._refuse(op, "it enables domain controllers for its children in cgroup.subtree_control, and a "
@@ -393,8 +390,31 @@ class CpusetModel:
                                  "with populated children may hold no process of its own (the no internal process "
                                  "rule): attach to a leaf" % display_path(join_path(op.path, populated[0])),
                              _errno.EBUSY)
+        # cgroup_attach_permissions: the destination's rules (cgroup_migrate_vet_dst) come before the thread's.
+        if op.knob == "threads" and op.previous is not None and op.previous.strip("/") != op.path:
+            self._refuse(op, "a single thread can move only inside its threaded subtree, and %s and %s are "
+                             "separate domain cgroups: move the whole process (cgroup.procs)" % (
+                                 display_path(op.previous.strip("/")), display_path(op.path)), _errno.EOPNOTSUPP)
         if not self.effective_cpus(op.path):
             self._refuse(op, "its effective CPU set is empty", _errno.ENOSPC)
+
+    def thread_root_above(self, path):
+        """The nearest cgroup above ``path`` that has become a thread root, or None: one (not the root, which is
+        mixable) with processes of its own while it hands a threaded controller (cpuset) to its children. Below
+        it every cgroup is "domain invalid" (cgroup_is_valid_domain) until it is made threaded."""
+        while path:
+            path = parent_of(path)
+            if path and self.node(path).subtree_cpuset and self.tasks(path):
+                return path
+        return None
+
+    def _require_valid_domain_v2(self, op):
+        root = self.thread_root_above(op.path)
+        if root is not None:
+            self._refuse(op, "its ancestor %s holds processes of its own and enables cpuset for its children, which "
+                             "makes it a thread root and this cgroup an invalid domain (cgroup.type 'domain "
+                             "invalid'): move those processes to a leaf first" % display_path(root),
+                         _errno.EOPNOTSUPP)
 
     def _write(self, op):
         if not self.exists(op.path):
@@ -563,6 +583,8 @@ class CpusetModel:
             if word[:1] not in "+-" or word[1:] != "cpuset":
                 self._refuse(op, "the engine only manages +cpuset/-cpuset here", _errno.EINVAL)
         enable = words[-1].startswith("+")
+        if enable:
+            self._require_valid_domain_v2(op)
         if enable and not self.cpuset_enabled(op.path):
             self._refuse(op, "cpuset is not available in it: enable it in the parent %s first (top-down)" %
                          display_path(parent_of(op.path)), _errno.ENOENT)

@@ -597,3 +597,15 @@ def test_v2_model_remote_partition_needs_its_cpus_passed_down():
     assert "not passed down by '/m'" in CpusetModel(v2(nodes)).predict_partition("m/r", "isolated")
     nodes["m"] = Node(cpus=F(range(4)), cpus_exclusive=F({2, 3}), subtree_cpuset=True)
     assert CpusetModel(v2(nodes)).predict_partition("m/r", "isolated") is None
+
+
+def test_v2_model_below_a_thread_root_is_an_invalid_domain():
+    """6.12 and 6.1 (the v2 differential test): a cgroup with processes of its own that enables cpuset becomes a
+    thread root; its children can take neither controllers nor processes (EOPNOTSUPP)."""
+    model = CpusetModel(v2({"": Node(subtree_cpuset=True), "a": Node(subtree_cpuset=True), "a/y": Node()},
+                           tasks={"a": [41]}))
+    for op in (Op(WRITE, "a/y", "subtree_control", "+cpuset"), Op(ATTACH, "a/y", "procs", "42")):
+        with pytest.raises(KernelRuleError) as caught:
+            model.apply(op)
+        assert "ENOTSUP" in caught.value.message and "thread root" in caught.value.message
+    model.apply(Op(WRITE, "a/y", "cpus", "1"))      # cpuset's own files stay writable there
