@@ -224,7 +224,7 @@ class FakeSystemctl:
             return (0 if argv[2] in self.active else 3), "", ""
         if argv[1] == "start" and self.refuse_start:
             return 1, "", self.refuse_start
-        if argv[1] == "start":
+        if argv[1] in ("start", "restart"):
             self.active.add(argv[2])
         if argv[1] == "stop":
             self.active.discard(argv[2])
