@@ -415,7 +415,10 @@ def converge_systemd(module, host, gate, layout, desired, lock_timeout, check_mo
                 # A partition is dissolved before systemd changes the slice's CPUs (AllowedCPUs= growing onto a
                 # sibling's CPUs while this slice is still a partition would be refused or invalidate it), and
                 # formed after them.
-                planned[:0 if kind == "member" else len(planned)] = partition_ops
+                if kind == "member":
+                    planned[:0] = partition_ops
+                else:
+                    planned.extend(partition_ops)
                 if new == current and rc == 0 and partition_state is not None:
                     notes.append(
                         "%s reads %r: systemd creates a slice's cgroup afresh (a member) whenever the slice is "

@@ -71,6 +71,10 @@ def test_exclusive_slice_gets_its_keeper_check_mode_writes_nothing(v2):
     checked = run(WANT, check=True, diff=True)
     assert not checked.get("failed"), checked.get("msg")
     unit, links = keeper_paths(str(units), parse_name("/rt"))
+    # The slice's own steps come first (they were once dropped from the list when a partition was formed).
+    assert checked["planned"][:3] == ["write %s" % (units / "rt.slice"), "systemctl daemon-reload",
+                                      "systemctl start rt.slice"], checked["planned"]
+    assert checked["planned"][3].startswith("write 'isolated' to rt.slice/cpuset.cpus.partition")
     assert checked["planned"][-5:] == [
         "write %s" % unit, "link %s -> %s" % (links[0], unit), "link %s -> %s" % (links[1], unit),
         "systemctl daemon-reload", "systemctl restart %s" % KEEPER], checked["planned"]
