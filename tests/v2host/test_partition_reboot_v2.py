@@ -11,6 +11,10 @@ its keeper, ``rtvirt-partition-rtk<hex>.service``.  With a ``sleep`` in the slic
 3. a real reboot: the boot target's wants start the keeper, which starts the slice: isolated, the root lost 2-3,
    a new ``sleep`` in the slice runs on 2-3; then the module changes nothing, and ``state: absent`` removes the
    keeper's unit and both symlinks with the slice.
+
+Beside it, a remote partition ``/machine/rkk<hex>`` on CPU 1 (below machine.slice, which is no partition root):
+its keeper writes ``cpuset.cpus.exclusive`` on machine.slice and on its slice before the partition, which after
+the reboot (machine.slice re-created too) is the only thing that puts them back.
 """
 import json
 import uuid
@@ -71,6 +75,16 @@ def kept(v2host_612, tmp_path_factory):
     links = ["%s/%s.wants/%s" % (UNIT_DIR, slice_unit, keeper), "%s/multi-user.target.wants/%s" % (UNIT_DIR, keeper)]
     tmp = tmp_path_factory.mktemp("reboot")
     r = dict(name=name, slice=slice_unit, keeper=keeper, partition=partition, effective=effective, links=links)
+    # A remote partition below machine.slice on CPU 1: its keeper writes cpuset.cpus.exclusive top-down first.
+    remote = "/machine/rkk" + tag
+    remote_slice = "machine-rkk%s.slice" % tag
+    remote_keeper = "rtvirt-partition-machine-rkk%s.service" % tag
+    remote_want = {"name": remote, "cpus": "1", "exclusive": True}
+    remote_dir = "%s/machine.slice/%s" % (CG, remote_slice)
+    remote_files = ["%s/cpuset.cpus.partition" % remote_dir, "%s/cpuset.cpus.effective" % remote_dir,
+                    "%s/cpuset.cpus.exclusive" % remote_dir, "%s/machine.slice/cpuset.cpus.exclusive" % CG,
+                    "%s/cpuset.cpus.effective" % CG]
+    r.update(remote_slice=remote_slice, remote_keeper=remote_keeper, remote_files=remote_files)
 
     def links_state():
         return sh(host, "; ".join("readlink %s || echo '%s'" % (link, ABSENT) for link in links)).split()
@@ -125,9 +139,18 @@ def kept(v2host_612, tmp_path_factory):
         r["sleep_reloaded"] = _task_state(host, pid)
         sh(host, "systemctl stop %s" % sleepers[-1])
 
+        # The remote partition, and a restart of its slice.
+        (r["remote_first"],) = run_playbook(host, tmp, [lp(remote_want)], name="remote")
+        r["remote_created"] = read_files(host, remote_files)
+        sh(host, "systemctl restart %s" % remote_slice)
+        _wait_for(host, remote_files[0], "isolated")
+        r["remote_restarted"] = read_files(host, remote_files)
+
         # 3. a real reboot: fresh kernel, fresh cgroupfs, nobody runs Ansible.
         host.reboot()
         r["booted"] = read_files(host, files)
+        r["remote_booted"] = read_files(host, remote_files)
+        r["remote_boot_journal"] = sh(host, "journalctl -b -u %s -o cat --no-pager" % remote_keeper)
         r["booted_links"] = links_state()
         r["booted_units"] = unit_state(slice_unit, keeper)
         r["boot_logged"] = _keeper_logged(host, keeper)
@@ -135,19 +158,23 @@ def kept(v2host_612, tmp_path_factory):
         pid = _sleeper(host, sleepers, slice_unit)
         r["sleep_booted"] = _task_state(host, pid)
         sh(host, "systemctl stop %s" % sleepers[-1])
-        r["again"], r["gone"], r["gone_again"] = run_playbook(
-            host, tmp, [lp(want), lp({"name": name, "state": "absent"}), lp({"name": name, "state": "absent"})],
+        r["again"], r["remote_again"], r["gone"], r["remote_gone"], r["gone_again"] = run_playbook(
+            host, tmp, [lp(want), lp(remote_want), lp({"name": name, "state": "absent"}),
+                        lp({"name": remote, "state": "absent"}), lp({"name": name, "state": "absent"})],
             name="after-boot")
+        r["remote_removed"] = read_files(host, ["%s/%s" % (UNIT_DIR, remote_keeper), remote_dir])
         r["removed"] = read_files(host, files + ["%s/%s.wants" % (UNIT_DIR, slice_unit), "%s/%s" % (CG, slice_unit)])
         r["removed_links"] = sh(host, "; ".join("test -L %s && echo LINK || echo '%s'" % (link, ABSENT)
                                                 for link in links)).split()
         r["removed_units"] = unit_state(keeper)
     finally:
         sleeping = " ".join(sleepers[1:])
-        host.ssh("systemctl stop %s %s %s 2>/dev/null; rm -rf %s/%s %s/%s %s/%s.wants %s/multi-user.target.wants/%s; "
-                 "systemctl daemon-reload; systemctl reset-failed %s %s 2>/dev/null; true" % (
-                     sleeping, keeper, slice_unit, UNIT_DIR, slice_unit, UNIT_DIR, keeper, UNIT_DIR, slice_unit,
-                     UNIT_DIR, keeper, sleeping, keeper))
+        for unit, its_keeper in ((slice_unit, keeper), (remote_slice, remote_keeper)):
+            host.ssh("systemctl stop %s %s %s 2>/dev/null; rm -rf %s/%s %s/%s %s/%s.wants %s/multi-user.target.wants/%s; "
+                     "systemctl daemon-reload; systemctl reset-failed %s %s 2>/dev/null; true" % (
+                         sleeping, its_keeper, unit, UNIT_DIR, unit, UNIT_DIR, its_keeper, UNIT_DIR, unit,
+                         UNIT_DIR, its_keeper, sleeping, its_keeper))
+        host.ssh("f=%s/machine.slice/cpuset.cpus.exclusive; [ -e $f ] && echo > $f; true" % CG)
         print(json.dumps({k: (v if isinstance(v, (str, int, list, dict)) else repr(v)) for k, v in r.items()},
                          indent=1, default=str))
     print(json.dumps({k: (v if isinstance(v, (str, int, list, dict)) else repr(v)) for k, v in r.items()},
@@ -216,7 +243,8 @@ def test_daemon_reload_keeps_the_partition(kept):
 def test_after_a_reboot_the_slice_is_an_isolated_partition(kept):
     booted = kept["booted"]
     assert booted[kept["partition"]] == "isolated", kept["boot_journal"]
-    assert booted[kept["effective"]] == "2-3" and booted["%s/cpuset.cpus.effective" % CG] == "0-1"
+    # The root keeps CPU 0 only: 2-3 are this partition's, 1 the remote one's.
+    assert booted[kept["effective"]] == "2-3" and booted["%s/cpuset.cpus.effective" % CG] == "0"
     units = kept["booted_units"]
     assert units[1] == "active" and units[3:] == [kept["keeper"], "active", "success"], units
     assert kept["boot_logged"] == 1, kept["boot_journal"]
@@ -242,3 +270,21 @@ def test_absent_removes_the_keeper_and_its_links(kept):
     assert kept["removed_links"] == [ABSENT, ABSENT]
     assert kept["removed_units"][1] == "inactive", kept["removed_units"]
     assert kept["gone_again"]["changed"] is False
+
+
+def test_remote_partition_keeper_writes_the_exclusive_chain(kept):
+    """Below machine.slice (not a partition root) the keeper writes cpuset.cpus.exclusive on machine.slice and on
+    the slice before the partition; machine.slice is re-created at boot too, so the whole chain is its job then."""
+    partition, effective, own, parent, root = kept["remote_files"]
+    first = kept["remote_first"]
+    assert first["changed"] and not first.get("failed") and first["partition"] == "isolated", first
+    assert first["writes"][-1]["file"] == "systemctl restart %s" % kept["remote_keeper"], first["writes"]
+    for state in ("remote_created", "remote_restarted", "remote_booted"):
+        files = kept[state]
+        assert files[partition] == "isolated", (state, files, kept.get("remote_boot_journal"))
+        assert files[effective] == "1" and files[own] == "1" and files[parent] == "1", (state, files)
+    assert kept["remote_created"][root] == "0"
+    assert "= isolated" in kept["remote_boot_journal"], kept["remote_boot_journal"]
+    assert kept["remote_again"]["changed"] is False and kept["remote_again"]["planned"] == [], kept["remote_again"]
+    assert kept["remote_gone"]["changed"] and not kept["remote_gone"].get("failed"), kept["remote_gone"]
+    assert list(kept["remote_removed"].values()) == [ABSENT, ABSENT], kept["remote_removed"]
