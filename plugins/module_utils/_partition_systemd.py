@@ -316,6 +316,9 @@ def _remove(host, systemctl, gate, desired, paths, current, unit_file, check_mod
     planned.extend(describe_step(step) for step in keeper_steps)
     if current is not None or keeper_steps:
         planned.append("systemctl daemon-reload")
+    failed_keeper = bool(keeper_steps) and _keeper_failed(systemctl, pname)
+    if failed_keeper:
+        planned.append("systemctl reset-failed %s" % keeper_unit(pname))
     if planned and not check_mode:
         if rc == 0:
             systemctl.run("stop", pname.slice)
@@ -324,6 +327,8 @@ def _remove(host, systemctl, gate, desired, paths, current, unit_file, check_mod
         apply_steps(gate, keeper_steps)
         if current is not None or keeper_steps:
             systemctl.run("daemon-reload")
+        if failed_keeper:
+            systemctl.run("reset-failed", keeper_unit(pname))
     return planned, guests
 
 
@@ -464,6 +469,10 @@ def converge_systemd(module, host, gate, layout, desired, lock_timeout, check_mo
     return result
 
 
+def _keeper_failed(systemctl, pname):
+    return systemctl.query("is-active", keeper_unit(pname))[1].strip() == "failed"
+
+
 def _keeper_missing(host, pname):
     return not os.path.exists(os.path.join(host.unit_dir, keeper_unit(pname)))
 
@@ -491,14 +500,17 @@ def _plan_keeper(host, systemctl, pname, cpuset_fs, kind, unit_cpus):
         except ValueError as exc:
             raise PartitionError("partition %s: %s" % (pname.name, exc)) from None
     steps = plan_keeper(host.unit_dir, pname, text)
-    active, _out = systemctl.query("is-active", keeper)
+    active, state = systemctl.query("is-active", keeper)
     runs = []
     if text is None:
         if active == 0:
             runs.append("systemctl stop %s" % keeper)
         if steps:
             runs.append("systemctl daemon-reload")
-        # Stopped before its files go: a loaded unit without its file would linger as "not-found".
+        # Stopped (or its failure forgotten) before its files go: a loaded unit without its file would linger as
+        # "not-found", a failed one in systemctl --failed.
+        if steps and state.strip() == "failed":
+            runs.append("systemctl reset-failed %s" % keeper)
         return steps, runs
     if steps:
         runs.append("systemctl daemon-reload")
@@ -509,15 +521,21 @@ def _plan_keeper(host, systemctl, pname, cpuset_fs, kind, unit_cpus):
 
 
 def _apply_keeper(systemctl, gate, pname, steps, runs):
+    """Stop (when it goes), write or remove the keeper's files, reload, run it once (when it stays).  Run after the
+    partition is in place, so a failure here leaves a correct partition and says what the keeper lacks."""
     keeper = keeper_unit(pname)
-    before = {"file": True}
+    failed_at = "could not be stopped"
     try:
         if "systemctl stop %s" % keeper in runs:
             systemctl.run("stop", keeper)
+        failed_at = "could not be written"
         apply_steps(gate, steps)
-        before["file"] = False
+        failed_at = "was not loaded"
         if "systemctl daemon-reload" in runs:
             systemctl.run("daemon-reload")
+        if "systemctl reset-failed %s" % keeper in runs:
+            systemctl.run("reset-failed", keeper)
+        failed_at = "failed"
         if "systemctl restart %s" % keeper in runs:
             systemctl.run("restart", keeper)
     except (OSError, PartitionError) as exc:
@@ -525,7 +543,7 @@ def _apply_keeper(systemctl, gate, pname, steps, runs):
         raise ApplyError(
             "partition %s (%s): the partition is in place, but its keeper %s %s: %s%s; the partition, the unit files "
             "and systemd's state are left as they are (see systemctl status %s)" % (
-                pname.name, pname.slice, keeper, "could not be written" if before["file"] else "failed", exc,
+                pname.name, pname.slice, keeper, failed_at, exc,
                 ("; its journal: " + " | ".join(journal.strip().splitlines()[-5:])) if journal.strip() else "",
                 keeper),
             list(gate.writes), [], ["the keeper is left as written"]) from None

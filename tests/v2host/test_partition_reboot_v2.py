@@ -6,6 +6,7 @@ its keeper, ``rtvirt-partition-rtk<hex>.service``.  With a ``sleep`` in the slic
 
 0. control: the slice restarted alone (``--job-mode=ignore-dependencies``, so the keeper is not involved) comes back
    a ``member``: systemd re-creates the cgroup, and without the keeper every step below would read ``member``;
+   and a keeper the kernel refuses (a sibling made a partition on one of its CPUs by hand) fails loudly;
 1. ``systemctl restart`` of the slice: isolated again, ``cpuset.cpus.effective`` 2-3, the keeper logged it;
 2. ``systemctl daemon-reload``: still isolated;
 3. a real reboot: the boot target's wants start the keeper, which starts the slice: isolated, the root lost 2-3,
@@ -67,6 +68,7 @@ def kept(v2host_612, tmp_path_factory):
     slice_unit = name[1:] + ".slice"
     keeper = "rtvirt-partition-%s.service" % name[1:]
     sleepers = ["rtvirt-test-sleep-%s" % tag]
+    blocker = "rtvirt-test-block-%s" % tag
     want = {"name": name, "cpus": "2-3", "exclusive": True}
     partition = "%s/%s/cpuset.cpus.partition" % (CG, slice_unit)
     effective = "%s/%s/cpuset.cpus.effective" % (CG, slice_unit)
@@ -114,6 +116,17 @@ def kept(v2host_612, tmp_path_factory):
         r["control"] = read_files(host, [partition])[partition]
         sh(host, "systemctl restart %s" % keeper)      # the keeper's own repair, and it is idempotent:
         r["control_repaired"] = read_files(host, [partition])[partition]
+
+        # The kernel refuses: a sibling cgroup made an isolated partition on CPU 2 by hand while the slice is a
+        # member again. The keeper must fail loudly (non-zero, failed, its reason in the journal).
+        sh(host, "systemctl restart --job-mode=ignore-dependencies %s" % slice_unit)
+        sh(host, "mkdir %s/%s && echo 2 > %s/%s/cpuset.cpus && echo isolated > %s/%s/cpuset.cpus.partition" % (
+            CG, blocker, CG, blocker, CG, blocker))
+        r["refused"] = host.ssh("systemctl restart %s" % keeper)
+        r["refused_units"] = unit_state(keeper)
+        r["refused_partition"] = read_files(host, [partition])[partition]
+        r["refused_journal"] = sh(host, "journalctl -b -u %s -o cat --no-pager -n 4" % keeper)
+        sh(host, "echo member > %s/%s/cpuset.cpus.partition && rmdir %s/%s" % (CG, blocker, CG, blocker))
         r["keeper_again"] = host.ssh("systemctl restart %s" % keeper)
         r["keeper_again_state"] = read_files(host, [partition])[partition]
 
@@ -174,7 +187,8 @@ def kept(v2host_612, tmp_path_factory):
                      "systemctl daemon-reload; systemctl reset-failed %s %s 2>/dev/null; true" % (
                          sleeping, its_keeper, unit, UNIT_DIR, unit, UNIT_DIR, its_keeper, UNIT_DIR, unit,
                          UNIT_DIR, its_keeper, sleeping, its_keeper))
-        host.ssh("f=%s/machine.slice/cpuset.cpus.exclusive; [ -e $f ] && echo > $f; true" % CG)
+        host.ssh("f=%s/machine.slice/cpuset.cpus.exclusive; [ -e $f ] && echo > $f; b=%s/%s; "
+                 "if [ -d $b ]; then echo member > $b/cpuset.cpus.partition; rmdir $b; fi; true" % (CG, CG, blocker))
         print(json.dumps({k: (v if isinstance(v, (str, int, list, dict)) else repr(v)) for k, v in r.items()},
                          indent=1, default=str))
     print(json.dumps({k: (v if isinstance(v, (str, int, list, dict)) else repr(v)) for k, v in r.items()},
@@ -217,6 +231,16 @@ def test_control_the_slice_restarted_alone_comes_back_a_member(kept):
     assert kept["control"] == "member"
     assert kept["control_repaired"] == "isolated"
     assert kept["keeper_again"].returncode == 0 and kept["keeper_again_state"] == "isolated"
+
+
+def test_a_keeper_the_kernel_refuses_fails_loudly(kept):
+    refused = kept["refused"]
+    assert refused.returncode != 0, refused
+    assert kept["refused_units"][1:] == ["failed", "exit-code"], kept["refused_units"]
+    assert kept["refused_partition"].startswith("isolated invalid"), kept["refused_partition"]
+    journal = kept["refused_journal"]
+    assert "rtvirt-partition %s: %s reads isolated invalid" % (kept["slice"], kept["partition"]) in journal, journal
+    assert "not isolated: the kernel marks a partition invalid when" in journal, journal
 
 
 def test_a_process_runs_in_the_partition(kept):

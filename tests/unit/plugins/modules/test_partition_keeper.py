@@ -179,6 +179,21 @@ def test_absent_removes_the_keeper_with_the_slice(v2):
     assert [c for c in fake.calls if c[0] == "daemon-reload"] and fake.calls[-1] == ["daemon-reload"]
 
 
+def test_a_failed_keeper_is_forgotten_when_it_goes(v2):
+    """A keeper that failed (the kernel refused at the last boot) and is removed must not stay in systemctl --failed."""
+    host, fake, unified, units = v2
+    _converge(v2)
+    fake.active.discard(KEEPER)
+    fake.failed.add(KEEPER)
+    shared = run({"name": "/rt", "cpus": "1-3", "exclusive": False}, check=True)
+    assert shared["planned"][-2:] == ["systemctl daemon-reload", "systemctl reset-failed %s" % KEEPER], shared["planned"]
+    assert "systemctl stop %s" % KEEPER not in shared["planned"]
+    gone = run({"name": "/rt", "state": "absent"}, check=True)
+    assert gone["planned"][-1] == "systemctl reset-failed %s" % KEEPER, gone["planned"]
+    result = run({"name": "/rt", "state": "absent"})
+    assert not result.get("failed") and fake.calls[-1] == ["reset-failed", KEEPER], (result.get("msg"), fake.calls)
+
+
 def test_exclusive_omitted_leaves_the_keeper_alone(v2):
     host, fake, unified, units = v2
     _converge(v2)
