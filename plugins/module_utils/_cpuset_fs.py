@@ -119,7 +119,7 @@ class PlainFiles(KernelFiles):
 class WriteGate:
     """Every write of a run, in order, through one ``files`` backend; ``writes`` is what the modules
     report: (file or command, value) with ``<mkdir>``, ``<rmdir>``, ``<unit file>``, ``<unlink>``,
-    ``<run>`` for what is not a value."""
+    ``<symlink TARGET>``, ``<run>`` for what is not a value."""
 
     def __init__(self, files=None):
         self.files = files if files is not None else KernelFiles()
@@ -152,6 +152,22 @@ class WriteGate:
     def unlink(self, target):
         os.unlink(target)
         self.writes.append((target, "<unlink>"))
+
+    def symlink(self, target, points_to):
+        """A symlink (a unit's .wants/ entry) made or replaced atomically, as ``systemctl enable`` makes it."""
+        directory = os.path.dirname(target)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, ".%s.%d" % (os.path.basename(target), os.getpid()))
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(points_to, tmp)
+        os.replace(tmp, target)
+        self.writes.append((target, "<symlink %s>" % points_to))
+
+    def remove_dir(self, target):
+        """An empty directory that is not a cgroup (a .wants/ left empty)."""
+        os.rmdir(target)
+        self.writes.append((target, "<rmdir>"))
 
     def ran(self, command):
         """A command that changed the host (systemctl), recorded among the writes in its place."""

@@ -18,7 +18,7 @@ from dataclasses import replace
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import CpuListError, format_cpulist, parse_cpulist
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_apply import ApplyError, HostLock, execute
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_fs import CpusetFs
-from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import CpusetModel, Node, parent_of
+from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_model import CpusetModel, Node, parent_of, partition_base
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpuset_plan import PlanError, Request, plan
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     DEFAULT_NOT_EXCLUSIVE,
@@ -30,6 +30,15 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import (
     check_ranges,
     guest_of_cgroup,
     partition_request,
+)
+from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_keeper import (
+    apply_steps,
+    describe_step,
+    diff_of,
+    keeper_fits,
+    keeper_unit,
+    plan_keeper,
+    render_keeper,
 )
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition_cgroupfs import (
     PARTITION_FILE,
@@ -193,6 +202,15 @@ class Systemctl:
         rc, out, _err = self.module.run_command(argv, environ_update={"LC_ALL": "C"})
         return rc, out
 
+    def journal(self, unit):
+        """The last lines ``unit`` logged this boot, for a failure message: (rc, text)."""
+        journalctl = self.module.get_bin_path("journalctl")
+        if not journalctl:
+            return 1, ""
+        rc, out, _err = self.module.run_command([journalctl, "-b", "-u", unit, "-n", "5", "-o", "cat", "--no-pager"],
+                                                environ_update={"LC_ALL": "C"})
+        return rc, out if rc == 0 else ""
+
     def run(self, *args):
         argv = [self.module.get_bin_path("systemctl", required=True)] + list(args)
         rc, out, err = self.module.run_command(argv, environ_update={"LC_ALL": "C"})
@@ -274,7 +292,7 @@ def _refuse_outside_parent(cpuset_fs, pname, cpus, mems):
             format_cpulist(mems), parent_name, format_cpulist(parent_mems)))
 
 
-def _remove(host, systemctl, gate, desired, paths, current, unit_file, check_mode):
+def _remove(host, systemctl, gate, desired, paths, current, unit_file, check_mode, keeper_steps=()):
     pname, guests, planned = desired.pname, [], []
     slice_dir = paths.get("unified") or next(iter(paths.values()), None)
     if slice_dir and os.path.isdir(slice_dir):
@@ -291,15 +309,26 @@ def _remove(host, systemctl, gate, desired, paths, current, unit_file, check_mod
             "" if several else "s", "them" if several else "it"))
     rc, _out = systemctl.query("is-active", pname.slice)
     if rc == 0:
+        # Stops the keeper too (PartOf=), which needs the slice (Requires=), so it is never running on its own.
         planned.append("systemctl stop %s" % pname.slice)
     if current is not None:
-        planned.extend(["remove %s" % unit_file, "systemctl daemon-reload"])
+        planned.append("remove %s" % unit_file)
+    planned.extend(describe_step(step) for step in keeper_steps)
+    if current is not None or keeper_steps:
+        planned.append("systemctl daemon-reload")
+    failed_keeper = bool(keeper_steps) and _keeper_failed(systemctl, pname)
+    if failed_keeper:
+        planned.append("systemctl reset-failed %s" % keeper_unit(pname))
     if planned and not check_mode:
         if rc == 0:
             systemctl.run("stop", pname.slice)
         if current is not None:
             gate.unlink(unit_file)
+        apply_steps(gate, keeper_steps)
+        if current is not None or keeper_steps:
             systemctl.run("daemon-reload")
+        if failed_keeper:
+            systemctl.run("reset-failed", keeper_unit(pname))
     return planned, guests
 
 
@@ -352,8 +381,11 @@ def converge_systemd(module, host, gate, layout, desired, lock_timeout, check_mo
     offered = (read_text(os.path.join(unified.mountpoint, "cgroup.controllers")) or "").split() if unified else []
     page = os.sysconf("SC_PAGE_SIZE")
     drift = []
+    keeper_steps, keeper_runs, keeper_diff = [], [], None
     if desired.state == "absent":
-        planned, guests = _remove(host, systemctl, gate, desired, paths, current, unit_file, check_mode)
+        keeper_steps = plan_keeper(host.unit_dir, pname, None)
+        keeper_diff = diff_of(keeper_steps, host.unit_dir, pname)
+        planned, guests = _remove(host, systemctl, gate, desired, paths, current, unit_file, check_mode, keeper_steps)
         new = None
     else:
         planned = []
@@ -388,17 +420,30 @@ def converge_systemd(module, host, gate, layout, desired, lock_timeout, check_mo
                 # A partition is dissolved before systemd changes the slice's CPUs (AllowedCPUs= growing onto a
                 # sibling's CPUs while this slice is still a partition would be refused or invalidate it), and
                 # formed after them.
-                planned[:0 if kind == "member" else len(planned)] = partition_ops
+                if kind == "member":
+                    planned[:0] = partition_ops
+                else:
+                    planned.extend(partition_ops)
                 if new == current and rc == 0 and partition_state is not None:
                     notes.append(
                         "%s reads %r: systemd creates a slice's cgroup afresh (a member) whenever the slice is "
                         "stopped and started again (systemctl restart, or the last unit in it going away after a "
-                        "stop), and it has no property for cpuset.cpus.partition; written again" % (
-                            os.path.join(cpuset_fs.mountpoint, pname.slice_path, PARTITION_FILE), partition_state))
+                        "stop), and it has no property for cpuset.cpus.partition; written again (%s, which does "
+                        "that on every start of the slice, is %s)" % (
+                            os.path.join(cpuset_fs.mountpoint, pname.slice_path, PARTITION_FILE), partition_state,
+                            keeper_unit(pname), "not installed yet" if _keeper_missing(host, pname) else
+                            "installed: see journalctl -u %s" % keeper_unit(pname)))
+            keeper_steps, keeper_runs = _plan_keeper(host, systemctl, pname, cpuset_fs, kind, unit_cpus)
+            keeper_diff = diff_of(keeper_steps, host.unit_dir, pname)
+            stops = [step for step in keeper_runs if step.startswith("systemctl stop ")]
+            planned.extend(stops)
+            planned.extend(describe_step(step) for step in keeper_steps)
+            planned.extend(step for step in keeper_runs if step not in stops)
         if planned and not check_mode:
             with HostLock(path=host.lock_path, timeout=lock_timeout):
                 partition_state = _apply(systemctl, gate, pname, unit_file, current, new, rc, cpuset_fs, kind,
                                          reload=bool(drift))
+                _apply_keeper(systemctl, gate, pname, keeper_steps, keeper_runs)
             if slice_dir is not None and desired.tunables.any():
                 _verify_knobs(gate, pname, slice_dir, desired.tunables, page, offered)
     result = dict(changed=bool(planned), name=pname.name, cgroup_path=pname.slice_path, paths=paths,
@@ -415,7 +460,93 @@ def converge_systemd(module, host, gate, layout, desired, lock_timeout, check_mo
         else:
             result["diff"] = {"before": current or "", "after": new or "",
                               "before_header": unit_file, "after_header": unit_file}
+        if keeper_steps:
+            # Ansible's diff callback takes a list: the slice's unit first, then the keeper's files.
+            shown = {"before": keeper_diff[0], "after": keeper_diff[1],
+                     "before_header": "%s (keeper)" % keeper_unit(pname),
+                     "after_header": "%s (keeper)" % keeper_unit(pname)}
+            result["diff"] = [result["diff"], shown] if (new != current or drift) else [shown]
     return result
+
+
+def _keeper_failed(systemctl, pname):
+    return systemctl.query("is-active", keeper_unit(pname))[1].strip() == "failed"
+
+
+def _keeper_missing(host, pname):
+    return not os.path.exists(os.path.join(host.unit_dir, keeper_unit(pname)))
+
+
+def _remote(cpuset_fs, pname):
+    """Whether the slice would be a remote partition: its parent is a slice that is not a partition root."""
+    parent = "/".join(pname.slices[:-1])
+    if not parent:
+        return False
+    return partition_base(cpuset_fs.read(parent, PARTITION_FILE) or "member") not in ("root", "isolated")
+
+
+def _plan_keeper(host, systemctl, pname, cpuset_fs, kind, unit_cpus):
+    """(file steps, systemctl steps in words) for the keeper of an exclusive slice, or for its removal when the
+    slice is to be a member again."""
+    keeper = keeper_unit(pname)
+    if kind == "member":
+        text = None
+    else:
+        if not keeper_fits(pname):
+            raise PartitionError("partition %s: the unit that keeps %s a partition, %s, would be longer than systemd's "
+                                 "255 characters; choose a shorter name" % (pname.name, pname.slice, keeper))
+        try:
+            text = render_keeper(pname, cpuset_fs.mountpoint, kind, unit_cpus, _remote(cpuset_fs, pname))
+        except ValueError as exc:
+            raise PartitionError("partition %s: %s" % (pname.name, exc)) from None
+    steps = plan_keeper(host.unit_dir, pname, text)
+    active, state = systemctl.query("is-active", keeper)
+    runs = []
+    if text is None:
+        if active == 0:
+            runs.append("systemctl stop %s" % keeper)
+        if steps:
+            runs.append("systemctl daemon-reload")
+        # Stopped (or its failure forgotten) before its files go: a loaded unit without its file would linger as
+        # "not-found", a failed one in systemctl --failed.
+        if steps and state.strip() == "failed":
+            runs.append("systemctl reset-failed %s" % keeper)
+        return steps, runs
+    if steps:
+        runs.append("systemctl daemon-reload")
+    if steps or active != 0:
+        # Run once now: a keeper the kernel refuses fails this run, not the next boot.
+        runs.append("systemctl restart %s" % keeper)
+    return steps, runs
+
+
+def _apply_keeper(systemctl, gate, pname, steps, runs):
+    """Stop (when it goes), write or remove the keeper's files, reload, run it once (when it stays).  Run after the
+    partition is in place, so a failure here leaves a correct partition and says what the keeper lacks."""
+    keeper = keeper_unit(pname)
+    failed_at = "could not be stopped"
+    try:
+        if "systemctl stop %s" % keeper in runs:
+            systemctl.run("stop", keeper)
+        failed_at = "could not be written"
+        apply_steps(gate, steps)
+        failed_at = "was not loaded"
+        if "systemctl daemon-reload" in runs:
+            systemctl.run("daemon-reload")
+        if "systemctl reset-failed %s" % keeper in runs:
+            systemctl.run("reset-failed", keeper)
+        failed_at = "failed"
+        if "systemctl restart %s" % keeper in runs:
+            systemctl.run("restart", keeper)
+    except (OSError, PartitionError) as exc:
+        _rc, journal = systemctl.journal(keeper)
+        raise ApplyError(
+            "partition %s (%s): the partition is in place, but its keeper %s %s: %s%s; the partition, the unit files "
+            "and systemd's state are left as they are (see systemctl status %s)" % (
+                pname.name, pname.slice, keeper, failed_at, exc,
+                ("; its journal: " + " | ".join(journal.strip().splitlines()[-5:])) if journal.strip() else "",
+                keeper),
+            list(gate.writes), [], ["the keeper is left as written"]) from None
 
 
 def _verify_knobs(gate, pname, slice_dir, tunables, page, offered):

@@ -59,7 +59,8 @@ options:
   state:
     description:
       - V(present) creates (or repairs) the partition and sets what is asked; V(absent) removes its deepest
-        level (with anything below it, deepest first) from every hierarchy, or stops and deletes its slice unit.
+        level (with anything below it, deepest first) from every hierarchy, or stops and deletes its slice unit
+        (with the keeper of an exclusive slice and its symlinks, see O(exclusive)).
       - Levels above the partition are created when missing and never removed.
     type: str
     choices: [present, absent]
@@ -89,10 +90,20 @@ options:
         kernel reports anyway is read back, reported with the kernel's reason and rolled back.
       - On systemd hosts the slice's CPUs go through systemd (C(AllowedCPUs=) in the unit) but
         C(cpuset.cpus.partition) is written directly on the slice's cgroup, because systemd has no property for
-        it. A C(systemctl daemon-reload) keeps it; C(systemctl restart) (or stop and start) of the slice makes
-        systemd remove and re-create the cgroup, which comes back as a C(member). The next run of this module
-        (and host_prep's qemu hook before a guest starts) detects that and writes it again, saying so in RV(notes).
-      - V(false) turns a partition back into a member (v2) or clears the flag (v1); omitted leaves it as it is.
+        it. A C(systemctl daemon-reload) keeps it; a reboot or C(systemctl restart) (or stop and start) of the
+        slice makes systemd create the cgroup afresh, as a C(member).
+      - So on systemd hosts V(true) also installs and enables the slice's keeper,
+        C(/etc/systemd/system/rtvirt-partition-<slice>.service) (C(rtvirt-partition-rt.service) for C(/rt)), a
+        C(Type=oneshot) unit with C(RemainAfterExit=yes), C(Requires=), C(After=) and C(PartOf=) the slice, linked
+        into C(<slice>.wants/) and C(multi-user.target.wants/) and ordered C(Before=libvirtd.service
+        virtqemud.service), whose C(ExecStart=) (one C(/bin/sh -c) line) writes the partition (for a remote
+        partition C(cpuset.cpus.exclusive) on every level first) whenever the slice starts, at boot before
+        libvirt autostarts guests. It is idempotent and fails with the cgroup, the knob, the value and the
+        kernel's rule in the journal when the kernel refuses. The module writes it after the partition is in place
+        and runs it once (C(systemctl restart)), so a keeper that fails fails the run. A missing or failed keeper,
+        or a partition found as a C(member), is put right by the next run, saying so in RV(notes).
+      - V(false) turns a partition back into a member (v2) or clears the flag (v1), and on systemd hosts stops and
+        removes the keeper and its symlinks; omitted leaves both as they are.
         Clearing comes before any CPU change in the same call (v1 C(cpu_exclusive=0) before the CPUs widen; on
         systemd hosts C(member) is written before systemd gets the new C(AllowedCPUs=)), so a partition can widen
         onto CPUs a sibling holds in one call. On a systemd host without cpuset on the unified hierarchy, where
@@ -165,7 +176,10 @@ attributes:
     details: Plans every directory, knob and unit change; writes, runs and locks nothing.
   diff_mode:
     support: full
-    details: Every directory and knob before and after (the unit file on systemd hosts), with real paths.
+    details:
+      - Every directory and knob before and after (the unit file on systemd hosts), with real paths.
+      - On systemd hosts a keeper change (see O(exclusive)) makes the diff a list, the slice's unit and then the
+        keeper's unit file and symlinks, each under its path.
   platform:
     platforms: linux
 notes:
@@ -192,6 +206,12 @@ EXAMPLES = r"""
     cpus: "3"
     cpu_shares: 2048
     memory_hard_limit: 8G
+
+- name: An isolated realtime partition beside /machine; on systemd hosts it stays one across reboots
+  rtvirt.kvm.libvirt_partition:
+    name: /rt
+    cpus: 2-7
+    exclusive: true
 
 - name: Remove it again (refused while guests run inside)
   rtvirt.kvm.libvirt_partition:
@@ -235,14 +255,16 @@ partition:
   type: str
   sample: isolated
 unit_file:
-  description: The slice's unit file, on systemd hosts (the drop-in for C(/machine)).
+  description:
+    - The slice's unit file, on systemd hosts (the drop-in for C(/machine)). The keeper of an exclusive slice
+      (see O(exclusive)) is C(rtvirt-partition-<slice>.service) beside it; its writes are in RV(writes).
   returned: when systemd manages the host
   type: str
   sample: /etc/systemd/system/machine-production.slice
 writes:
   description:
-    - What was changed, in order, as file (or command) and value (C(<mkdir>), C(<rmdir>), C(<run>)). Empty when
-      nothing changed and in check mode.
+    - What was changed, in order, as file (or command) and value (C(<mkdir>), C(<rmdir>), C(<run>),
+      C(<unit file>), C(<unlink>), C(<symlink TARGET>)). Empty when nothing changed and in check mode.
   returned: always
   type: list
   elements: dict

@@ -60,6 +60,9 @@ def v2_modes(v2host_612, tmp_path_factory):
     finally:
         host.ssh("if [ -e %s/rt.slice/cpuset.cpus.partition ]; then echo member > %s/rt.slice/cpuset.cpus.partition; fi; "
                  "systemctl stop rt.slice; rm -f %s/rt.slice %s /etc/sysctl.d/90-rtvirt-kvm.conf; "
+                 # The dedicated layout's keeper (libvirt_partition's unit that re-applies the partition).
+                 "rm -rf /etc/systemd/system/rtvirt-partition-rt.service /etc/systemd/system/rt.slice.wants "
+                 "/etc/systemd/system/multi-user.target.wants/rtvirt-partition-rt.service; "
                  "rmdir %s/machine.slice.d 2>/dev/null; systemctl daemon-reload; "
                  "echo %s > /proc/irq/default_smp_affinity; echo %s > /proc/sys/kernel/sched_rt_runtime_us"
                  % (CG, CG, UNIT_DIR, DROPIN, UNIT_DIR, irq_default, rt_budget))

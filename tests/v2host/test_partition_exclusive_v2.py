@@ -6,8 +6,10 @@ One playbook per kernel and path (module calls take 12-17 s each under TCG):
   and ``cpuset.cpus.partition=isolated`` on its cgroup; check mode writes nothing; bad input refused
   before any write with the kernel's rule (the root's last CPUs; CPUs a sibling slice holds, after
   ``/machine`` is narrowed through a drop-in for systemd's own machine.slice); a ``daemon-reload`` keeps
-  the partition, a ``systemctl restart`` of the slice loses it (systemd re-creates the cgroup as a
-  member) and the next run writes it again, saying so; the run after that changes nothing.
+  the partition, and so does a ``systemctl restart`` of the slice, through the keeper unit the module installs
+  (test_partition_reboot_v2 proves it across a reboot); the slice restarted without its keeper
+  (``--job-mode=ignore-dependencies``) comes back a member and the next run writes it again, saying so; the run
+  after that changes nothing.
 - without systemd: the same module with ``/run/systemd`` hidden (a private mount namespace in the
   guest, through a wrapper interpreter) takes the cgroupfs path: ``rtn<hex>.partition`` in the v2 tree.
 - the engine model against the kernel: the root's ``cpuset.cpus.effective`` loses a partition's CPUs,
@@ -70,19 +72,26 @@ def exclusive_systemd(v2host, tmp_path_factory):
         sh(v2host, "systemctl daemon-reload")
         reloaded = read_files(v2host, paths[:1])
         sh(v2host, "systemctl restart %s" % unit_x)
+        # The keeper's job may still run when systemctl returns: wait for it (reads only).
+        sh(v2host, "for i in $(seq 100); do [ \"$(cat %s)\" = isolated ] && break; sleep 0.2; done" % paths[0])
         restarted = read_files(v2host, paths[:1])
+        sh(v2host, "systemctl restart --job-mode=ignore-dependencies %s" % unit_x)
+        lost = read_files(v2host, paths[:1])
         repaired, again = run_playbook(v2host, tmp, [lp(want), lp(want)], name="repair")
         final = read_files(v2host, paths[:4])
     finally:
-        v2host.ssh("systemctl stop %s %s machine.slice; rm -rf %s/%s %s/%s %s/machine.slice.d; systemctl daemon-reload"
-                   % (unit_x, unit_y, UNIT_DIR, unit_x, UNIT_DIR, unit_y, UNIT_DIR))
+        keeper = "rtvirt-partition-%s.service" % unit_x[:-len(".slice")]
+        v2host.ssh("systemctl stop %s %s machine.slice; rm -rf %s/%s %s/%s %s/machine.slice.d %s/%s %s/%s.wants "
+                   "%s/multi-user.target.wants/%s; systemctl daemon-reload"
+                   % (unit_x, unit_y, UNIT_DIR, unit_x, UNIT_DIR, unit_y, UNIT_DIR, UNIT_DIR, keeper, UNIT_DIR, unit_x,
+                      UNIT_DIR, keeper))
     print("exclusive (systemd), %s:\n%s\n%s\nreloaded %s restarted %s\nrepaired %s" % (
         v2host.kernel_release, json.dumps(created, indent=1), units, reloaded, restarted,
         json.dumps({k: repaired.get(k) for k in ("notes", "writes", "partition")})))
     assert sorted(root_subtree(v2host)) == sorted(subtree_before)
     return dict(rtx=rtx, rty=rty, unit_x=unit_x, unit_y=unit_y, check=check, first=first, last_cpus=last_cpus,
                 machine=machine, overlap=overlap, created=created, units=units, reloaded=reloaded,
-                restarted=restarted, repaired=repaired, again=again, final=final, dropin=dropin)
+                restarted=restarted, lost=lost, repaired=repaired, again=again, final=final, dropin=dropin)
 
 
 def test_exclusive_slice_is_an_isolated_partition(v2host, exclusive_systemd):
@@ -90,9 +99,12 @@ def test_exclusive_slice_is_an_isolated_partition(v2host, exclusive_systemd):
     first, created, unit_x = r["first"], r["created"], r["unit_x"]
     assert first["changed"] and not first.get("failed"), first
     assert first["partition"] == "isolated"
+    keeper = "rtvirt-partition-%s.service" % unit_x[:-len(".slice")]
     assert [w["file"] for w in first["writes"]] == [
         "%s/%s" % (UNIT_DIR, unit_x), "systemctl daemon-reload", "systemctl start %s" % unit_x,
-        "%s/%s/cpuset.cpus.partition" % (CG, unit_x)]
+        "%s/%s/cpuset.cpus.partition" % (CG, unit_x), "%s/%s" % (UNIT_DIR, keeper),
+        "%s/%s.wants/%s" % (UNIT_DIR, unit_x, keeper), "%s/multi-user.target.wants/%s" % (UNIT_DIR, keeper),
+        "systemctl daemon-reload", "systemctl restart %s" % keeper]
     assert created["%s/%s/cpuset.cpus.partition" % (CG, unit_x)] == "isolated"
     assert created["%s/%s/cpuset.cpus" % (CG, unit_x)] == "2-3"          # written by systemd (AllowedCPUs=)
     assert "AllowedCPUs=2-3" in r["units"]
@@ -107,8 +119,9 @@ def test_exclusive_check_mode_writes_nothing(exclusive_systemd):
     check, first = exclusive_systemd["check"], exclusive_systemd["first"]
     assert check["changed"] and check["writes"] == [], check
     assert check["planned"] == first["planned"]
-    assert check["planned"][-1] == "write 'isolated' to %s/cpuset.cpus.partition (in %s; systemd has no property " \
-        "for it)" % (exclusive_systemd["unit_x"], CG)
+    assert "write 'isolated' to %s/cpuset.cpus.partition (in %s; systemd has no property for it)" % (
+        exclusive_systemd["unit_x"], CG) in check["planned"]
+    assert check["planned"][-1] == "systemctl restart rtvirt-partition-%s.service" % exclusive_systemd["unit_x"][:-6]
     assert check.get("partition") is None           # the slice did not exist yet
 
 
@@ -136,13 +149,15 @@ def test_exclusive_overlapping_a_sibling_slice_is_refused_before_writing(exclusi
     assert created["%s/%s" % (UNIT_DIR, exclusive_systemd["unit_y"])] == ABSENT
 
 
-def test_daemon_reload_keeps_it_restart_loses_it(exclusive_systemd):
+def test_daemon_reload_and_restart_keep_it_the_slice_alone_loses_it(exclusive_systemd):
     """What systemd 252 really does: a reload re-applies AllowedCPUs= (same value: the kernel keeps the
-    partition); a restart removes and re-creates the slice's cgroup, which comes back a member."""
+    partition); a restart removes and re-creates the slice's cgroup, which comes back a member, and the keeper
+    (PartOf= the slice) writes it again; restarted without its dependencies the slice stays a member."""
     unit_x = exclusive_systemd["unit_x"]
     key = "%s/%s/cpuset.cpus.partition" % (CG, unit_x)
     assert exclusive_systemd["reloaded"][key] == "isolated"
-    assert exclusive_systemd["restarted"][key] == "member"
+    assert exclusive_systemd["restarted"][key] == "isolated"
+    assert exclusive_systemd["lost"][key] == "member"
 
 
 def test_next_run_repairs_the_partition_and_says_why(exclusive_systemd):

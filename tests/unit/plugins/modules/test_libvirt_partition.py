@@ -217,14 +217,17 @@ class FakeSystemctl:
         self.calls = []
         self.active = set()
         self.refuse_start = None  # systemd's words when it refuses a start
+        self.failed = set()
 
     def __call__(self, argv):
         self.calls.append(argv[1:])
         if argv[1] == "is-active":
-            return (0 if argv[2] in self.active else 3), "", ""
+            if argv[2] in self.active:
+                return 0, "active\n", ""
+            return 3, ("failed\n" if argv[2] in self.failed else "inactive\n"), ""
         if argv[1] == "start" and self.refuse_start:
             return 1, "", self.refuse_start
-        if argv[1] == "start":
+        if argv[1] in ("start", "restart"):
             self.active.add(argv[2])
         if argv[1] == "stop":
             self.active.discard(argv[2])
