@@ -332,7 +332,6 @@ def _grows(write):
     return new > old >= 0 or write.value == "-1"
 
 
-
 class TunableFs(CgroupFs):
     """A hierarchy whose tunables the run writes: a refused write names the partition and the module option."""
 
