@@ -9,7 +9,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _module_runner import run_module  # noqa: E402
-from test_libvirt_partition import FakeSystemctl, _files, host, systemd_host  # noqa: E402,F401
+# host and systemd_host are pytest fixtures, used by name.
+from test_libvirt_partition import _files, host, systemd_host  # noqa: E402,F401  pylint: disable=unused-import
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils import _host_plan as hs  # noqa: E402
 from ansible_collections.rtvirt.kvm.plugins.module_utils._partition import parse_name  # noqa: E402
