@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import format_cpulist
+from ansible_collections.rtvirt.kvm.plugins.module_utils._textfile import read_or_none
 
 KEEPER_PREFIX = "rtvirt-partition-"
 KEEPER_HEADER = ("# Managed by rtvirt.kvm.libvirt_partition: keeps libvirt partition %s a cpuset partition across "
@@ -147,19 +148,11 @@ def _link_target(path):
         return None
 
 
-def _read(path):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
 def current_keeper(unit_dir, pname):
     """{path: text (unit file) or link target (symlinks), None when absent}."""
     unit_file, links = keeper_paths(unit_dir, pname)
-    found = {unit_file: _read(unit_file) if not os.path.islink(unit_file) else _link_target(unit_file)}
-    found.update((link, _link_target(link) if os.path.islink(link) else _read(link)) for link in links)
+    found = {unit_file: read_or_none(unit_file) if not os.path.islink(unit_file) else _link_target(unit_file)}
+    found.update((link, _link_target(link) if os.path.islink(link) else read_or_none(link)) for link in links)
     return found
 
 
