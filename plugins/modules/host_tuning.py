@@ -236,6 +236,15 @@ def get_argument_spec():
                 state=dict(type="str", default="present", choices=["present", "absent"]))
 
 
+def online_cpus(sys_root):
+    path = os.path.join(sys_root, "devices", "system", "cpu", "online")
+    try:
+        with open(path) as handle:
+            return parse_cpulist(handle.read(), what=path)
+    except OSError as exc:
+        raise CpuListError("cannot read the online CPUs from %s: %s" % (path, exc.strerror)) from None
+
+
 def cpus(params):
     realtime = parse_cpulist(params["realtime_cpus"], what="realtime_cpus")
     if not realtime:
@@ -243,13 +252,7 @@ def cpus(params):
     if params["housekeeping_cpus"]:
         housekeeping = parse_cpulist(params["housekeeping_cpus"], what="housekeeping_cpus")
     else:
-        online_path = os.path.join(params["sys_root"], "devices", "system", "cpu", "online")
-        try:
-            with open(online_path) as handle:
-                online = parse_cpulist(handle.read(), what=online_path)
-        except OSError as exc:
-            raise CpuListError("cannot read the online CPUs from %s: %s" % (online_path, exc.strerror)) from None
-        housekeeping = online - realtime
+        housekeeping = online_cpus(params["sys_root"]) - realtime
     if not housekeeping:
         raise CpuListError("housekeeping_cpus is empty: realtime_cpus %s leaves the host no CPU"
                            % format_cpulist(realtime))
@@ -274,15 +277,6 @@ def diff_of(plan):
             diffs.append({"before_header": "%s (%s)" % (change.what, change.target), "after_header": str(change.target),
                           "before": "%s\n" % change.before, "after": "%s\n" % change.after})
     return diffs
-
-
-def online_cpus(sys_root):
-    path = os.path.join(sys_root, "devices", "system", "cpu", "online")
-    try:
-        with open(path) as handle:
-            return parse_cpulist(handle.read(), what=path)
-    except OSError as exc:
-        raise CpuListError("cannot read the online CPUs from %s: %s" % (path, exc.strerror)) from None
 
 
 def run(module):
