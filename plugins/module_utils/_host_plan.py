@@ -621,10 +621,11 @@ def not_undone(systemd, libvirt_installed, kvm_device, starter_path=None, tuning
     """What host_prep may have changed that the way back leaves, in words (the role prints them)."""
     kept = []
     if tuning:
-        kept.append("host_tuning's run-time settings stay until the next boot (the unbound workqueue cpumask, kernel "
-                    "thread affinities, KSM, KVM parameters, the tuning sysctls), and %s and %s stay: remove them to "
-                    "drop the settings at boot (its command-line parameters are removed)" % (
-                        tuning.get("modprobe_file"), tuning.get("sysctl_file")))
+        # check_revert_tuning's answer: host_tuning state=absent takes back the rest; these are what it cannot know.
+        kept.extend(tuning.get("notes") or ())
+        kept.extend(tuning.get("reboot_reasons") or ())
+        if tuning.get("left_to_tuned"):
+            kept.append("what TuneD sets stays TuneD's: %s" % ", ".join(tuning["left_to_tuned"]))
     if libvirt_installed:
         kept.append("packages host_prep installed (libvirt, QEMU) stay installed: remove them with the package "
                     "manager if nothing else needs them")

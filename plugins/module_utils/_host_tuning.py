@@ -16,6 +16,11 @@ plan call and the module that writes agree because they run the same code.  Item
 
 Where TuneD is active (:func:`detect_tuned`), the items its active profiles set are left to it.
 Roots are parameters so unit tests point them at fake trees.
+
+``state="absent"`` plans the way back with the same code: what the item reads is compared with the kernel's
+default instead of the tuned value.  Nothing is recorded before tuning, so only what host_tuning's own value
+identifies is taken back (a kernel thread on exactly the housekeeping CPUs, a kernel thread at the priority the
+profile gives it); where the kernel's default is not knowable here the plan leaves the setting and says so.
 """
 
 from __future__ import annotations
@@ -32,7 +37,13 @@ from ansible_collections.rtvirt.kvm.plugins.module_utils._cpulist import (
     parse_cpulist,
     parse_cpumask,
 )
-from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_parse import PF_KTHREAD, parse_stat
+from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_parse import (
+    AFFINITY_KEY,
+    AFFINITY_KEY_LEN,
+    PF_KTHREAD,
+    PF_NO_SETAFFINITY,
+    parse_stat,
+)
 from ansible_collections.rtvirt.kvm.plugins.module_utils._isolation_tasks import scan_tasks
 from ansible_collections.rtvirt.kvm.plugins.module_utils._textfile import read_or_none
 
@@ -51,6 +62,15 @@ DEFAULT_SYSCTLS = {
     "kernel.numa_balancing": "0",
 }
 DEFAULT_KVM = {"kvm": {"kvmclock_periodic_sync": "N", "nx_huge_pages": "N"}, "kvm_intel": {"ple_gap": "0"}}
+
+# The way back's targets, the kernel's own defaults where the kernel fixes them (a value here is what a fresh boot
+# without host_prep's files reads).  kernel.hung_task_timeout_secs (CONFIG_DEFAULT_HUNG_TASK_TIMEOUT),
+# kernel.nmi_watchdog (hardware and nmi_watchdog=) and kernel.numa_balancing (CONFIG_NUMA_BALANCING_DEFAULT_ENABLED
+# and the NUMA topology) depend on the build or the machine: not listed, so left and reported.
+KERNEL_SYSCTL_DEFAULTS = {"kernel.timer_migration": "1", "vm.stat_interval": "1"}
+# kvm.nx_huge_pages defaults to "auto", which reads back Y or N by the CPU's iTLB multihit bug: not listed.
+KERNEL_KVM_DEFAULTS = {"kvm": {"kvmclock_periodic_sync": "Y"}, "kvm_intel": {"ple_gap": "128"}}
+SCHED_OTHER = 0
 
 _TRUE = {"1", "y", "yes", "true", "on"}
 _FALSE = {"0", "n", "no", "false", "off"}
@@ -79,8 +99,8 @@ def _same_param(current, wanted):
 
 
 class Change(object):
-    """One thing a real run writes: ``kind`` write (a knob), file (a persisted file), affinity or scheduler (a
-    thread).  ``target`` is a path or a pid."""
+    """One thing a real run writes: ``kind`` write (a knob), file (a persisted file), remove (a persisted file the
+    way back deletes), affinity or scheduler (a thread).  ``target`` is a path or a pid."""
 
     def __init__(self, item, kind, target, before, after, what):
         self.item, self.kind, self.target, self.before, self.after, self.what = item, kind, target, before, after, what
@@ -88,6 +108,8 @@ class Change(object):
     def words(self):
         if self.kind == "file":
             return "%s: %s %s" % (self.item, self.what, "is missing" if self.before is None else "differs")
+        if self.kind == "remove":
+            return "%s: %s exists" % (self.item, self.what)
         return "%s: %s is %s, not %s" % (self.item, self.what, self.before, self.after)
 
     def item_dict(self):
@@ -256,7 +278,7 @@ def detect_tuned(etc_root="/etc/tuned", lib_root="/usr/lib/tuned", commands=()):
 
 # --------------------------------------------------------------------------------------------------------- plan
 
-def _plan_mask(plan, item, path, housekeeping, what):
+def _plan_mask(plan, item, path, wanted, what):
     text = read_or_none(path)
     if text is None:
         return
@@ -264,15 +286,64 @@ def _plan_mask(plan, item, path, housekeeping, what):
         current = parse_cpumask(text, what=path)
     except CpuListError:
         current = None
-    if current != housekeeping:
+    if current != wanted:
         before = format_cpulist(current) if current is not None else text.strip()
-        plan.changes.append(Change(item, "write", path, before, format_cpulist(housekeeping), what))
+        plan.changes.append(Change(item, "write", path, before, format_cpulist(wanted), what))
 
 
 def _plan_file(plan, item, path, content):
     current = read_or_none(path)
     if current != content:
         plan.changes.append(Change(item, "file", path, None if current is None else "different", content, path))
+
+
+def _plan_remove(plan, item, path):
+    if path and os.path.lexists(path):
+        plan.changes.append(Change(item, "remove", path, "present", None, path))
+
+
+def _movable_kthreads(proc_root):
+    """(pid, comm, affinity set) of every kernel thread whose affinity may be set (no ``PF_NO_SETAFFINITY``: the
+    kernel gives that flag to every per-CPU thread it binds and to the workers that follow the workqueue cpumask)."""
+    found = []
+    try:
+        entries = os.listdir(proc_root)
+    except OSError:
+        return found
+    for pid in entries:
+        if not pid.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc_root, pid, "stat"), "rb") as handle:
+                stat = handle.read(1024)
+            fields = stat[stat.rfind(b")") + 2:].split()
+            flags = int(fields[6])
+            if not flags & PF_KTHREAD or flags & PF_NO_SETAFFINITY or fields[0] in (b"Z", b"X"):
+                continue
+            with open(os.path.join(proc_root, pid, "task", pid, "status"), "rb") as handle:
+                status = handle.read()
+            start = status.find(AFFINITY_KEY)
+            if start < 0:
+                continue
+            start += AFFINITY_KEY_LEN
+            cpus = parse_cpulist(status[start:status.find(b"\n", start)].strip().decode("ascii"))
+            comm = stat[stat.find(b"(") + 1:stat.rfind(b")")].decode("utf-8", "replace")
+        except (OSError, ValueError, IndexError, CpuListError):
+            continue
+        found.append((int(pid), comm, cpus))
+    return found
+
+
+def rt_defaults(sys_root="/sys"):
+    """{comm prefix: (policy, priority)} the kernel starts RT_GROUPS' threads with, where it is known: ksoftirqd
+    runs SCHED_OTHER; ktimers at SCHED_FIFO 1 (sched_set_fifo_low); rcuc and rcub at rcutree.kthread_prio when the
+    kernel shows it (0 means SCHED_OTHER).  ktimersoftd (older RT patch sets) is not known here."""
+    found = {"ksoftirqd": (SCHED_OTHER, 0), "ktimers": (SCHED_FIFO, 1)}
+    text = (read_or_none(os.path.join(sys_root, "module", "rcutree", "parameters", "kthread_prio")) or "").strip()
+    if text.isdigit():
+        prio = int(text)
+        found["rcuc"] = found["rcub"] = (SCHED_FIFO, prio) if prio > 0 else (SCHED_OTHER, 0)
+    return found
 
 
 def _kthreads(proc_root):
@@ -295,11 +366,15 @@ def _kthreads(proc_root):
     return found
 
 
-def plan_tuning(realtime, housekeeping, settings, proc_root="/proc", sys_root="/sys", tuned=None):
+def plan_tuning(realtime, housekeeping, settings, proc_root="/proc", sys_root="/sys", tuned=None, state="present",
+                online=None):
     """What a real run changes, as a :class:`TuningPlan`.  ``realtime``/``housekeeping``: sets of CPUs;
     ``settings``: {item: bool, "kvm": {module: {param: value}}, "sysctl": {name: value}, "modprobe_file",
-    "sysctl_file"}; ``tuned``: :func:`detect_tuned`'s answer, whose items are left alone."""
+    "sysctl_file"}; ``tuned``: :func:`detect_tuned`'s answer, whose items are left alone.  ``state="absent"``:
+    the way back (:func:`_plan_absent`), to the ``online`` CPUs."""
     validate(settings)
+    if state == "absent":
+        return _plan_absent(housekeeping, settings, proc_root, sys_root, tuned, online)
     plan = TuningPlan()
     owned = set((tuned or {}).get("items") or ())
     owned_sysctls = set((tuned or {}).get("sysctls") or ())
@@ -381,6 +456,105 @@ def plan_tuning(realtime, housekeeping, settings, proc_root="/proc", sys_root="/
     return plan
 
 
+def _plan_absent(housekeeping, settings, proc_root, sys_root, tuned, online):
+    plan = TuningPlan()
+    owned = set((tuned or {}).get("items") or ())
+    owned_sysctls = set((tuned or {}).get("sysctls") or ())
+    if tuned:
+        plan.left_to_tuned = sorted(owned & set(ITEMS)) + ["sysctl " + name for name in
+                                                           sorted(owned_sysctls & set(settings.get("sysctl") or {}))]
+
+    def enabled(item):
+        return settings.get(item) and item not in owned
+
+    if enabled("workqueue"):
+        # The kernel starts the unbound mask (and every workqueue's own) on every CPU, less what isolcpus=domain or
+        # nohz_full= keep off at boot: every online CPU is what a write can give back.
+        base = os.path.join(sys_root, "devices", "virtual", "workqueue")
+        _plan_mask(plan, "workqueue", os.path.join(base, "cpumask"), online, "the unbound workqueue cpumask")
+        for path in sorted(glob.glob(os.path.join(base, "*", "cpumask"))):
+            _plan_mask(plan, "workqueue", path, online,
+                       "workqueue %s's cpumask" % os.path.basename(os.path.dirname(path)))
+    if enabled("kthreads"):
+        # Nothing was recorded: a movable kernel thread on exactly the housekeeping CPUs is one host_tuning moved (or
+        # one kthreadd started while it was there); any other affinity is someone else's and stays.
+        for pid, comm, cpus in sorted(_movable_kthreads(proc_root)):
+            if cpus == housekeeping and cpus != online:
+                plan.changes.append(Change("kthreads", "affinity", pid, format_cpulist(cpus), format_cpulist(online),
+                                           "kernel thread %d (%s)'s affinity" % (pid, comm)))
+    if enabled("ksm"):
+        path = os.path.join(sys_root, "kernel", "mm", "ksm", "run")
+        current = (read_or_none(path) or "").strip()
+        if current == "2":
+            plan.notes.append("ksm: %s stays 2 (stopped): whether KSM ran before host_prep was not recorded; the "
+                              "kernel starts with 0 (stopped) too, and a service (ksm, ksmtuned) starts it again "
+                              "where it is wanted" % path)
+    if enabled("kvm"):
+        kvm = settings.get("kvm") or {}
+        _plan_remove(plan, "kvm", settings.get("modprobe_file"))
+        for module in sorted(kvm):
+            if not os.path.isdir(os.path.join(sys_root, "module", module)):
+                continue  # not loaded: without the modprobe.d file it loads with its defaults
+            for name in sorted(kvm[module]):
+                path = os.path.join(sys_root, "module", module, "parameters", name)
+                current = read_or_none(path)
+                if current is None:
+                    continue
+                default = KERNEL_KVM_DEFAULTS.get(module, {}).get(name)
+                if default is None:
+                    plan.notes.append("kvm parameter %s.%s: left at %s: its kernel default is not known here (it "
+                                      "depends on the CPU or the build); reloading %s or a reboot brings it back"
+                                      % (module, name, current.strip(), module))
+                elif _same_param(current, default):
+                    continue
+                elif _writable(path):
+                    plan.changes.append(Change("kvm", "write", path, current.strip(), default,
+                                               "kvm parameter %s.%s" % (module, name)))
+                else:
+                    how = ("removing %s.%s from the kernel command line and a reboot" % (module, name)
+                           if builtin_module(sys_root, module) else "reloading %s (or a reboot)" % module)
+                    plan.reboot.append("kvm parameter %s.%s is %s, not the kernel's default %s, and read-only at run "
+                                       "time: it takes %s" % (module, name, current.strip(), default, how))
+    if enabled("rt_priorities") and (read_or_none(os.path.join(sys_root, "kernel", "realtime")) or "").strip() == "1":
+        defaults = rt_defaults(sys_root)
+        for pid, comm, policy, priority in sorted(_kthreads(proc_root)):
+            for prefix, tuned_priority in RT_GROUPS:
+                if comm == prefix or comm.startswith(prefix + "/"):
+                    # Only a thread at host_tuning's own value: any other priority was set by someone else.
+                    if (policy, priority) != (SCHED_FIFO, tuned_priority):
+                        break
+                    if prefix not in defaults:
+                        plan.notes.append("rt_priorities: kernel thread %d (%s) stays SCHED_FIFO %d: its kernel "
+                                          "default is not known here; a reboot brings it back" % (pid, comm, priority))
+                    elif defaults[prefix] != (policy, priority):
+                        plan.changes.append(Change("rt_priorities", "scheduler", pid, "%d:%d" % (policy, priority),
+                                                   "%d:%d" % defaults[prefix],
+                                                   "kernel thread %d (%s)'s policy:priority" % (pid, comm)))
+                    break
+    if settings.get("sysctl") and "sysctl" not in owned:
+        _plan_remove(plan, "sysctl", settings.get("sysctl_file"))
+        for name in sorted(name for name in settings["sysctl"] if name not in owned_sysctls):
+            path = sysctl_path(proc_root, name)
+            if not os.path.exists(path):
+                continue
+            current = (read_or_none(path) or "").strip()
+            default = KERNEL_SYSCTL_DEFAULTS.get(name)
+            if default is None:
+                plan.notes.append("sysctl %s: left at %s: its kernel default depends on the build or the machine "
+                                  "(not known here); a reboot without %s brings it back"
+                                  % (name, current, settings.get("sysctl_file")))
+            elif current.split() != default.split():
+                plan.changes.append(Change("sysctl", "write", path, current, default, "sysctl %s" % name))
+    if enabled("mce"):
+        # ignore_ce is 0 after boot unless mce=ignore_ce is on the kernel command line (which host_prep never sets).
+        for path in sorted(glob.glob(os.path.join(sys_root, "devices", "system", "machinecheck", "machinecheck*",
+                                                  "ignore_ce"))):
+            current = (read_or_none(path) or "").strip()
+            if current != "0":
+                plan.changes.append(Change("mce", "write", path, current, "0", "corrected-error polling (%s)" % path))
+    return plan
+
+
 # -------------------------------------------------------------------------------------------------------- apply
 
 class Gate(object):
@@ -394,6 +568,9 @@ class Gate(object):
     def write(self, path, text):
         with open(path, "w") as handle:
             handle.write(text)
+
+    def remove(self, path):
+        os.unlink(path)
 
     def write_file(self, path, text):
         directory = os.path.dirname(path)
@@ -419,6 +596,8 @@ def apply(plan, gate):
                 gate.write(change.target, value + "\n")
             elif change.kind == "file":
                 gate.write_file(change.target, change.after)
+            elif change.kind == "remove":
+                gate.remove(change.target)
             elif change.kind == "affinity":
                 gate.setaffinity(change.target, parse_cpulist(change.after))
             elif change.kind == "scheduler":
@@ -431,6 +610,9 @@ def apply(plan, gate):
             if change.kind in ("affinity", "scheduler"):
                 refused.append(dict(change.item_dict(), error=exc.strerror or str(exc)))
                 continue
+            if change.kind == "remove":
+                raise OSError(exc.errno, "%s: cannot remove %s: %s" % (change.item, change.target,
+                                                                       exc.strerror or exc)) from None
             raise OSError(exc.errno, "%s: cannot write %s to %s: %s"
                           % (change.item, change.after if change.kind != "file" else "its content", change.target,
                              exc.strerror or exc)) from None

@@ -517,14 +517,21 @@ revert:
     - C(partitions), the partitions to remove (host_prep's layout, the hook's layout file, the partition record);
       C(machine_cpus) and C(irq_cpus), every online CPU; C(irqbalance_line), host_prep's line to remove;
       C(files), our hook, layout and record files to remove; C(cmdline_absent), the kernel parameters to remove;
-      C(sched_rt_runtime_us), the value now, and C(kernel_default), what it goes back to; C(kept), what
-      host_prep may have changed that the way back leaves, in words; C(hook_kept), the operator's hook left as it is.
+      C(sched_rt_runtime_us), the value now, and C(kernel_default), what it goes back to; C(cmdline_reboot),
+      whether the running kernel keeps the removed parameters until a reboot; C(tuning), with
+      O(tuning), M(rtvirt.kvm.host_tuning)'s plan for O(rtvirt.kvm.host_tuning#module:state=absent)
+      (C(housekeeping_cpus) it tuned to, C(reboot_reasons), C(left_to_tuned), and C(notes), what it cannot take back),
+      else null; C(kept), what host_prep may have changed that the way back leaves, in words; C(hook_kept), the
+      operator's hook left as it is.
   returned: with O(state=absent)
   type: dict
   sample: {partitions: [/rt], machine_cpus: "0-7", irq_cpus: "0-7", irqbalance_line: "IRQBALANCE_BANNED_CPULIST=2-7",
     files: [/etc/libvirt/hooks/qemu.d/rtvirt-kvm-partitions, /etc/libvirt/hooks/rtvirt-kvm-layout.json,
     /etc/libvirt/hooks/rtvirt-kvm-partitions.json], cmdline_absent: [irqaffinity, isolcpus, nohz_full, rcu_nocbs],
-    sched_rt_runtime_us: "-1", kernel_default: 950000, kept: ["the libvirt-qemu user and group ... stay"],
+    sched_rt_runtime_us: "-1", kernel_default: 950000, cmdline_reboot: true,
+    tuning: {housekeeping_cpus: "0-1", reboot_reasons: [], left_to_tuned: [],
+    notes: ["sysctl kernel.nmi_watchdog: left at 0: ..."]},
+    kept: ["the libvirt-qemu user and group ... stay"],
     hook_kept: null}
 cpu_isolation:
   description: With O(verify=true), the C(cpu_isolation) fact as M(rtvirt.kvm.cpu_isolation_facts) returns it.
@@ -762,6 +769,21 @@ def check_tuning(module, options, realtime, housekeeping, proc_root="/proc", sys
             "verify_kinds": [kind for item, kind in TUNING_KINDS if mine.get(item)]}
 
 
+def check_revert_tuning(module, options, realtime, housekeeping, online, proc_root="/proc", sys_root="/sys",
+                        tuned_dir="/etc/tuned", tuned_profiles_dir="/usr/lib/tuned"):
+    """host_tuning's own plan for state=absent: what its task in revert.yml changes, and what it leaves."""
+    tuned = detect_tuned(tuned_dir, tuned_profiles_dir, running_commands(proc_root)) \
+        if options["respect_tuned"] else None
+    plan = plan_tuning(parse_cpulist(realtime), parse_cpulist(housekeeping), settings_from(options), proc_root,
+                       sys_root, tuned, state="absent", online=parse_cpulist(online))
+    note = tuned_note(tuned)
+    for warning in ([note] if note else []) + plan.notes:
+        module.warn(warning)
+    # Only changes make the area pending: a reboot reason stays after the task ran, and a second run must be one call.
+    return {"reasons": [change.words() for change in plan.changes], "reboot_reasons": plan.reboot,
+            "left_to_tuned": plan.left_to_tuned, "notes": plan.notes, "housekeeping_cpus": housekeeping}
+
+
 def check_revert(module, params, plan):
     """The way back: {area: [reasons]} against the host as it was before host_prep, and what the tasks need."""
     systemd = os.path.isdir(SYSTEMD_DIR)
@@ -797,13 +819,22 @@ def check_revert(module, params, plan):
     current = None
     if params["sysctl"] is not None:
         pending["sysctl"], current = check_revert_sysctl(params["sysctl"]["path"])
+    cmdline_reboot = extra["reboot_required"]
+    tuning = None
+    if params["tuning"] is not None:
+        # The housekeeping CPUs the forward run gave host_tuning (check's irq_cpus): the kernel threads it moved
+        # are the ones on exactly those CPUs.
+        tuning_cpus = plan["machine_cpus"] if plan["emulator_mode"] == "dedicated" else plan["housekeeping_cpus"]
+        tuning = check_revert_tuning(module, params["tuning"], plan["realtime_cpus"], tuning_cpus, online)
+        pending["tuning"] = tuning.pop("reasons")
+        extra["reboot_required"] = extra["reboot_required"] or bool(tuning["reboot_reasons"])
     extra["pending"] = {area: reasons for area, reasons in pending.items() if reasons}
     extra["revert"] = dict(
         partitions=partitions, machine_cpus=online, irq_cpus=online, files=files, hook_kept=hook_kept,
         irqbalance_line=banned_line(plan["realtime_cpus"]), cmdline_absent=sorted(extra["cmdline_params"]),
-        sched_rt_runtime_us=current, kernel_default=KERNEL_RT_RUNTIME_US,
+        sched_rt_runtime_us=current, kernel_default=KERNEL_RT_RUNTIME_US, tuning=tuning, cmdline_reboot=cmdline_reboot,
         kept=not_undone(systemd, params["libvirt"] is not None, os.path.exists(KVM_DEVICE) and not udev_manages_devices(),
-                        (params["hook"] or {}).get("starter_path"), params["tuning"]))
+                        (params["hook"] or {}).get("starter_path"), tuning))
     verdict_line = "; ".join("%s (%s)" % (area, "; ".join(r)) for area, r in extra["pending"].items())
     extra["summary"] = "taking host_prep off: %s" % (
         "differs from the host before host_prep: " + verdict_line if verdict_line

@@ -34,6 +34,17 @@ description:
   - "Where TuneD is active (C(/etc/tuned/active_profile) names a profile and its daemon runs, or it runs without
     a daemon), the items its active profiles and their parents set are left to it, with a warning naming them
     (O(respect_tuned))."
+  - "O(state=absent) is the way back, planned by the same code: the workqueue cpumasks on every online CPU; a
+    movable kernel thread whose affinity is exactly the housekeeping CPUs (what this module writes) on every online
+    CPU again; O(modprobe_file) and O(sysctl_file) removed; C(kvm.kvmclock_periodic_sync) back to C(Y) and
+    C(kvm_intel.ple_gap) to C(128) where sysfs lets them be written (else RV(reboot_required)); C(kernel.timer_migration)
+    and C(vm.stat_interval) back to C(1); C(ignore_ce) back to C(0); on PREEMPT_RT a thread at this module's
+    priority back to the kernel's (ksoftirqd SCHED_OTHER, ktimers SCHED_FIFO 1, rcuc and rcub
+    C(rcutree.kthread_prio))."
+  - "What the way back cannot know is left, with a warning naming it: KSM stays stopped (whether it ran before is
+    not recorded; the kernel starts it stopped), C(kvm.nx_huge_pages) (its default depends on the CPU),
+    C(kernel.hung_task_timeout_secs), C(kernel.nmi_watchdog) and C(kernel.numa_balancing) (their defaults depend on
+    the build or the machine) until a reboot."
 author:
   - rtvirt.kvm contributors (@rtvirt-kvm)
 extends_documentation_fragment:
@@ -96,6 +107,13 @@ options:
     description: Leave to an active TuneD what its profiles set. False tunes everything (and TuneD may undo it).
     type: bool
     default: true
+  state:
+    description:
+      - V(present) tunes; V(absent) takes the tuning back to the kernel's defaults where they are known.
+      - The item options say which items are taken back; an item switched off is left as it is.
+    type: str
+    choices: [present, absent]
+    default: present
   proc_root:
     description: Where procfs is mounted. For tests against a fake tree.
     type: path
@@ -129,6 +147,11 @@ EXAMPLES = r"""
   rtvirt.kvm.host_tuning:
     realtime_cpus: 2-7
 
+- name: Take the tuning back off (host_prep_state absent does this)
+  rtvirt.kvm.host_tuning:
+    realtime_cpus: 2-7
+    state: absent
+
 - name: Everything but KSM and the machine check banks
   rtvirt.kvm.host_tuning:
     realtime_cpus: 2-7
@@ -138,8 +161,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changes:
-  description: What was changed (in check mode, would be), with C(item), C(kind) (write, file, affinity, scheduler),
-    C(target) (a path or a thread id), C(what), C(before) and C(after).
+  description: What was changed (in check mode, would be), with C(item), C(kind) (write, file, remove, affinity,
+    scheduler), C(target) (a path or a thread id), C(what), C(before) and C(after) (null for a removed file).
   returned: always
   type: list
   elements: dict
@@ -209,7 +232,17 @@ def get_argument_spec():
     return dict(argument_spec(), realtime_cpus=dict(type="str", required=True), housekeeping_cpus=dict(type="str"),
                 proc_root=dict(type="path", default="/proc"), sys_root=dict(type="path", default="/sys"),
                 tuned_dir=dict(type="path", default="/etc/tuned"),
-                tuned_profiles_dir=dict(type="path", default="/usr/lib/tuned"))
+                tuned_profiles_dir=dict(type="path", default="/usr/lib/tuned"),
+                state=dict(type="str", default="present", choices=["present", "absent"]))
+
+
+def online_cpus(sys_root):
+    path = os.path.join(sys_root, "devices", "system", "cpu", "online")
+    try:
+        with open(path) as handle:
+            return parse_cpulist(handle.read(), what=path)
+    except OSError as exc:
+        raise CpuListError("cannot read the online CPUs from %s: %s" % (path, exc.strerror)) from None
 
 
 def cpus(params):
@@ -219,13 +252,7 @@ def cpus(params):
     if params["housekeeping_cpus"]:
         housekeeping = parse_cpulist(params["housekeeping_cpus"], what="housekeeping_cpus")
     else:
-        online_path = os.path.join(params["sys_root"], "devices", "system", "cpu", "online")
-        try:
-            with open(online_path) as handle:
-                online = parse_cpulist(handle.read(), what=online_path)
-        except OSError as exc:
-            raise CpuListError("cannot read the online CPUs from %s: %s" % (online_path, exc.strerror)) from None
-        housekeeping = online - realtime
+        housekeeping = online_cpus(params["sys_root"]) - realtime
     if not housekeeping:
         raise CpuListError("housekeeping_cpus is empty: realtime_cpus %s leaves the host no CPU"
                            % format_cpulist(realtime))
@@ -239,13 +266,13 @@ def cpus(params):
 def diff_of(plan):
     diffs = []
     for change in plan.changes:
-        if change.kind == "file":
+        if change.kind in ("file", "remove"):
             before = ""
             if change.before is not None:
                 with open(change.target) as handle:
                     before = handle.read()
             diffs.append({"before_header": change.target, "after_header": change.target, "before": before,
-                          "after": change.after})
+                          "after": change.after or ""})
         else:
             diffs.append({"before_header": "%s (%s)" % (change.what, change.target), "after_header": str(change.target),
                           "before": "%s\n" % change.before, "after": "%s\n" % change.after})
@@ -258,8 +285,9 @@ def run(module):
         realtime, housekeeping = cpus(params)
         tuned = detect_tuned(params["tuned_dir"], params["tuned_profiles_dir"],
                              running_commands(params["proc_root"])) if params["respect_tuned"] else None
+        online = online_cpus(params["sys_root"]) if params["state"] == "absent" else None
         plan = plan_tuning(realtime, housekeeping, settings_from(params), params["proc_root"], params["sys_root"],
-                           tuned)
+                           tuned, state=params["state"], online=online)
     except (CpuListError, TuningError, IsolationError) as exc:
         raise ModuleFailure(str(exc)) from None
     except OSError as exc:

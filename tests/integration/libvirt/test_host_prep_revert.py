@@ -11,11 +11,17 @@ another executable in qemu.d are in place before. Then, in order:
    nothing changed;
 2. absent in check mode: changes reported, nothing written;
 3. absent: every item back (cpuset files, IRQs, default_smp_affinity, sysctl value and file, hook files, the
-   operator's hooks byte for byte, the record gone, the GRUB and irqbalance files as before);
+   operator's hooks byte for byte, the record gone, the GRUB and irqbalance files as before), and host_tuning's
+   run-time tuning too: the unbound workqueue cpumask and every workqueue's own, kthreadd's affinity (moved by the
+   present run), timer_migration and stat_interval, its modprobe.d and sysctl.d files (in tmp_path) as before;
 4. absent again: nothing changed.
 
-What the host guard snapshots (/machine, IRQs, sysctls, the hook files) is put back at the session's end; the
-fixtures put back the hook files and the partition at the test's end too.
+Before the present run the tuning is taken off by hand as a fresh boot has it (site.yml may have tuned this
+machine), so the present run has something to move and the way back something to put back.
+
+What the host guard snapshots (/machine, IRQs, sysctls, the hook files, the tuning knobs and kernel thread
+affinities) is put back at the session's end; the fixtures put back the hook files, the tuning and the partition at
+the test's end too.
 """
 import os
 import pathlib
@@ -23,6 +29,7 @@ import stat
 
 import pytest
 
+from tests.support import host_guard
 from tests.support import libvirt_rig as rig_lib
 from tests.support.ansible_runner import run_module
 from tests.support.playbook_runner import module_runs, run_playbook
@@ -42,6 +49,9 @@ MACHINE = pathlib.Path("/sys/fs/cgroup/cpuset/machine/cpuset.cpus")
 GRUB = 'GRUB_DEFAULT=0\nGRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX="console=ttyS0"\n'
 IRQBALANCE = "# irqbalance's defaults\n#IRQBALANCE_BANNED_CPULIST=\nIRQBALANCE_ONESHOT=\n"
 OPERATOR_HOOK = b"#!/bin/sh\n# the operator's own qemu hook\nexit 0\n"
+WORKQUEUES = pathlib.Path("/sys/devices/virtual/workqueue")
+# The tuning sysctls whose kernel default host_tuning knows (the others it leaves, and says so).
+KNOWN_SYSCTLS = {"kernel/timer_migration": "1", "vm/stat_interval": "1"}
 
 
 def _online():
@@ -60,6 +70,23 @@ def _movable_irqs():
     return found
 
 
+def _workqueue_masks():
+    """{path: cpumask} of the unbound workqueue cpumask and every workqueue's own."""
+    paths = [WORKQUEUES / "cpumask"] + sorted(WORKQUEUES.glob("*/cpumask"))
+    return {str(path): path.read_text().strip() for path in paths if path.is_file()}
+
+
+def _untune():
+    """The tuning as a fresh boot has it: workqueues and kthreadd on every online CPU, timers migrating."""
+    online = {int(cpu) for cpu in range(int(_online().replace(",", "-").split("-")[-1]) + 1)}
+    mask = "%x" % sum(1 << cpu for cpu in online)
+    for path in _workqueue_masks():
+        pathlib.Path(path).write_text(mask)
+    os.sched_setaffinity(2, online)
+    for name, value in KNOWN_SYSCTLS.items():
+        pathlib.Path("/proc/sys", name).write_text(value)
+
+
 def _leaf_dirs(partition):
     leaf = partition.lstrip("/") + ".partition"
     return [mount / leaf for mount in rig_lib.cgroup_mounts() if (mount / leaf).is_dir()]
@@ -71,10 +98,18 @@ def host_before():
     saved = {path: (path.read_bytes(), stat.S_IMODE(path.stat().st_mode)) if path.is_file() else None
              for path in SAVED}
     had_qemu_d = OURS.parent.is_dir()
+    knobs, kthreads = host_guard._knobs(), host_guard._kthread_affinities()
     before = {"machine": MACHINE.read_text().strip() if MACHINE.exists() else None,
               "sysctl": SYSCTL.read_text().strip(), "default": DEFAULT_AFFINITY.read_text().strip(),
               "irqs": _movable_irqs()}
     yield before
+    for path, value in knobs.items():
+        try:
+            if pathlib.Path(path).read_text().strip() != value:
+                pathlib.Path(path).write_text(value)
+        except OSError:
+            continue
+    host_guard._restore_kthreads(kthreads, [])
     for path, record in saved.items():
         if record is None:
             if path.is_file() or path.is_symlink():
@@ -120,6 +155,8 @@ def _host_prep(tmp_path, partition, state, check=False, diff=False):
         "host_prep_irqbalance_file": str(tmp_path / "irqbalance"),
         "host_prep_sysctl_file": str(tmp_path / "90-rtvirt-test.conf"),
         "host_prep_sched_rt_runtime_us": -1,
+        "host_prep_modprobe_file": str(tmp_path / "modprobe.d" / "rtvirt-kvm.conf"),
+        "host_prep_tuning_sysctl_file": str(tmp_path / "sysctl.d" / "91-rtvirt-kvm-tuning.conf"),
         "host_prep_verify": False,
     }
     play = [{"hosts": "localhost", "gather_facts": False,
@@ -145,6 +182,12 @@ def test_absent_puts_the_host_back_refuses_while_a_guest_runs_and_is_idempotent(
     os.chmod(OPERATOR, 0o750)
     OTHER_QEMU_D.write_bytes(OPERATOR_HOOK)
     os.chmod(OTHER_QEMU_D, 0o755)
+    modprobe_file = tmp_path / "modprobe.d" / "rtvirt-kvm.conf"
+    tuning_file = tmp_path / "sysctl.d" / "91-rtvirt-kvm-tuning.conf"
+    _untune()
+    tuning_before = {"workqueues": _workqueue_masks(), "kthreadd": sorted(os.sched_getaffinity(2)),
+                     "sysctls": {name: pathlib.Path("/proc/sys", name).read_text().strip() for name in KNOWN_SYSCTLS},
+                     "modprobe": modprobe_file.exists(), "tuning_file": tuning_file.exists()}
 
     present = _host_prep(tmp_path, partition, "present")
     assert present["rc"] == 0, present["out"][-5000:]
@@ -154,6 +197,10 @@ def test_absent_puts_the_host_back_refuses_while_a_guest_runs_and_is_idempotent(
     assert prepared["machine"] != online and prepared["sysctl"] == "-1"
     assert "isolcpus=" in grub.read_text() and "IRQBALANCE_BANNED_CPULIST=%s\n" % realtime in irqbalance.read_text()
     assert sysctl_file.is_file()
+    # The present run tuned: workqueues and kthreadd off the realtime CPU, the files written.
+    assert _workqueue_masks() != tuning_before["workqueues"] and int(realtime) not in os.sched_getaffinity(2)
+    assert modprobe_file.is_file() and tuning_file.is_file()
+    assert pathlib.Path("/proc/sys/kernel/timer_migration").read_text().strip() == "0"
 
     # 1. A guest runs in the partition: refused by the plan task, naming both; nothing changed.
     guest = "%s-g" % unique_name
@@ -177,6 +224,8 @@ def test_absent_puts_the_host_back_refuses_while_a_guest_runs_and_is_idempotent(
     assert "taking host_prep off: differs from the host before host_prep" in dry["out"], dry["out"][-5000:]
     assert _prepared(partition) == prepared
     assert "isolcpus=" in grub.read_text() and sysctl_file.is_file()
+    assert "host_tuning" in dry["out"] and modprobe_file.is_file() and tuning_file.is_file()
+    assert int(realtime) not in os.sched_getaffinity(2)
 
     # 3. The way back.
     back = _host_prep(tmp_path, partition, "absent")
@@ -193,6 +242,13 @@ def test_absent_puts_the_host_back_refuses_while_a_guest_runs_and_is_idempotent(
     assert OTHER_QEMU_D.read_bytes() == OPERATOR_HOOK
     assert grub.read_text() == GRUB and irqbalance.read_text() == IRQBALANCE
     assert "Not undone: " in back["out"] and "libvirt-qemu user and group" in back["out"], back["out"][-3000:]
+    # host_tuning's way back: as before host_prep.
+    assert _workqueue_masks() == tuning_before["workqueues"]
+    assert sorted(os.sched_getaffinity(2)) == tuning_before["kthreadd"]
+    assert {name: pathlib.Path("/proc/sys", name).read_text().strip()
+            for name in KNOWN_SYSCTLS} == tuning_before["sysctls"]
+    assert modprobe_file.exists() == tuning_before["modprobe"] and tuning_file.exists() == tuning_before["tuning_file"]
+    assert "stay until the next boot" not in back["out"], back["out"][-3000:]
 
     # 4. Again: nothing left to take off, and the plan task is the only module run.
     again = _host_prep(tmp_path, partition, "absent")
