@@ -617,6 +617,8 @@ def _apply(systemctl, gate, pname, unit_file, current, new, was_active, cpuset_f
     try:
         if unit_changed:
             gate.replace_file(unit_file, new)
+        if unit_changed or reload:
+            # reload alone: the unit is as asked but the kernel drifted; systemd writes the properties again.
             systemctl.run("daemon-reload")
         if was_active != 0:
             systemctl.run("start", pname.slice)

@@ -218,9 +218,12 @@ class FakeSystemctl:
         self.active = set()
         self.refuse_start = None  # systemd's words when it refuses a start
         self.failed = set()
+        self.on_reload = None     # what systemd's daemon-reload does to the cgroup files, where a test needs it
 
     def __call__(self, argv):
         self.calls.append(argv[1:])
+        if argv[1] == "daemon-reload" and self.on_reload is not None:
+            self.on_reload()
         if argv[1] == "is-active":
             if argv[2] in self.active:
                 return 0, "active\n", ""
@@ -617,6 +620,12 @@ def test_systemd_slice_file_changed_by_hand_plans_a_daemon_reload(systemd_v2):
                                   % slice_dir], checked["planned"]
     assert checked["diff"]["before"] == "%s/cpu.weight = 77\n" % slice_dir
     assert checked["diff"]["after"] == "%s/cpu.weight = 300\n" % slice_dir
+    # The run itself reloads systemd (the unit file stays as it is), which writes the properties again; here the
+    # value is put back the way systemd would, so that the read-back after the reload finds it.
+    fake.on_reload = lambda: (slice_dir / "cpu.weight").write_text("300\n")
+    repaired = run({"name": "/rt", "cpu_shares": 300, "memory_hard_limit": "1G"})
+    assert not repaired.get("failed") and repaired["changed"], repaired
+    assert ["daemon-reload"] in fake.calls and unit.read_text().count("CPUWeight=300") == 1
 
 
 def test_systemd_hard_limit_below_usage_is_refused_before_the_unit_is_written(systemd_v2):
